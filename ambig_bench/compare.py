@@ -1,0 +1,189 @@
+"""Compare the runs of a results directory: one row per strategy, each metric as mean and 95% CI.
+
+Against a baseline strategy (default `soft`), every metric's difference is paired by seed, with a
+bootstrap CI and a Holm-corrected paired test; a rank table shares ranks where CIs overlap.
+
+$ ambig-bench compare results/demo --baseline soft
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ambig_bench.config import RUN_FIELDS
+from ambig_bench.errors import UserError
+from ambig_bench.io import read_json, write_atomic, write_csv
+from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
+from ambig_bench.stats import mean_ci, paired_comparison, rank_table
+
+IDENTITY = ("strategy", "seed", "device", "data_dir", "download", "compile")  # not part of an experiment
+
+
+@dataclass
+class Comparison:
+    runs: pd.DataFrame  # one row per run: config fields, status, metrics
+    summary: pd.DataFrame  # one row per (group, strategy): n, metric mean / CI
+    paired: pd.DataFrame  # one row per (group, strategy, metric): paired difference vs the baseline
+    ranks: pd.DataFrame  # one row per (group, strategy): rank per metric
+    group_by: list[str]  # config fields that differ between experiments in the directory
+    markdown: str
+
+
+def load_runs(results_dir: Path) -> pd.DataFrame:
+    """Every finished or failed run below results_dir/runs; unfinished (temporary) ones are ignored."""
+    rows = []
+    for run_dir in sorted((results_dir / "runs").glob("*")):
+        if run_dir.name.startswith(".") or not (run_dir / "config.json").exists():
+            continue
+        if (run_dir / "DONE").exists():
+            row = {"run": run_dir.name, "status": "done", "error": "", **read_json(run_dir / "metrics.json")}
+        elif (run_dir / "FAILED").exists():
+            row = {"run": run_dir.name, "status": "failed", "error": read_json(run_dir / "FAILED")["error"]}
+        else:
+            continue
+        rows.append({**read_json(run_dir / "config.json"), **row})
+    if not rows:
+        raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
+    return pd.DataFrame(rows)
+
+
+def varying_fields(runs: pd.DataFrame) -> list[str]:
+    fields = [f for f in RUN_FIELDS if f not in IDENTITY and f in runs]
+    return [f for f in fields if runs[f].astype(str).nunique() > 1]
+
+
+def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    rows = []
+    for key, group in runs.groupby(group_by + ["strategy"], sort=False):
+        done = group[group.status == "done"]
+        row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
+        row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
+        for m in METRICS:
+            values = done[m].astype(float) if m in done else pd.Series(dtype=float)
+            row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_ci(values.to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
+    frames = []
+    done = runs[runs.status == "done"]
+    for key, group in (done.groupby(group_by, sort=False) if group_by else [((), done)]):
+        if baseline not in set(group.strategy):
+            continue
+        for m in METRICS:
+            if group[m].isna().all():
+                continue
+            table = paired_comparison(group[["strategy", "seed", m]], m, baseline)
+            for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
+                table.insert(0, name, value)
+            frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ranks_all(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    metrics = [m for m in HIGHER_IS_BETTER if summary[f"{m}_mean"].notna().any()]
+    frames = []
+    for key, group in (summary.groupby(group_by, sort=False) if group_by else [((), summary)]):
+        table = rank_table(group.reset_index(drop=True), metrics, HIGHER_IS_BETTER)
+        for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
+            table.insert(0, name, value)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def fmt(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(low):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {(high - low) / 2:.3f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def summary_display(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    """The human table: one column per metric holding 'mean ± CI half-width'."""
+    shown = summary[group_by + ["strategy", "n_seeds"]].rename(columns={"n_seeds": "n"}).copy()
+    for m in METRICS:
+        if summary[f"{m}_mean"].notna().any():
+            shown[m] = [fmt(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for _, r in summary.iterrows()]
+    if summary.n_failed.any():
+        shown["failed"] = summary.n_failed
+    return shown
+
+
+def paired_cell(r: pd.Series) -> str:
+    if math.isnan(r.diff_mean):
+        return "–"
+    if math.isnan(r.diff_ci_low):
+        return f"{r.diff_mean:+.3f} (too few seeds)"
+    mark = f"p={r.p_holm:.2g}" if r.significant else "n.s."
+    return f"{r.diff_mean:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] {mark}"
+
+
+def paired_display(paired: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    """One row per strategy, one column per metric: difference [95% CI] and n.s. or the Holm p-value."""
+    cells = paired.assign(cell=paired.apply(paired_cell, axis=1))
+    index = group_by + ["strategy", "n_pairs"]
+    shown = cells.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
+    return shown[[m for m in METRICS if m in shown.columns]].reset_index().rename(columns={"n_pairs": "n"})
+
+
+def setup_line(runs: pd.DataFrame, group_by: list[str]) -> str:
+    first = runs.iloc[0]
+    parts = [f"{f.replace('_', '-')} {first[f] or '(dataset default)'}" for f in
+             ("dataset", "pairs", "between_source", "between_fraction", "model", "epochs")
+             if f in runs and f not in group_by]
+    return " · ".join(parts)
+
+
+def render_markdown(results_dir: Path, comparison: Comparison, baseline: str) -> str:
+    g = comparison.group_by
+    lines = [f"# Comparison of strategies: {results_dir.name}", "",
+             f"Setup: {setup_line(comparison.runs, g)}. Cells are mean ± 95% CI half-width over seeds "
+             "(Student t); n = seeds.", "",
+             markdown_table(summary_display(comparison.summary, g)), ""]
+    if not comparison.paired.empty:
+        lines += [f"## Paired differences against `{baseline}`", "",
+                  "Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) or "
+                  "exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
+                  "difference at the 5% level.", "",
+                  markdown_table(paired_display(comparison.paired, g)), ""]
+    lines += ["## Ranks", "", "1 = best; strategies share a rank where their 95% CIs overlap.", "",
+              markdown_table(comparison.ranks), "", "## Metrics", ""]
+    better = {True: "higher is better", False: "lower is better", None: "not ranked"}
+    lines += [f"- `{m}` ({better[hib]}): {text}" for m, (hib, text) in METRICS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def compare(results_dir: str | Path, baseline: str = "soft") -> Comparison:
+    """Summarise every run of `results_dir`, write comparison.csv / comparison.md / paired.csv there."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir}: results directory not found")
+    runs = load_runs(results_dir)
+    group_by = varying_fields(runs)
+    summary = summarise(runs, group_by)
+    if baseline not in set(runs.strategy):
+        baseline_note = f"baseline {baseline!r} has no runs here"
+        paired = pd.DataFrame()
+    else:
+        baseline_note, paired = "", paired_all(runs, group_by, baseline)
+    comparison = Comparison(runs, summary, paired, ranks_all(summary, group_by), group_by, "")
+    comparison = dataclasses.replace(comparison, markdown=render_markdown(results_dir, comparison, baseline)
+                                     + (f"\n_Note: {baseline_note}._\n" if baseline_note else ""))
+    write_csv(results_dir / "comparison.csv", summary)
+    write_csv(results_dir / "paired.csv", paired)
+    write_atomic(results_dir / "comparison.md", comparison.markdown)
+    return comparison

@@ -1,0 +1,144 @@
+"""Split-conformal prediction sets for classifiers whose truth may be a label *set*.
+
+Some calibration images are "in-between" two classes (A, B), so the truth of an
+example is a boolean mask over the K classes: one True for a clear-cut image, two
+for an in-between one.  The nonconformity score of an example is the **max** over
+its true labels of the per-label score.  Why max: an example is then "covered"
+only when the prediction set contains *every* true label (both A and B for an
+in-between image), so the usual guarantee P(covered) >= 1 - alpha holds for that
+stricter event under exchangeability.
+
+Scores (lower = more conforming):
+  * ``"lac"`` -- 1 - p_k (Sadinle et al., 2019).  A set may be empty when the
+    model is unsure everywhere; it is kept empty and counts as size 0.
+  * ``"aps"`` -- cumulative probability of classes ranked at or above k
+    (Romano et al., 2020), optionally randomised with a ``np.random.Generator``.
+
+Example:
+    >>> import numpy as np
+    >>> probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.45, 0.05], [0.1, 0.1, 0.8]])
+    >>> truth = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    >>> qhat = calibrate(probs, truth, alpha=0.5, method="lac")
+    >>> round(qhat, 2)
+    0.3
+    >>> sets = prediction_sets(probs, qhat, "lac")
+    >>> sets.astype(int).tolist()
+    [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    >>> {k: round(v, 3) for k, v in set_metrics(sets, truth).items()}
+    {'coverage': 0.667, 'mean_size': 0.667, 'exact': 0.667}
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METHODS: tuple[str, ...] = ("lac", "aps")
+
+
+def lac_scores(probs: np.ndarray) -> np.ndarray:
+    """Per-label LAC score ``1 - p_k``, shape N x K."""
+    return 1.0 - np.asarray(probs, dtype=float)
+
+
+def aps_scores(probs: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Per-label APS score, shape N x K.
+
+    Score of label k = sum of the probabilities of the classes ranked at or above
+    k (descending probability, ties broken by lower class index first).  With
+    ``rng``, one U ~ Uniform(0, 1) per example is drawn and ``U * p_k`` is
+    subtracted (randomised APS), which makes coverage exact rather than
+    conservative at the cost of reproducibility without a seed.
+    """
+    p = np.asarray(probs, dtype=float)
+    # A stable sort of -p keeps equal probabilities in index order, so ties are
+    # deterministic and documented rather than left to the sort algorithm.
+    order = np.argsort(-p, axis=1, kind="stable")
+    cum = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+    scores = np.empty_like(p)
+    np.put_along_axis(scores, order, cum, axis=1)
+    if rng is not None:
+        scores = scores - rng.uniform(size=(p.shape[0], 1)) * p
+    return scores
+
+
+def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
+    """The ceil((n+1)(1-alpha))-th smallest score (1-based); +inf if that rank > n.
+
+    The (n+1) correction is what turns the empirical quantile into a
+    finite-sample coverage guarantee; +inf means "predict every class".
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    s = np.asarray(scores, dtype=float).ravel()
+    n = s.size
+    if n < 1:
+        raise ValueError("need at least one calibration score (n >= 1), got n=0")
+    # Subtract a tiny epsilon so float noise (e.g. 9.000000000000002) does not
+    # bump an exact integer rank up by one.
+    rank = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    if rank > n:
+        return math.inf
+    return float(np.partition(s, rank - 1)[rank - 1])
+
+
+def _per_label_scores(probs: np.ndarray, method: str, rng: np.random.Generator | None) -> np.ndarray:
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be N x K, got shape {p.shape}")
+    if method == "lac":
+        return lac_scores(p)
+    if method == "aps":
+        return aps_scores(p, rng=rng)
+    raise ValueError(f"unknown method {method!r}; valid methods are {METHODS}")
+
+
+def calibrate(
+    probs: np.ndarray,
+    truth_mask: np.ndarray,
+    alpha: float,
+    method: str = "lac",
+    *,
+    rng: np.random.Generator | None = None,
+) -> float:
+    """Return qhat from calibration data; example score = max over true labels."""
+    per_label = _per_label_scores(probs, method, rng)
+    truth = np.asarray(truth_mask, dtype=bool)
+    if truth.shape != per_label.shape:
+        raise ValueError(f"truth_mask shape {truth.shape} != probs shape {per_label.shape}")
+    if not truth.any(axis=1).all():
+        raise ValueError("every calibration example needs at least one true label")
+    # Non-true labels get -inf so they never win the max.
+    example_scores = np.where(truth, per_label, -np.inf).max(axis=1)
+    return conformal_quantile(example_scores, alpha)
+
+
+def prediction_sets(
+    probs: np.ndarray,
+    qhat: float,
+    method: str = "lac",
+    *,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Boolean N x K mask: label k is in the set when its score <= qhat.
+
+    With LAC the set can be empty; it is returned as is (size 0).
+    """
+    return _per_label_scores(probs, method, rng) <= qhat
+
+
+def set_metrics(sets: np.ndarray, truth_mask: np.ndarray) -> dict[str, float]:
+    """Coverage (all true labels in set), mean set size, exact match rate."""
+    s = np.asarray(sets, dtype=bool)
+    t = np.asarray(truth_mask, dtype=bool)
+    if s.shape != t.shape:
+        raise ValueError(f"sets shape {s.shape} != truth_mask shape {t.shape}")
+    if s.shape[0] == 0:
+        # Means of empty arrays are undefined; say so explicitly instead of warning.
+        return {"coverage": math.nan, "mean_size": math.nan, "exact": math.nan}
+    return {
+        "coverage": float(np.all(s | ~t, axis=1).mean()),
+        "mean_size": float(s.sum(axis=1).mean()),
+        "exact": float(np.all(s == t, axis=1).mean()),
+    }

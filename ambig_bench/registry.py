@@ -1,0 +1,58 @@
+"""Name -> class registries filled by a decorator, so a new strategy or dataset is one new file.
+
+>>> from ambig_bench.registry import Registry
+>>> shapes = Registry("shape")
+>>> @shapes.register("square")
+... class Square:
+...     "Four equal sides."
+>>> shapes.names()
+['square']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from ambig_bench.errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "strategy", "dataset", ...: used in error messages
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = item
+            item.name = name
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise UserError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def describe(self) -> dict[str, str]:
+        """One line per entry: the first line of its docstring."""
+        return {n: (item.__doc__ or "").strip().splitlines()[0] for n, item in self._items.items()}
+
+    def parse_list(self, text: str) -> list[str]:
+        """`"soft,partial"` -> ["soft", "partial"]; `"all"` -> every name, in registration order."""
+        if text.strip() == "all":
+            return self.names()
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise UserError(f"no {self.kind} given")
+        for n in names:
+            self.get(n)
+        return list(dict.fromkeys(names))

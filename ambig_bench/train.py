@@ -1,0 +1,139 @@
+"""The training loop, identical for every strategy: read it top to bottom.
+
+The whole training set lives on the device as uint8; batches are formed by indexing, normalised and
+augmented on the device, and the loss is only read back once per epoch (no per-step host sync).
+
+>>> from ambig_bench.config import RunConfig
+>>> from ambig_bench.runner import run_experiment      # the usual way in: data, training, evaluation
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from ambig_bench.config import RunConfig
+from ambig_bench.data import LabelledImages
+from ambig_bench.errors import RunFailed
+from ambig_bench.strategies import Labels, Strategy
+
+EpochCallback = Callable[[int, float], None]  # (epoch finished, 1-based; mean training loss)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ambig_bench.errors import UserError
+
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def labels_of(data: LabelledImages, device: torch.device) -> Labels:
+    return Labels(data.label_a.to(device), data.label_b.to(device), data.share_a.float().to(device),
+                  data.pair_index().to(device))
+
+
+class Preprocess(nn.Module):
+    """uint8 N×C×H×W -> normalised float, with the training set's per-channel mean and std."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+
+    @classmethod
+    def fit(cls, images: torch.Tensor) -> Preprocess:
+        x = images.float().transpose(0, 1).flatten(1)  # C × (N·H·W)
+        return cls(x.mean(1), x.std(1).clamp_min(1.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with `pad` pixels of zero padding and random horizontal flip, batched on the device."""
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=x.device)
+    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
+    x = padded.gather(2, rows)
+    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    x = x.gather(3, cols)
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+
+
+def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
+    if cfg.augment != "auto":
+        return cfg.augment == "on"
+    return images.shape[1] == 3 and images.shape[2] >= 24  # natural RGB photos, not digits or glyphs
+
+
+def autocast(device: torch.device):
+    # bf16 on CUDA roughly doubles throughput; CPU stays fp32 so CPU results are exactly reproducible.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunConfig, device: torch.device,
+          on_epoch: EpochCallback | None = None) -> list[dict]:
+    """Train `model` (already on `device`, ending with its Preprocess) on the train split of `data`."""
+    images = data.images.to(device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = labels_of(data, device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    do_augment = use_augmentation(cfg, data.images)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        index, targets = strategy.epoch_targets(labels, gen)
+        order = torch.randperm(len(index), generator=gen, device=device)
+        loss_sum = torch.zeros((), device=device)
+        n_steps = math.ceil(len(order) / cfg.batch_size)
+        for step in range(n_steps):
+            # Linear warm-up over the first epoch, then linear decay to zero. The schedule is defined in
+            # epochs, so strategies with more images per epoch (duplicate) get the same curve.
+            progress = (epoch + step / n_steps) / cfg.epochs
+            warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if cfg.epochs > 1 else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * warm * (1 - progress)
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = images[index[batch]]
+            if do_augment:
+                x = augment(x, gen)
+            with autocast(device):
+                logits = model(x)
+            loss = strategy.loss(logits, targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(batch)
+        mean_loss = (loss_sum / len(order)).item()  # the one host sync per epoch
+        if not math.isfinite(mean_loss):
+            raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}; try a lower --lr")
+        history.append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": len(order)})
+        if on_epoch:
+            on_epoch(epoch + 1, mean_loss)
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024
+                   ) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True)
+        with autocast(device):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)

@@ -1,0 +1,44 @@
+"""`blend` in-between source: mix one image of A with one of B, weight λ ~ U(blend_low, blend_high).
+
+Blends are drawn within each split (train blends from train images, test blends from test images), so
+no test pixel is ever trained on. Their soft target is 0.5/0.5.
+$ ambig-bench run --between-source blend --between-fraction 0.05 --blend-low 0.4 --blend-high 0.6
+"""
+
+import torch
+
+from ambig_bench.config import RunConfig
+from ambig_bench.data import SPLITS, LabelledImages, RawImages
+from ambig_bench.datasets.base import between_count, clear_cut, concat, register_source
+
+
+def blend_pair(images_a: torch.Tensor, images_b: torch.Tensor, n: int, low: float, high: float,
+               gen: torch.Generator) -> torch.Tensor:
+    """n uint8 blends λ·a + (1-λ)·b of random a from images_a and b from images_b."""
+    ia = torch.randint(len(images_a), (n,), generator=gen)
+    ib = torch.randint(len(images_b), (n,), generator=gen)
+    lam = (low + (high - low) * torch.rand(n, generator=gen)).view(n, 1, 1, 1)
+    mixed = lam * images_a[ia].float() + (1 - lam) * images_b[ib].float()
+    return mixed.round().clamp(0, 255).to(torch.uint8)
+
+
+@register_source("blend")
+def blend(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:
+    """Synthetic in-between images: pixel blends of an A and a B image (λ ~ U(0.4, 0.6) by default)."""
+    n_train_clear = int((raw.split == SPLITS["train"]).sum())
+    per_split = {
+        "train": between_count(n_train_clear, cfg.between_fraction, len(pairs)),
+        "val": cfg.val_between_per_pair,
+        "test": cfg.test_between_per_pair,
+    }
+    parts = [clear_cut(raw, pairs)]
+    for split, n in per_split.items():
+        inside = raw.split == SPLITS[split]
+        for a, b in pairs:
+            images = blend_pair(raw.images[inside & (raw.labels == a)], raw.images[inside & (raw.labels == b)],
+                                n, cfg.blend_low, cfg.blend_high, gen)
+            parts.append(LabelledImages(
+                images, torch.full((n,), a), torch.full((n,), b), torch.full((n,), 0.5),
+                torch.full((n,), SPLITS[split], dtype=torch.int8), raw.class_names, pairs,
+            ))
+    return concat(parts)

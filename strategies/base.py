@@ -1,0 +1,87 @@
+"""The strategy base class: what every way of learning from in-between images must say.
+
+A strategy says only what differs: how many outputs the network has, which images it trains on each
+epoch with which target rows, its loss, and how outputs decode into class probabilities over the K real
+classes and a predicted label set. The runner does everything else identically for every strategy.
+
+>>> from ambig_bench.strategies import STRATEGIES
+>>> soft = STRATEGIES.get("soft")(num_classes=10, pairs=[(4, 9), (3, 8)])
+>>> soft.num_outputs
+10
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ambig_bench.registry import Registry
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+register = STRATEGIES.register
+
+
+@dataclass
+class Labels:
+    """Per-image label sets of one split, kept on the training device."""
+
+    a: torch.Tensor  # int64 N: the class, or the first class of the pair
+    b: torch.Tensor  # int64 N: the second class of the pair, -1 when clear-cut
+    share_a: torch.Tensor  # float32 N: soft share of class a (1 when clear-cut)
+    pair: torch.Tensor  # int64 N: index of the pair in Strategy.pairs, -1 when clear-cut
+
+    @property
+    def between(self) -> torch.Tensor:
+        return self.b >= 0
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+class Strategy:
+    """Base: softmax over the K classes, soft cross-entropy, sets decoded by a probability threshold."""
+
+    name: str  # filled in by @register
+    uses_threshold = True  # the predicted set is {k : score_k >= threshold}, threshold chosen on val
+
+    def __init__(self, num_classes: int, pairs: list[tuple[int, int]]) -> None:
+        self.num_classes = num_classes
+        self.pairs = pairs
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    # -- training -------------------------------------------------------------------------------
+    def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of the images trained on this epoch and one target row (num_outputs wide) per index."""
+        return torch.arange(len(labels), device=labels.a.device), self.one_hot(labels.a)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against target distributions (one-hot or soft), averaged over the batch."""
+        return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+    def one_hot(self, index: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(index, self.num_outputs).float()
+
+    # -- decoding -------------------------------------------------------------------------------
+    def class_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """N×K probabilities over the real classes (rows sum to 1)."""
+        return logits.float().softmax(1)
+
+    def set_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """N×K per-class scores that the threshold is applied to."""
+        return self.class_probs(logits)
+
+    def predict_sets(self, logits: torch.Tensor, threshold: float) -> torch.Tensor:
+        """N×K bool: classes scoring at least `threshold`; the top class is always in (no empty sets)."""
+        scores = self.set_scores(logits)
+        sets = scores >= threshold
+        sets[torch.arange(len(scores)), scores.argmax(1)] = True
+        return sets
+
+    def ambiguity(self, logits: torch.Tensor) -> torch.Tensor:
+        """How in-between the model thinks an image is: the second-largest class score."""
+        return self.set_scores(logits).topk(2, dim=1).values[:, 1]

@@ -1,0 +1,20 @@
+"""`soft`: softmax cross-entropy on soft targets, e.g. [0.5, 0.5] on the pair (option 2 of the question).
+
+$ ambig-bench run --strategy soft --epochs 3
+"""
+
+import torch
+
+from ambig_bench.strategies.base import Labels, Strategy, register
+
+
+@register("soft")
+class Soft(Strategy):
+    """Softmax CE on soft targets: an in-between image is (share_a, 1-share_a) on its pair, 0.5/0.5 by default."""
+
+    def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = self.one_hot(labels.a) * labels.share_a[:, None]
+        b = labels.between
+        # Clear-cut rows have share_a = 1, so only in-between rows get mass on their second class.
+        targets[b] += self.one_hot(labels.b[b]) * (1 - labels.share_a[b, None])
+        return torch.arange(len(labels), device=labels.a.device), targets

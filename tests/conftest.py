@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny configurations that train in a second on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ambig_bench.config import RunConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """Digits, a narrow network and two epochs: enough to exercise every code path quickly."""
+    values = dict(dataset="digits", epochs=2, width=8, batch_size=64, test_between_per_pair=20,
+                  val_between_per_pair=10, device="cpu")
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+@pytest.fixture
+def tiny() -> RunConfig:
+    return tiny_config()
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (CI always has ../shared/data)")
+    return path

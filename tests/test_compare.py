@@ -1,0 +1,87 @@
+"""compare on hand-made run directories: the table's numbers, the golden markdown, failures shown."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ambig_bench.compare import compare
+from ambig_bench.config import RunConfig
+from ambig_bench.metrics import METRICS
+
+GOLDEN = Path(__file__).parent / "golden" / "comparison.md"
+
+
+def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, **config) -> None:
+    cfg = dataclasses.replace(RunConfig(strategy=strategy, seed=seed), **config)
+    run_dir = out / "runs" / f"{strategy}-seed{seed}-{cfg.key()}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    if metrics is None:
+        (run_dir / "FAILED").write_text(json.dumps({"error": "training loss became nan in epoch 3"}))
+        return
+    full = {m: 0.5 for m in METRICS} | metrics
+    (run_dir / "metrics.json").write_text(json.dumps(full))
+    (run_dir / "DONE").write_text("")
+
+
+def planted(out: Path) -> None:
+    """soft: clear_acc 0.90/0.91/0.92; hard: the same minus a 0.05 shift; partial identical to soft."""
+    for seed, acc in enumerate([0.90, 0.91, 0.92]):
+        fake_run(out, "soft", seed, {"clear_acc": acc, "between_set_acc": 0.80})
+        fake_run(out, "hard", seed, {"clear_acc": acc - 0.05, "between_set_acc": 0.10 + seed / 100})
+        fake_run(out, "partial", seed, {"clear_acc": acc, "between_set_acc": 0.80})
+    fake_run(out, "partial", 3, None)
+
+
+def test_summary_numbers(tmp_path):
+    planted(tmp_path)
+    c = compare(tmp_path)
+    soft = c.summary.set_index("strategy").loc["soft"]
+    assert soft.clear_acc_mean == pytest.approx(0.91)
+    # t(0.975, 2) = 4.302653; sd = 0.01 -> half-width 4.302653 * 0.01 / sqrt(3)
+    assert soft.clear_acc_ci_high - soft.clear_acc_mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
+    partial = c.summary.set_index("strategy").loc["partial"]
+    assert (partial.n_seeds, partial.n_failed) == (3, 1)
+    assert "failed" in c.markdown
+
+
+def test_paired_verdicts(tmp_path):
+    planted(tmp_path)
+    paired = compare(tmp_path, baseline="soft").paired.set_index(["metric", "strategy"])
+    # Identical strategies: no difference. Three seeds cannot reach significance with an exact sign test.
+    assert paired.loc[("clear_acc", "partial")].verdict == "no significant difference"
+    assert paired.loc[("clear_acc", "partial")].p_value == 1
+    hard = paired.loc[("clear_acc", "hard")]
+    assert hard.diff_mean == pytest.approx(-0.05) and hard.test == "sign" and hard.p_value == pytest.approx(0.25)
+
+
+def test_comparison_files_are_written(tmp_path):
+    planted(tmp_path)
+    compare(tmp_path)
+    table = pd.read_csv(tmp_path / "comparison.csv")
+    assert list(table.strategy) == ["hard", "partial", "soft"]
+    assert (tmp_path / "paired.csv").exists() and (tmp_path / "comparison.md").exists()
+
+
+def test_groups_when_configs_differ(tmp_path):
+    for fraction in (0.02, 0.1):
+        for seed in range(2):
+            fake_run(tmp_path, "soft", seed, {"clear_acc": 0.9 + fraction}, between_fraction=fraction)
+    c = compare(tmp_path)
+    assert c.group_by == ["between_fraction"]
+    assert sorted(c.summary.between_fraction) == [0.02, 0.1]
+
+
+def test_markdown_matches_golden_file(tmp_path):
+    out = tmp_path / "golden-demo"
+    planted(out)
+    text = compare(out).markdown
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "report format changed: rerun with UPDATE_GOLDEN=1 and review the diff"

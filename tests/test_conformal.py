@@ -1,0 +1,214 @@
+"""Tests for ambig_bench.conformal (hand-computed values + simulated coverage)."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+
+from ambig_bench import conformal
+from ambig_bench.conformal import (
+    METHODS,
+    aps_scores,
+    calibrate,
+    conformal_quantile,
+    lac_scores,
+    prediction_sets,
+    set_metrics,
+)
+
+# Hand table: row 0 ranks classes 0,1,2; row 1 ranks classes 1,2,0.
+PROBS = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+
+
+def test_methods_tuple() -> None:
+    assert METHODS == ("lac", "aps")
+
+
+def test_module_docstring_example_runs() -> None:
+    result = doctest.testmod(conformal)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+# --- conformal_quantile -------------------------------------------------------
+
+
+def test_quantile_known_rank() -> None:
+    scores = np.arange(1, 11) / 10.0  # 0.1 .. 1.0
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(scores)  # order of input must not matter
+    # ceil(11 * 0.8) = 9 -> 9th smallest = 0.9
+    assert conformal_quantile(shuffled, 0.2) == pytest.approx(0.9)
+    # ceil(11 * 0.5) = 6 -> 0.6
+    assert conformal_quantile(shuffled, 0.5) == pytest.approx(0.6)
+    # exact integer rank: ceil(11 * (1 - 1/11)) = 10 -> 1.0, not inf
+    assert conformal_quantile(shuffled, 1 / 11) == pytest.approx(1.0)
+
+
+def test_quantile_rank_beyond_n_is_inf() -> None:
+    scores = np.arange(1, 11) / 10.0
+    # ceil(11 * 0.95) = 11 > 10
+    assert conformal_quantile(scores, 0.05) == math.inf
+    assert conformal_quantile(np.array([0.3]), 0.4) == math.inf  # ceil(2*0.6)=2 > 1
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5])
+def test_quantile_bad_alpha(alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        conformal_quantile(np.array([0.1, 0.2]), alpha)
+
+
+def test_quantile_empty_scores() -> None:
+    with pytest.raises(ValueError, match="n >= 1"):
+        conformal_quantile(np.array([]), 0.1)
+
+
+# --- per-label scores ----------------------------------------------------------
+
+
+def test_lac_scores_hand_table() -> None:
+    expected = np.array([[0.5, 0.7, 0.8], [0.9, 0.4, 0.7]])
+    np.testing.assert_allclose(lac_scores(PROBS), expected)
+
+
+def test_aps_scores_hand_table() -> None:
+    # row 0: 0.5, 0.5+0.3, 0.5+0.3+0.2 ; row 1: class1 0.6, class2 0.9, class0 1.0
+    expected = np.array([[0.5, 0.8, 1.0], [1.0, 0.6, 0.9]])
+    np.testing.assert_allclose(aps_scores(PROBS), expected)
+
+
+def test_aps_ties_broken_by_index() -> None:
+    # classes 0 and 1 tie; class 0 is ranked first.
+    np.testing.assert_allclose(aps_scores(np.array([[0.4, 0.4, 0.2]])), [[0.4, 0.8, 1.0]])
+    np.testing.assert_allclose(aps_scores(np.array([[0.2, 0.4, 0.4]])), [[1.0, 0.4, 0.8]])
+
+
+def test_aps_randomised_bounds_and_reproducible() -> None:
+    det = aps_scores(PROBS)
+    rand = aps_scores(PROBS, rng=np.random.default_rng(3))
+    # det - U*p with U in [0, 1): between det - p and det
+    assert np.all(rand <= det + 1e-12)
+    assert np.all(rand >= det - PROBS - 1e-12)
+    assert not np.allclose(rand, det)
+    np.testing.assert_allclose(rand, aps_scores(PROBS, rng=np.random.default_rng(3)))
+
+
+# --- calibrate: max over true labels -----------------------------------------------
+
+
+def test_in_between_score_is_max_over_true_labels() -> None:
+    probs = np.array([[0.5, 0.45, 0.05]])
+    truth = np.array([[True, True, False]])
+    # LAC per-label: 0.5, 0.55 -> max 0.55. n=1, alpha=0.6: ceil(2*0.4)=1 -> the score.
+    assert calibrate(probs, truth, alpha=0.6, method="lac") == pytest.approx(0.55)
+    # APS per-label: 0.5, 0.95 -> max 0.95
+    assert calibrate(probs, truth, alpha=0.6, method="aps") == pytest.approx(0.95)
+    # Same image with a clear-cut truth {0} scores only 0.5.
+    clear = np.array([[True, False, False]])
+    assert calibrate(probs, clear, alpha=0.6, method="lac") == pytest.approx(0.5)
+
+
+def test_calibrate_unknown_method() -> None:
+    truth = np.eye(3, dtype=bool)[[0, 1]]
+    with pytest.raises(ValueError, match=r"'softmax'.*lac.*aps"):
+        calibrate(PROBS, truth, alpha=0.1, method="softmax")
+
+
+def test_calibrate_rejects_bad_truth() -> None:
+    with pytest.raises(ValueError, match="at least one true label"):
+        calibrate(PROBS, np.zeros((2, 3), dtype=bool), alpha=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        calibrate(PROBS, np.ones((2, 2), dtype=bool), alpha=0.5)
+
+
+# --- prediction_sets / set_metrics ----------------------------------------------------
+
+
+def test_prediction_sets_hand_table() -> None:
+    lac = prediction_sets(PROBS, 0.7, "lac")  # scores [[.5,.7,.8],[.9,.4,.7]]
+    np.testing.assert_array_equal(lac, [[True, True, False], [False, True, True]])
+    aps = prediction_sets(PROBS, 0.85, "aps")  # scores [[.5,.8,1],[1,.6,.9]]
+    np.testing.assert_array_equal(aps, [[True, True, False], [False, True, False]])
+    assert lac.dtype == bool
+
+
+def test_prediction_sets_extremes() -> None:
+    assert prediction_sets(PROBS, math.inf, "aps").all()
+    # LAC with a tiny qhat gives empty sets, kept empty (size 0).
+    empty = prediction_sets(PROBS, 0.1, "lac")
+    assert not empty.any()
+    truth = np.array([[True, False, False], [False, True, False]])
+    assert set_metrics(empty, truth)["mean_size"] == 0.0
+
+
+def test_set_metrics_hand_masks() -> None:
+    sets = np.array(
+        [
+            [True, False, False],  # == truth            -> covered, exact
+            [True, True, False],  # superset of truth    -> covered, not exact
+            [True, False, False],  # misses label 1       -> not covered
+            [False, True, True],  # == in-between truth  -> covered, exact
+        ]
+    )
+    truth = np.array(
+        [
+            [True, False, False],
+            [True, False, False],
+            [True, True, False],
+            [False, True, True],
+        ]
+    )
+    m = set_metrics(sets, truth)
+    assert m["coverage"] == pytest.approx(3 / 4)
+    assert m["mean_size"] == pytest.approx((1 + 2 + 1 + 2) / 4)
+    assert m["exact"] == pytest.approx(2 / 4)
+
+
+def test_set_metrics_empty_is_nan() -> None:
+    m = set_metrics(np.zeros((0, 3), dtype=bool), np.zeros((0, 3), dtype=bool))
+    assert set(m) == {"coverage", "mean_size", "exact"}
+    assert all(math.isnan(v) for v in m.values())
+
+
+# --- simulated coverage ----------------------------------------------------------------
+
+
+def _simulate(rng: np.random.Generator, n: int, k: int, p_between: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dirichlet probs; label drawn from probs; with p_between add a second label."""
+    probs = rng.dirichlet(np.ones(k), size=n)
+    u = rng.uniform(size=(n, 1))
+    first = np.minimum((np.cumsum(probs, axis=1) < u).sum(axis=1), k - 1)
+    truth = np.zeros((n, k), dtype=bool)
+    truth[np.arange(n), first] = True
+    between = rng.uniform(size=n) < p_between
+    second = (first + rng.integers(1, k, size=n)) % k  # a different class
+    truth[np.flatnonzero(between), second[between]] = True
+    return probs, truth
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("p_between", [0.0, 0.3])
+def test_empirical_coverage(method: str, p_between: float) -> None:
+    alpha, n_cal = 0.1, 2000
+    rng = np.random.default_rng(12345)
+    probs, truth = _simulate(rng, n_cal + 20000, 5, p_between)
+    qhat = calibrate(probs[:n_cal], truth[:n_cal], alpha, method)
+    assert math.isfinite(qhat)
+    m = set_metrics(prediction_sets(probs[n_cal:], qhat, method), truth[n_cal:])
+    assert m["coverage"] >= 1 - alpha - 0.02
+    # Sets must be informative, not trivially "all 5 classes".
+    assert m["mean_size"] < 5
+
+
+def test_empirical_coverage_randomised_aps_is_tight() -> None:
+    alpha, n_cal = 0.1, 2000
+    rng = np.random.default_rng(7)
+    probs, truth = _simulate(rng, n_cal + 20000, 5, 0.0)
+    qhat = calibrate(probs[:n_cal], truth[:n_cal], alpha, "aps", rng=rng)
+    sets = prediction_sets(probs[n_cal:], qhat, "aps", rng=rng)
+    cov = set_metrics(sets, truth[n_cal:])["coverage"]
+    # Continuous scores: coverage is within about 1/(n+1) of 1 - alpha, plus noise.
+    assert 1 - alpha - 0.02 <= cov <= 1 - alpha + 0.03

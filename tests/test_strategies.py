@@ -1,0 +1,172 @@
+"""Every registered strategy: shapes, finite loss, gradients, valid targets, decoding; losses vs naive loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ambig_bench.registry import Registry
+from ambig_bench.strategies import STRATEGIES, Labels
+
+K, PAIRS = 5, [(0, 1), (2, 3)]
+
+
+def labels() -> Labels:
+    """Six clear-cut images and three in-between ones (two of pair 0, one of pair 1 with share 0.7)."""
+    a = torch.tensor([0, 1, 2, 3, 4, 0, 0, 0, 2])
+    b = torch.tensor([-1, -1, -1, -1, -1, -1, 1, 1, 3])
+    share = torch.tensor([1, 1, 1, 1, 1, 1, 0.5, 0.5, 0.7])
+    pair = torch.tensor([-1, -1, -1, -1, -1, -1, 0, 0, 1])
+    return Labels(a, b, share, pair)
+
+
+@pytest.fixture(params=STRATEGIES.names())
+def strategy(request):
+    return STRATEGIES.get(request.param)(K, PAIRS)
+
+
+def test_targets_are_valid(strategy):
+    lab = labels()
+    index, targets = strategy.epoch_targets(lab, torch.Generator().manual_seed(0))
+    assert targets.shape == (len(index), strategy.num_outputs)
+    assert index.min() >= 0 and index.max() < len(lab)
+    assert (targets >= 0).all() and (targets <= 1).all()
+    clear = ~lab.between[index]
+    # Clear-cut images are always one-hot on their own class, whatever the strategy.
+    assert torch.equal(targets[clear].argmax(1), lab.a[index][clear])
+    assert torch.allclose(targets[clear].sum(1), torch.ones(int(clear.sum())))
+
+
+def test_loss_is_finite_and_gradients_flow(strategy):
+    lab = labels()
+    index, targets = strategy.epoch_targets(lab, torch.Generator().manual_seed(0))
+    logits = torch.randn(len(index), strategy.num_outputs, requires_grad=True)
+    loss = strategy.loss(logits, targets)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_decoding_shapes_and_ranges(strategy):
+    logits = torch.randn(7, strategy.num_outputs)
+    probs = strategy.class_probs(logits)
+    assert probs.shape == (7, K)
+    assert torch.allclose(probs.sum(1), torch.ones(7), atol=1e-5)
+    sets = strategy.predict_sets(logits, 0.3)
+    assert sets.shape == (7, K) and sets.dtype == torch.bool
+    assert sets.any(1).all(), "every predicted set holds at least one class"
+    assert strategy.ambiguity(logits).shape == (7,)
+
+
+def test_confident_outputs_decode_to_the_right_sets(strategy):
+    """Logits that put (almost) all mass on class 4 decode to {4}; on the pair (0, 1) to {0, 1}."""
+    clear = torch.full((1, strategy.num_outputs), -20.0)
+    clear[0, 4] = 20
+    between = torch.full((1, strategy.num_outputs), -20.0)
+    if strategy.name == "extra-class":
+        between[0, K + 0] = 20  # the class of pair (0, 1)
+    else:
+        between[0, [0, 1]] = 20
+    threshold = 0.3
+    assert strategy.predict_sets(clear, threshold)[0].nonzero().flatten().tolist() == [4]
+    assert strategy.predict_sets(between, threshold)[0].nonzero().flatten().tolist() == [0, 1]
+    assert strategy.ambiguity(between) > strategy.ambiguity(clear)
+
+
+def test_expected_target_per_strategy():
+    """What each strategy trains an in-between image (pair 0 = classes 0, 1) towards."""
+    lab = labels()
+    gen = torch.Generator().manual_seed(0)
+    row = 6  # first in-between image
+    for name, expected in {
+        "soft": [0.5, 0.5, 0, 0, 0], "hard": [1, 0, 0, 0, 0], "multilabel": [1, 1, 0, 0, 0],
+        "partial": [1, 1, 0, 0, 0], "extra-class": [0, 0, 0, 0, 0, 1, 0],
+    }.items():
+        index, targets = STRATEGIES.get(name)(K, PAIRS).epoch_targets(lab, gen)
+        assert targets[(index == row).nonzero()[0, 0]].tolist() == expected, name
+    soft_index, soft = STRATEGIES.get("soft")(K, PAIRS).epoch_targets(lab, gen)
+    assert soft[8, 2].item() == pytest.approx(0.7) and soft[8, 3].item() == pytest.approx(0.3)
+
+
+def test_discard_and_duplicate_change_which_images_are_seen():
+    lab = labels()
+    gen = torch.Generator().manual_seed(0)
+    index, _ = STRATEGIES.get("discard")(K, PAIRS).epoch_targets(lab, gen)
+    assert index.tolist() == [0, 1, 2, 3, 4, 5]
+    index, targets = STRATEGIES.get("duplicate")(K, PAIRS).epoch_targets(lab, gen)
+    assert sorted(index.tolist()) == [0, 1, 2, 3, 4, 5, 6, 6, 7, 7, 8, 8]
+    # The two copies of image 6 carry one-hot A and one-hot B.
+    copies = targets[index == 6].argmax(1).sort().values.tolist()
+    assert copies == [0, 1]
+
+
+def test_reassign_redraws_within_the_pair_every_epoch():
+    lab = labels()
+    strategy = STRATEGIES.get("reassign")(K, PAIRS)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([strategy.epoch_targets(lab, gen)[1].argmax(1) for _ in range(400)])
+    assert set(draws[:, 6].tolist()) == {0, 1} and set(draws[:, 8].tolist()) == {2, 3}
+    assert draws[:, 6].eq(0).float().mean().item() == pytest.approx(0.5, abs=0.08)
+    assert draws[:, 8].eq(2).float().mean().item() == pytest.approx(0.7, abs=0.08)
+    assert draws[:, :6].eq(lab.a[:6]).all(), "clear-cut images never change label"
+
+
+# -- each loss against a naive per-example loop ------------------------------------------------------
+def naive_soft_ce(logits, targets):
+    total = 0.0
+    for z, t in zip(logits.tolist(), targets.tolist(), strict=True):
+        norm = math.log(sum(math.exp(v) for v in z))
+        total += -sum(ti * (zi - norm) for zi, ti in zip(z, t, strict=True))
+    return total / len(logits)
+
+
+def naive_bce(logits, targets):
+    total = 0.0
+    for z, t in zip(logits.tolist(), targets.tolist(), strict=True):
+        for zi, ti in zip(z, t, strict=True):
+            p = 1 / (1 + math.exp(-zi))
+            total += -(ti * math.log(p) + (1 - ti) * math.log(1 - p))
+    return total / len(logits)
+
+
+def naive_partial(logits, targets):
+    total = 0.0
+    for z, t in zip(logits.tolist(), targets.tolist(), strict=True):
+        exp = [math.exp(v) for v in z]
+        total += -math.log(sum(e for e, ti in zip(exp, t, strict=True) if ti) / sum(exp))
+    return total / len(logits)
+
+
+NAIVE = {"soft": naive_soft_ce, "hard": naive_soft_ce, "reassign": naive_soft_ce, "duplicate": naive_soft_ce,
+         "discard": naive_soft_ce, "extra-class": naive_soft_ce, "multilabel": naive_bce,
+         "partial": naive_partial}
+
+
+def test_every_strategy_has_a_reference_loss():
+    assert set(NAIVE) == set(STRATEGIES.names())
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_loss_matches_naive_reference(name):
+    strategy = STRATEGIES.get(name)(K, PAIRS)
+    index, targets = strategy.epoch_targets(labels(), torch.Generator().manual_seed(1))
+    logits = torch.randn(len(index), strategy.num_outputs, generator=torch.Generator().manual_seed(2)) * 3
+    assert strategy.loss(logits, targets).item() == pytest.approx(NAIVE[name](logits, targets), rel=1e-5)
+
+
+def test_extra_class_probabilities_split_pair_mass_evenly():
+    strategy = STRATEGIES.get("extra-class")(K, PAIRS)
+    logits = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.1, 0.1, 0.4, 0.1]]))
+    assert strategy.class_probs(logits)[0].tolist() == pytest.approx([0.3, 0.3, 0.15, 0.15, 0.1])
+    assert strategy.ambiguity(logits).item() == pytest.approx(0.5)  # 0.4 + 0.1 on the pair classes
+
+
+def test_registry_refuses_duplicate_names():
+    reg = Registry("thing")
+    reg.register("a")(type("A", (), {}))
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a")(type("B", (), {}))
+    with pytest.raises(ValueError, match="unknown thing"):
+        reg.get("nope")
