@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 from ambig_bench.config import RunConfig
@@ -40,30 +41,117 @@ def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: Label
     })
 
 
-def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
-    """Rebuild the trained model (Preprocess + network, eval mode, CPU), its recipe and its strategy."""
-    run_dir = Path(run_dir)
-    meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
-    if not meta_path.exists() or not weights_path.exists():
-        raise UserError(f"{run_dir}: not a finished ambig-bench run (model.json / model.safetensors missing)")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+
+
+def _count(v: object, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low  # JSON true is a bool, not a count
+
+
+# What load_checkpoint needs from model.json: field -> (check, what the error says it must be).
+RECIPE: dict[str, tuple[Callable[[object], bool], str]] = {
+    "model": (lambda v: isinstance(v, str), "a model name"),
+    "width": (lambda v: _count(v, 0), "an integer >= 0"),
+    "in_channels": (lambda v: _count(v, 1), "an integer >= 1"),
+    "image_size": (lambda v: _count(v, 1), "an integer >= 1"),
+    "strategy": (lambda v: isinstance(v, str), "a strategy name"),
+    "num_outputs": (lambda v: _count(v, 1), "an integer >= 1"),
+    "class_names": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(n, str) for n in v),
+                    "a list of at least two names"),
+    "pairs": (lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v),
+              "a list of [a, b] pairs"),
+    "threshold": (lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+                  "a number or null"),
+}
+
+
+def is_pickle(head: bytes) -> bool:
+    """Pickle protocol 2+ (b'\\x80' + protocol) or torch.save's zip archive: formats that can run code."""
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
+
+
+def read_recipe(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{meta_path}: unreadable model recipe: {e}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: not an ambig-bench model (a JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path}: not an ambig-bench model (format {meta.get('format')!r})")
+        raise UserError(f"{meta_path}: not an ambig-bench model (format {meta.get('format')!r}, expected {FORMAT!r})")
+    for key, (ok, what) in RECIPE.items():
+        if not ok(meta.get(key)):
+            raise UserError(f"{meta_path}: field {key!r} must be {what}, got {meta.get(key)!r}")
+    k = len(meta["class_names"])
+    if not all(_count(c, 0) and c < k for p in meta["pairs"] for c in p):
+        raise UserError(f"{meta_path}: field 'pairs' must hold class indices below {k}, got {meta['pairs']}")
+    return meta
+
+
+def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file written by save_checkpoint; pickles are refused before parsing."""
     try:
-        state = load_file(weights_path)
+        with weights_path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise UserError(f"{weights_path}: cannot read ({e.strerror or e})") from None
+    if is_pickle(head):
+        raise UserError(f"{weights_path}: is a pickle (torch.save), not safetensors; refused because loading a "
+                        "pickle can run arbitrary code")
+    try:
+        with safe_open(weights_path, framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+            state = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{weights_path}: not a valid safetensors file ({e})") from None
-    strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
-    channels = meta["in_channels"]
-    net = build_model(meta["model"], channels, meta["image_size"], meta["num_outputs"], meta["width"])
-    model = nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)), net)
+    if fmt != FORMAT:
+        raise UserError(f"{weights_path}: safetensors from another program (metadata format {fmt!r}, "
+                        f"expected {FORMAT!r})")
+    return state
+
+
+def mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between the network's tensors and the file's, in one line ("" if they match)."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    wrong = [f"{k} ({tuple(found[k].shape)} {found[k].dtype}, expected {tuple(v.shape)} {v.dtype})"
+             for k, v in expected.items() if k in found and (found[k].shape != v.shape or found[k].dtype != v.dtype)]
+    parts = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in
+             ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape or type")) if names]
+    return "; ".join(parts)
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
+    """Rebuild the trained model (Preprocess + network, eval mode, CPU), its recipe and its strategy.
+
+    Anything that is not exactly what save_checkpoint wrote is refused with a UserError naming the file.
+    """
+    run_dir = Path(run_dir)
+    meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not weights_path.exists():
+        pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{run_dir / pickles[0]}: pickled checkpoints are refused (loading one can run "
+                            "arbitrary code); ambig-bench reads only model.safetensors + model.json")
+    if not meta_path.exists() or not weights_path.exists():
+        raise UserError(f"{run_dir}: not a finished ambig-bench run (model.json / model.safetensors missing)")
+    meta = read_recipe(meta_path)
+    state = read_weights(weights_path)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserError(f"{weights_path}: weights do not match the {meta['model']} architecture ({first})") \
-            from None
+        strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
+        net = build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"], meta["width"])
+    except UserError as e:  # a strategy or model this version does not have
+        raise UserError(f"{meta_path}: {e}") from None
+    if strategy.num_outputs != meta["num_outputs"]:
+        raise UserError(f"{meta_path}: {meta['strategy']} with {len(meta['class_names'])} classes and "
+                        f"{len(meta['pairs'])} pairs has {strategy.num_outputs} outputs, the recipe says "
+                        f"{meta['num_outputs']}")
+    channels = meta["in_channels"]
+    model = nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)), net)
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise UserError(f"{weights_path}: weights do not fit the {meta['model']} network of model.json ({problem})")
+    model.load_state_dict(state, strict=True)
     return model.eval(), meta, strategy

@@ -3,10 +3,12 @@
 $ ambig-bench run --dataset digits --strategy all --seeds 3 --epochs 20 --out results/demo
 $ ambig-bench compare results/demo
 $ ambig-bench strategies
+$ ambig-bench predict results/demo/runs/soft-seed0-<key> photos/ --format csv
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import re
@@ -85,23 +87,32 @@ def experiment_from(options: dict[str, Any], config: Path | None, strategy: str 
                     seed: int | None, out_dir: str | None, force: bool) -> ExperimentConfig:
     """Merge defaults < --config file < command line into an ExperimentConfig."""
     values = load_toml(config) if config else {}
-    strategies = strategy or values.pop("strategies", None) or values.pop("strategy", "soft")
-    if isinstance(strategies, list):
-        strategies = ",".join(strategies)
-    n_seeds = seeds if seeds is not None else int(values.pop("seeds", 3))
-    result_dir = out_dir or str(values.pop("out", "results/demo"))
+    where = f"{config}: " if config else ""
+    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
     values.pop("strategy", None)
+    if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
+        file_strategies = ",".join(file_strategies)
+    if not isinstance(file_strategies, str):
+        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
+    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
+    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
+        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
+    if not isinstance(file_out, str):
+        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
+    n_seeds = seeds if seeds is not None else file_seeds
     values.update({k: v for k, v in options.items() if v is not None})
     if seed is not None:
         values["seed"] = seed
     run = build_run_config(values)
     DATASETS.get(run.dataset)
-    BETWEEN_SOURCES.get(run.between_source)
+    if run.between_source != "auto":
+        BETWEEN_SOURCES.get(run.between_source)
     from ambig_bench.models import MODELS
 
     MODELS.get(run.model)
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    strategies, result_dir = strategy or file_strategies, out_dir or file_out
     return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force)
 
 
@@ -133,6 +144,16 @@ def progress_bars() -> Progress:
                     console=err, transient=False)
 
 
+EXECUTOR_OPTION = typer.Option("local", "--executor", rich_help_panel="Where runs train",
+                               help="local: this machine (--jobs N processes); ray: Ray tasks, one GPU (or CPU) "
+                                    "each (pip install 'ambig-bench\\[ray]')")
+JOBS_OPTION = typer.Option(1, "--jobs", "-j", rich_help_panel="Where runs train",
+                           help="Runs trained at once by --executor local, each in its own process")
+RAY_ADDRESS_OPTION = typer.Option("", "--ray-address", rich_help_panel="Where runs train",
+                                  show_default="start a local Ray instance",
+                                  help="Ray cluster to join, e.g. auto or ray://head:10001")
+
+
 @app.command()
 @guarded
 @with_run_options
@@ -144,15 +165,20 @@ def run(
     out_dir: str = typer.Option(None, "--out", "-o", help="Results directory [default: results/demo]"),
     config: Path = typer.Option(None, "--config", help="TOML experiment file; command-line options override it"),
     force: bool = typer.Option(False, "--force", help="Retrain runs that already finished"),
+    executor: str = EXECUTOR_OPTION,
+    jobs: int = JOBS_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
     **options: Any,
 ) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.runner import cached_prepare, grid, run_grid
+    from ambig_bench.executors import open_executor, preflight
+    from ambig_bench.runner import grid, run_grid
 
     exp = experiment_from(options, config, strategy, seeds, seed, out_dir, force)
-    cached_prepare(grid(exp)[0])  # bad data or pairs fail here, before any progress bar or file
-    with progress_bars() as progress:
-        results = run_grid(exp, RichReporter(progress, len(grid(exp))))
+    with open_executor(executor, jobs, ray_address) as runs_on:
+        preflight(grid(exp), runs_on)  # bad options, device or data fail here, before any progress bar or file
+        with progress_bars() as progress:
+            results = run_grid(exp, RichReporter(progress, len(grid(exp))), runs_on)
     failed = [r for r in results if r.status == "failed"]
     reused = sum(r.status == "reused" for r in results)
     err.print(f"{len(results) - len(failed)} runs finished ({reused} reused), {len(failed)} failed; "
@@ -183,6 +209,120 @@ def compare(
     for row in shown.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     out.print(table)
+
+
+@app.command()
+@guarded
+@with_run_options
+def sweep(
+    vary: list[str] = typer.Option(..., "--vary", help="OPTION=V1,V2,...: a run option and its values, e.g. "
+                                   "between-fraction=0.01,0.05,0.2; repeat for a grid (overrides --OPTION)"),
+    strategy: str = typer.Option(None, "--strategy", "-s",
+                                 help=f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"),
+    seeds: int = typer.Option(None, help="Runs per strategy and grid point [default: 3]"),
+    seed: int = typer.Option(None, help="First seed [default: 0]"),
+    out_dir: str = typer.Option(None, "--out", "-o", help="Results directory [default: results/demo]"),
+    config: Path = typer.Option(None, "--config", help="TOML experiment file; command-line options override it"),
+    force: bool = typer.Option(False, "--force", help="Retrain runs that already finished"),
+    executor: str = EXECUTOR_OPTION,
+    jobs: int = JOBS_OPTION,
+    ray_address: str = RAY_ADDRESS_OPTION,
+    **options: Any,
+) -> None:
+    """Train the grid at every combination of the --vary values; draw each metric against them (sweep-*.png)."""
+    from ambig_bench.executors import open_executor, preflight
+    from ambig_bench.sweep import parse_vary, run_sweep, sweep_configs
+
+    exp = experiment_from(options, config, strategy, seeds, seed, out_dir, force)
+    vary_values = parse_vary(vary)
+    configs = sweep_configs(exp, vary_values)  # every grid point validated before anything is written
+    with open_executor(executor, jobs, ray_address) as runs_on:
+        preflight(configs, runs_on)
+        with progress_bars() as progress:
+            result = run_sweep(exp, vary_values, RichReporter(progress, len(configs)), runs_on)
+    failed = [r for r in result.runs if r.status == "failed"]
+    reused = sum(r.status == "reused" for r in result.runs)
+    err.print(f"{len(result.runs) - len(failed)} runs finished ({reused} reused), {len(failed)} failed; "
+              f"figures: {', '.join(str(p) for p in result.figures) or 'none'}. Next: ambig-bench report {exp.out}",
+              highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@guarded
+def report(
+    results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run` or `ambig-bench sweep`"),
+    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences and trade-offs"),
+    margin: float = typer.Option(0.02, help="Equivalence margin (accuracy, absolute) for the "
+                                 "'equivalent asymptotically' claim"),
+) -> None:
+    """Write report.md, a self-contained report.html and figures/: what differs, by how much, how surely."""
+    from ambig_bench.report import report as write_report
+
+    built = write_report(results_dir, baseline, margin)
+    err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
+              f"figures in {results_dir / 'figures'}", highlight=False)
+    print("\n".join(built.summary_lines()))
+
+
+@app.command()
+@guarded
+def bench(
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    model: str = typer.Option("fast-cifar", help="Network of measurements a-c"),
+    images: int = typer.Option(50_000, help="Random 3x32x32 training images for a-c"),
+    epochs: int = typer.Option(3, help="Timed epochs per measurement (after a one-epoch warm-up)"),
+    seeds: int = typer.Option(8, help="Runs trained together in measurement d"),
+    small_images: int = typer.Option(60_000, help="Random 1x28x28 images per run in measurement d"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model in measurement a"),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file"),
+) -> None:
+    """Measure training speed (images/s) against a bare loop and a textbook DataLoader loop."""
+    from ambig_bench.bench import BenchConfig, device_name, render
+    from ambig_bench.bench import bench as run_bench
+    from ambig_bench.io import write_json
+
+    if min(images, epochs, seeds, small_images) < 1:
+        raise UserError("--images, --epochs, --seeds and --small-images must be at least 1")
+    bc = BenchConfig(device, model, images, epochs, seeds, small_images, compile)
+    err.print(f"benchmarking on {device_name(device)} ...", highlight=False)
+    results = run_bench(bc)
+    print(render(results, bc, device_name(device)))
+    if json_out:
+        write_json(json_out, {"device": device_name(device), "config": dataclasses.asdict(bc), **results})
+
+
+@app.command()
+@guarded
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory: <results>/runs/<strategy>-seed<seed>-<key>"),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+    alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
+    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps"),
+    per_kind: bool = typer.Option(True, "--per-kind/--marginal",
+                                  help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
+                                       "or only on average over the validation mix"),
+) -> None:
+    """Classify new images: 'A', or 'A or B' when in between, with a conformal set.
+
+    Exit 1: some files failed; 2: none could be read.
+    """
+    from ambig_bench.predict import check_format, predict_paths, render
+
+    check_format(fmt)
+    report = predict_paths(run_dir, images, alpha, conformal, per_kind)
+    for line in report.warnings():
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    for failed in report.failed:
+        err.print(f"[red]error:[/red] {failed.path}: {failed.error}", highlight=False, soft_wrap=True)
+    shown = render(report, fmt)
+    if isinstance(shown, str):
+        print(shown, end="")
+    else:
+        out.print(shown)
+    raise typer.Exit(report.exit_code)
 
 
 def listing(title: str, items: dict[str, str]) -> None:

@@ -21,7 +21,21 @@ from ambig_bench.io import read_json, write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
 from ambig_bench.stats import mean_ci, paired_comparison, rank_table
 
-IDENTITY = ("strategy", "seed", "device", "data_dir", "download", "compile")  # not part of an experiment
+# Conformal set quality per run (ambig_bench.predict.conformal_summary): name -> meaning, shown in its own table.
+CONFORMAL_ALPHA = 0.1
+CONFORMAL = {
+    "cp_coverage": "conformal sets hold every true label, all test images (guaranteed >= 1 - alpha)",
+    "cp_size": "mean conformal set size, all test images",
+    "cp_clear_coverage": "coverage on clear-cut images",
+    "cp_clear_size": "mean set size on clear-cut images",
+    "cp_between_coverage": "coverage on in-between images (both A and B in the set)",
+    "cp_between_size": "mean set size on in-between images",
+    "cp_between_exact": "conformal set is exactly {A, B} on in-between images",
+    "thr_clear_size": "the strategy's own threshold sets: mean size on clear-cut images",
+    "thr_between_coverage": "threshold sets: A and B both in the set, in-between images",
+    "thr_between_exact": "threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
+}
+IDENTITY = ("strategy", "seed", "device", "data_dir", "download", "compile", "batch_runs")  # not part of an experiment
 
 
 @dataclass
@@ -57,17 +71,31 @@ def varying_fields(runs: pd.DataFrame) -> list[str]:
     return [f for f in fields if runs[f].astype(str).nunique() > 1]
 
 
+def add_conformal(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+    """Per finished run, conformal sets calibrated on its validation predictions, scored on its test ones."""
+    from ambig_bench.predict import conformal_summary
+
+    rows = []
+    for run, status in zip(runs.run, runs.status, strict=True):
+        run_dir = results_dir / "runs" / run
+        ok = status == "done" and (run_dir / "predictions.csv").exists()
+        rows.append(conformal_summary(run_dir, CONFORMAL_ALPHA, "lac") if ok else {})
+    extra = pd.DataFrame(rows, index=runs.index)
+    return pd.concat([runs, extra[[c for c in CONFORMAL if c in extra]]], axis=1)
+
+
 def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     rows = []
     for key, group in runs.groupby(group_by + ["strategy"], sort=False):
         done = group[group.status == "done"]
         row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
         row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
-        for m in METRICS:
+        for m in [*METRICS, *CONFORMAL]:
             values = done[m].astype(float) if m in done else pd.Series(dtype=float)
             row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_ci(values.to_numpy())
         rows.append(row)
-    return pd.DataFrame(rows)
+    # Sweep values in increasing order, strategies by name: the same table whatever the directory order.
+    return pd.DataFrame(rows).sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
 
 
 def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
@@ -112,13 +140,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def summary_display(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+def summary_display(summary: pd.DataFrame, group_by: list[str], metrics=tuple(METRICS)) -> pd.DataFrame:
     """The human table: one column per metric holding 'mean ± CI half-width'."""
     shown = summary[group_by + ["strategy", "n_seeds"]].rename(columns={"n_seeds": "n"}).copy()
-    for m in METRICS:
+    for m in metrics:
         if summary[f"{m}_mean"].notna().any():
             shown[m] = [fmt(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for _, r in summary.iterrows()]
-    if summary.n_failed.any():
+    if summary.n_failed.any() and tuple(metrics) == tuple(METRICS):
         shown["failed"] = summary.n_failed
     return shown
 
@@ -160,10 +188,16 @@ def render_markdown(results_dir: Path, comparison: Comparison, baseline: str) ->
                   "exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
                   "difference at the 5% level.", "",
                   markdown_table(paired_display(comparison.paired, g)), ""]
+    if comparison.summary["cp_coverage_mean"].notna().any():
+        lines += [f"## Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on validation)", "",
+                  "Split-conformal sets that hold every true label of at least 1 − α of clear-cut and of in-between "
+                  "images (`ambig-bench predict` gives them per image), next to the strategy's own threshold sets.",
+                  "", markdown_table(summary_display(comparison.summary, g, tuple(CONFORMAL))), ""]
     lines += ["## Ranks", "", "1 = best; strategies share a rank where their 95% CIs overlap.", "",
               markdown_table(comparison.ranks), "", "## Metrics", ""]
     better = {True: "higher is better", False: "lower is better", None: "not ranked"}
     lines += [f"- `{m}` ({better[hib]}): {text}" for m, (hib, text) in METRICS.items()]
+    lines += [f"- `{m}`: {text}" for m, text in CONFORMAL.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +206,7 @@ def compare(results_dir: str | Path, baseline: str = "soft") -> Comparison:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results directory not found")
-    runs = load_runs(results_dir)
+    runs = add_conformal(load_runs(results_dir), results_dir)
     group_by = varying_fields(runs)
     summary = summarise(runs, group_by)
     if baseline not in set(runs.strategy):

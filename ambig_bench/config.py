@@ -8,12 +8,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
 from ambig_bench.errors import UserError
+
+# Per model: the optimisation recipe used unless the user sets it (batch size in images, lr per step).
+MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    "small-cnn": {"optimizer": "adamw", "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4},
+    "fast-cifar": {"optimizer": "sgd", "batch_size": 512, "lr": 0.4, "weight_decay": 5e-4},
+}
+
+
+UNSET: dict[str, object] = {"optimizer": "", "batch_size": 0, "lr": 0.0, "weight_decay": -1.0}
 
 
 @dataclass
@@ -26,11 +35,13 @@ class RunConfig:
     data_dir: str = ""  # where the dataset's files are ("" = the dataset's default locations)
     labels: str = ""  # labels CSV for the `folder` dataset ("" = class = folder name)
     pairs: str = ""  # "4:9,3:8" or "T-shirt/top:Shirt" ("" = the dataset's default pairs)
-    between_source: str = "blend"  # where in-between images come from: blend | human | natural
+    between_source: str = "blend"  # in-between from: blend | human | natural | auto (human if votes exist)
     between_fraction: float = 0.05  # share of the training set that is in-between, in (0, 1)
     blend_low: float = 0.4  # blend weight λ of class A is drawn from U(blend_low, blend_high)
     blend_high: float = 0.6  # upper end of the blend weight range
     natural_threshold: float = 0.3  # `natural`: both pair probabilities at least this (out-of-fold)
+    natural_folds: int = 3  # `natural`: cross-validation folds of the reference model (>= 2)
+    natural_epochs: int = 4  # `natural`: training epochs of each fold's reference model
     human_pair_mass: float = 0.9  # `human`: top-two vote share needed to call an image in-between
     human_second: float = 0.2  # `human`: vote share of the second class needed for in-between
     human_extra_train: bool = True  # cifar10h: add the 50,000 clear-cut CIFAR-10 training images
@@ -44,17 +55,25 @@ class RunConfig:
     model: str = "small-cnn"  # registered model name
     width: int = 0  # channels of the first conv stage (0 = the model's default: 32 small-cnn, 64 fast-cifar)
     epochs: int = 20  # passes over the training set
-    batch_size: int = 128  # images per step
-    lr: float = 3e-3  # peak learning rate (AdamW), decayed linearly to 0
-    weight_decay: float = 5e-4  # AdamW decoupled weight decay
+    optimizer: str = ""  # adamw | sgd (Nesterov, momentum 0.9) ("" = the model's default)
+    batch_size: int = 0  # images per step (0 = the model's default)
+    lr: float = 0.0  # peak learning rate after a one-epoch warm-up, decayed linearly to 0 (0 = model default)
+    weight_decay: float = -1.0  # weight decay (decoupled for AdamW) (-1 = the model's default)
     augment: str = "auto"  # auto (on for RGB 32x32) | on | off: random crop with 4 px padding + flip
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (GPU, long runs)
+    batch_runs: str = "auto"  # auto (on CUDA) | on | off: train runs of one shape together as one wide model
+
+    def __post_init__(self) -> None:
+        # Unset optimisation fields take the model's defaults, so a saved config always holds real values.
+        for name, value in MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["small-cnn"]).items():
+            if getattr(self, name) == UNSET[name] and type(getattr(self, name)) is type(UNSET[name]):
+                setattr(self, name, value)
 
     def key(self) -> str:
         """Hash of everything that changes results except strategy and seed: one experiment."""
         d = dataclasses.asdict(self)
-        for k in ("strategy", "seed", "device", "data_dir", "download", "compile"):
+        for k in ("strategy", "seed", "device", "data_dir", "download", "compile", "batch_runs"):
             d.pop(k)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -71,14 +90,24 @@ class RunConfig:
         for name in ("epochs", "batch_size", "test_between_per_pair", "val_between_per_pair"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.natural_folds < 2:
+            raise UserError(f"--natural-folds must be at least 2, got {self.natural_folds}")
+        if self.natural_epochs < 1:
+            raise UserError(f"--natural-epochs must be at least 1, got {self.natural_epochs}")
         if self.width < 0:
             raise UserError(f"--width must be >= 0, got {self.width}")
         if self.train_size < 0:
             raise UserError(f"--train-size must be >= 0, got {self.train_size}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise UserError("--lr must be > 0 and --weight-decay >= 0")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise UserError(f"--lr must be > 0 and finite, got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UserError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.augment not in ("auto", "on", "off"):
             raise UserError(f"--augment must be auto, on or off, got {self.augment!r}")
+        if self.batch_runs not in ("auto", "on", "off"):
+            raise UserError(f"--batch-runs must be auto, on or off, got {self.batch_runs!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -101,8 +130,10 @@ def coerce(name: str, value: object) -> object:
         raise UserError(f"unknown option {name.replace('_', '-')!r}")
     kind = type(getattr(RunConfig(), name))
     try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
         if kind is int and isinstance(value, float) and not value.is_integer():
@@ -119,9 +150,16 @@ def load_toml(path: str | Path) -> dict[str, object]:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a TOML config file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: malformed TOML: {e}") from None
-    flat = {**raw.pop("run", {}), **raw}
+    run_table = raw.pop("run", {})
+    if not isinstance(run_table, dict):
+        raise UserError(f"{path}: [run] must be a table of run options, got {run_table!r}")
+    flat = {**run_table, **raw}
     return {k.replace("-", "_"): v for k, v in flat.items()}
 
 

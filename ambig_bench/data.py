@@ -29,9 +29,12 @@ class RawImages:
     labels: torch.Tensor  # int64 N, the majority / given class
     class_names: list[str]
     split: torch.Tensor | None = None  # int8 N (SPLITS), or None to let the runner split at random
-    votes: torch.Tensor | None = None  # float N×K human vote counts or probabilities, when known
+    # float N×K human vote counts or probabilities, when known. Rows of images nobody voted on are one-hot on
+    # their label; the label of an image the votes call clear-cut is its most-voted class.
+    votes: torch.Tensor | None = None
     default_pairs: str = ""  # e.g. "4:9,3:8"
     source: str = ""  # where the images came from, for reports
+    default_source: str = "blend"  # in-between source used for `--between-source auto`: human when votes exist
 
 
 @dataclass
@@ -107,7 +110,7 @@ def parse_pairs(text: str, class_names: list[str]) -> list[tuple[int, int]]:
         token = token.strip()
         if token.lower() in lookup:
             return lookup[token.lower()]
-        if token.isdigit() and int(token) < len(class_names):
+        if token.isdecimal() and token.isascii() and int(token) < len(class_names):
             return int(token)
         raise UserError(f"--pairs: unknown class {token!r}; classes are {', '.join(class_names)}")
 

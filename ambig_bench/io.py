@@ -1,4 +1,13 @@
-"""Crash-safe file writing: every file is written to a temporary name and renamed into place."""
+"""Crash-safe file writing: every file is written to a temporary name and renamed into place.
+
+A reader therefore sees the old file or the new one, never half of one, whenever the writer is killed.
+The data and then the directory entry are fsynced, so a finished file also survives a power cut.
+
+>>> from pathlib import Path
+>>> write_json(Path("results/doctest/example.json"), {"a": 1})  # doctest: +SKIP
+>>> read_json(Path("results/doctest/example.json"))  # doctest: +SKIP
+{'a': 1}
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,17 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from ambig_bench.errors import UserError
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names created or renamed inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -22,6 +42,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -33,4 +54,8 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    """Files written here are never partial, so an unreadable one was edited or damaged by hand."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); delete its run directory to train the run again") from None

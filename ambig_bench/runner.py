@@ -2,10 +2,15 @@
 
     results/demo/runs/<strategy>-seed<seed>-<config key>/
         config.json  data.json  env.json  history.csv  metrics.json  predictions.csv
-        model.safetensors  model.json  DONE
+        model.safetensors  model.json  DONE          (FAILED instead of the rest when training broke)
 
-A run directory is assembled under a temporary name and renamed into place once complete, so a run
-counts as finished exactly when its directory (with DONE) exists; rerunning reuses it.
+Nothing is ever half-written where it can be read back: a run is assembled in `runs/.tmp-<name>-<random>/`
+and renamed into place whole, so a run counts as finished exactly when its directory holds DONE. A process
+trains a run only while holding the run's lock (`OUT/.locks/`), so two invocations never clobber each
+other, and leftovers of a killed process are removed when the run is next claimed. Rerunning the same
+command reuses every finished run and trains the rest.
+
+$ ambig-bench run --strategy soft,hard --seeds 3 --out results/demo    # Ctrl-C, then the same again
 
 >>> from ambig_bench.config import RunConfig
 >>> from ambig_bench.runner import run_experiment
@@ -21,26 +26,35 @@ import platform
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 import torch
 from torch import nn
 
 from ambig_bench import __version__
+from ambig_bench.checkpoint import save_checkpoint
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.datasets import prepare
 from ambig_bench.errors import RunFailed
-from ambig_bench.io import read_json, write_csv, write_json
+from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
+from ambig_bench.locks import RunLock
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_model
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import Preprocess, pick_device, predict_logits, train
+from ambig_bench.train import Preprocess, pick_device, predict_logits, train, use_augmentation
+
+if TYPE_CHECKING:
+    from ambig_bench.executors import Executor
 
 THRESHOLDS = [round(0.02 * i, 2) for i in range(1, 50)]  # candidate set-decoding thresholds, 0.02..0.98
+TMP_PREFIX = ".tmp-"  # .tmp-<run name>-<random>: a run being assembled
+OLD_PREFIX = ".old-"  # .old-<run name>-<random>: a failed or --force'd run moved aside to be replaced
 
 
 class Reporter(Protocol):
@@ -53,7 +67,8 @@ class Reporter(Protocol):
 class RunResult:
     config: RunConfig
     run_dir: Path
-    status: str  # "done" (trained now), "reused" (finished earlier) or "failed"
+    status: str  # "done" (trained now), "reused" (finished earlier), "failed", or "busy" (another process
+    #              is training it: nothing was written; only with run_experiment(wait=False))
     metrics: dict = field(default_factory=dict)
     error: str = ""
 
@@ -115,82 +130,151 @@ def predictions_frame(strategy: Strategy, logits: torch.Tensor, data: LabelledIm
 
 
 def run_experiment(cfg: RunConfig, out: str | Path = "results/demo", force: bool = False,
-                   reporter: Reporter | None = None) -> RunResult:
-    """Train and evaluate one (strategy, seed); reuse the finished run unless `force`."""
+                   reporter: Reporter | None = None, wait: bool = True) -> RunResult:
+    """Train and evaluate one (strategy, seed); reuse the finished run unless `force`.
+
+    When another process is training the same run, wait for it (then reuse its result), or with
+    wait=False return at once with status "busy" so the caller can train other runs meanwhile.
+    """
     cfg.validate()
     run_dir = Path(out) / "runs" / run_name(cfg)
-    if (run_dir / "DONE").exists() and not force:
-        result = RunResult(cfg, run_dir, "reused", read_json(run_dir / "metrics.json"))
-        if reporter:
-            reporter.end_run(result)
-        return result
-
-    device = pick_device(cfg.device)
-    data = cached_prepare(cfg)
-    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
-    train_data, val, test = data.subset("train"), data.subset("val"), data.subset("test")
-    torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
-    _, channels, size, _ = data.images.shape
-    net = build_model(cfg.model, channels, size, strategy.num_outputs, cfg.width)
-    model = nn.Sequential(Preprocess.fit(train_data.images), net).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    trained = torch.compile(model) if cfg.compile else model
-
-    tmp = run_dir.parent / f".tmp-{run_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        if reporter:
-            reporter.start_run(run_dir.name, cfg.epochs)
-        started = time.perf_counter()
-        try:
-            history = train(trained, strategy, train_data, cfg, device, reporter.epoch if reporter else None)
-        except RunFailed as e:
-            write_json(tmp / "config.json", dataclasses.asdict(cfg))
-            write_json(tmp / "FAILED", {"error": str(e)})
-            finish(tmp, run_dir)
-            result = RunResult(cfg, run_dir, "failed", error=str(e))
-            if reporter:
-                reporter.end_run(result)
-            return result
-        train_seconds = time.perf_counter() - started
-
-        val_logits = predict_logits(trained, val.images, device)
-        test_logits = predict_logits(trained, test.images, device)
-        threshold = choose_threshold(strategy, val_logits, val)
-        sets = strategy.predict_sets(test_logits, threshold or 0.5)
-        metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
-                           test.label_a, test.label_b, test.share_a)
-        metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.epochs)
-
-        write_json(tmp / "config.json", dataclasses.asdict(cfg))
-        write_json(tmp / "data.json", {"class_names": data.class_names, "pairs": data.pairs, **data.info,
-                                       "image_shape": list(data.images.shape[1:])})
-        write_json(tmp / "env.json", environment(device))
-        write_csv(tmp / "history.csv", pd.DataFrame(history))
-        write_csv(tmp / "predictions.csv", pd.concat([
-            predictions_frame(strategy, val_logits, val, threshold, "val"),
-            predictions_frame(strategy, test_logits, test, threshold, "test"),
-        ], ignore_index=True))
-        from ambig_bench.checkpoint import save_checkpoint
-
-        save_checkpoint(tmp, model, cfg, data, strategy, threshold)
-        write_json(tmp / "metrics.json", metrics)
-        (tmp / "DONE").write_text("")
-        finish(tmp, run_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    result = RunResult(cfg, run_dir, "done", metrics)
-    if reporter:
+    claimed = claim(cfg, run_dir, force, wait)
+    if isinstance(claimed, RunLock):
+        with claimed:
+            result = train_run(cfg, run_dir, reporter)
+    else:
+        result = claimed
+    if reporter and result.status != "busy":
         reporter.end_run(result)
     return result
 
 
-def finish(tmp: Path, run_dir: Path) -> None:
-    """Move a complete run directory into place, replacing an unfinished or failed one."""
+def claim(cfg: RunConfig, run_dir: Path, force: bool, wait: bool) -> RunResult | RunLock:
+    """The held lock of a run to train, or the result of one that needs no training (reused or busy)."""
+    if not force and (metrics := finished_metrics(run_dir)) is not None:
+        return RunResult(cfg, run_dir, "reused", metrics)
+    lock = RunLock(run_dir.parent.parent / ".locks" / f"{run_dir.name}.lock")
+    if not lock.acquire(wait):
+        return RunResult(cfg, run_dir, "busy")
+    # Holding the lock, nobody else is assembling this run: any temporary copy is a killed process's.
+    for prefix in (TMP_PREFIX, OLD_PREFIX):
+        for leftover in run_dir.parent.glob(f"{prefix}{run_dir.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    if not force and (metrics := finished_metrics(run_dir)) is not None:  # finished while we waited
+        lock.release()
+        return RunResult(cfg, run_dir, "reused", metrics)
+    return lock
+
+
+def finished_metrics(run_dir: Path) -> dict | None:
+    """The metrics of a finished run, else None. A directory with DONE is complete: it arrived whole."""
+    if not (run_dir / "DONE").exists():
+        return None
+    try:
+        return read_json(run_dir / "metrics.json")
+    except FileNotFoundError:  # moved aside this instant by a --force rerun in another process
+        return None
+
+
+def train_run(cfg: RunConfig, run_dir: Path, reporter: Reporter | None) -> RunResult:
+    """Train, evaluate and write one run; the caller holds its lock."""
+    device = pick_device(cfg.device)
+    data = cached_prepare(cfg)
+    if reporter:
+        reporter.start_run(run_dir.name, cfg.epochs)
+    with staged(run_dir) as tmp:
+        write_json(tmp / "config.json", dataclasses.asdict(cfg))
+        try:
+            metrics = fit_and_save(cfg, data, device, tmp, reporter)
+        except (RunFailed, torch.cuda.OutOfMemoryError) as e:
+            error = failure_reason(e, cfg)
+            write_json(tmp / "FAILED", {"error": error})
+            return RunResult(cfg, run_dir, "failed", error=error)
+        write_atomic(tmp / "DONE", "")
+    return RunResult(cfg, run_dir, "done", metrics)
+
+
+def failure_reason(error: Exception, cfg: RunConfig) -> str:
+    if not isinstance(error, torch.cuda.OutOfMemoryError):
+        return str(error)
+    advice = (f"try --batch-size {cfg.batch_size // 2}" if cfg.batch_size > 1
+              else "try a smaller --width or --model")
+    return f"CUDA out of memory at batch size {cfg.batch_size}; {advice}"
+
+
+def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tuple[Strategy, nn.Module]:
+    """The run's strategy and its untrained model (Preprocess fitted on the training images + network)."""
+    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
+    torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
+    _, channels, size, _ = data.images.shape
+    net = build_model(cfg.model, channels, size, strategy.num_outputs, cfg.width)
+    model = nn.Sequential(Preprocess.fit(data.subset("train").images), net).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return strategy, model
+
+
+def fit_and_save(cfg: RunConfig, data: LabelledImages, device: torch.device, tmp: Path,
+                 reporter: Reporter | None) -> dict:
+    """Everything that touches the device: build, train, evaluate; write the run's files into `tmp`."""
+    strategy, model = build_run(cfg, data, device)
+    trained = torch.compile(model) if cfg.compile else model
+    started = time.perf_counter()
+    history = train(trained, strategy, data.subset("train"), cfg, device, reporter.epoch if reporter else None)
+    return evaluate_and_save(cfg, data, device, tmp, strategy, trained, history, time.perf_counter() - started)
+
+
+def evaluate_and_save(cfg: RunConfig, data: LabelledImages, device: torch.device, tmp: Path, strategy: Strategy,
+                      model: nn.Module, history: list[dict], train_seconds: float, batched_runs: int = 1) -> dict:
+    """Threshold on validation, metrics on test; write every file of a finished run into `tmp`."""
+    val, test = data.subset("val"), data.subset("test")
+    # Models trained with flips are evaluated on the image and its mirror (cheap, and fair to every strategy).
+    flip = use_augmentation(cfg, data.images)
+    val_logits = predict_logits(model, val.images, device, flip)
+    test_logits = predict_logits(model, test.images, device, flip)
+    threshold = choose_threshold(strategy, val_logits, val)
+    sets = strategy.predict_sets(test_logits, threshold or 0.5)
+    metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
+                       test.label_a, test.label_b, test.share_a)
+    metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.epochs,
+                   batched_runs=batched_runs)
+
+    write_json(tmp / "data.json", {"class_names": data.class_names, "pairs": data.pairs, **data.info,
+                                   "image_shape": list(data.images.shape[1:])})
+    write_json(tmp / "env.json", environment(device))
+    write_csv(tmp / "history.csv", pd.DataFrame(history))
+    write_csv(tmp / "predictions.csv", pd.concat([
+        predictions_frame(strategy, val_logits, val, threshold, "val"),
+        predictions_frame(strategy, test_logits, test, threshold, "test"),
+    ], ignore_index=True))
+    save_checkpoint(tmp, getattr(model, "_orig_mod", model), cfg, data, strategy, threshold)
+    write_json(tmp / "metrics.json", metrics)
+    return metrics
+
+
+@contextmanager
+def staged(run_dir: Path) -> Iterator[Path]:
+    """A fresh private directory that replaces run_dir when the block ends normally, and is removed otherwise."""
+    tmp = run_dir.parent / f"{TMP_PREFIX}{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        replace_dir(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: Path, run_dir: Path) -> None:
+    """Rename a complete run directory into place; an older one (failed, or --force) is first moved aside,
+    so at every instant run_dir is either absent or complete."""
     if run_dir.exists():
-        shutil.rmtree(run_dir)
-    os.replace(tmp, run_dir)
+        old = run_dir.parent / f"{OLD_PREFIX}{run_dir.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, run_dir)
+    fsync_dir(run_dir.parent)
 
 
 def grid(exp: ExperimentConfig) -> list[RunConfig]:
@@ -199,5 +283,9 @@ def grid(exp: ExperimentConfig) -> list[RunConfig]:
             for i in range(exp.seeds) for s in exp.strategies]
 
 
-def run_grid(exp: ExperimentConfig, reporter: Reporter | None = None) -> list[RunResult]:
-    return [run_experiment(cfg, exp.out, exp.force, reporter) for cfg in grid(exp)]
+def run_grid(exp: ExperimentConfig, reporter: Reporter | None = None, executor: Executor | None = None
+             ) -> list[RunResult]:
+    """Every run of the grid, in this process or through `executor` (executors.py: --jobs N, Ray)."""
+    from ambig_bench.executors import run_all
+
+    return run_all(grid(exp), exp.out, exp.force, reporter, executor)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
-from ambig_bench.errors import RunFailed
+from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.strategies import Labels, Strategy
 
 EpochCallback = Callable[[int, float], None]  # (epoch finished, 1-based; mean training loss)
@@ -26,11 +26,12 @@ EpochCallback = Callable[[int, float], None]  # (epoch finished, 1-based; mean t
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from ambig_bench.errors import UserError
-
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine")
+        # Fixed input shapes: let cuDNN time its convolution algorithms once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     return torch.device(name)
 
 
@@ -81,35 +82,51 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    # The fused kernel updates every parameter in one launch on CUDA.
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             fused=device.type == "cuda")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
+    """Linear warm-up over the first epoch, then linear decay to zero.
+
+    The schedule is defined in epochs, so strategies with more images per epoch (duplicate) get the same
+    curve over training as the others.
+    """
+    progress = (epoch + step / n_steps) / cfg.epochs
+    warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if cfg.epochs > 1 else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * warm * (1 - progress)
+
+
 def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunConfig, device: torch.device,
           on_epoch: EpochCallback | None = None) -> list[dict]:
-    """Train `model` (already on `device`, ending with its Preprocess) on the train split of `data`."""
+    """Train `model` (already on `device`, starting with its Preprocess) on the train split of `data`."""
     images = data.images.to(device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
     labels = labels_of(data, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     do_augment = use_augmentation(cfg, data.images)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg, device)
     history = []
     for epoch in range(cfg.epochs):
         model.train()
+        # Targets are drawn per epoch (reassign redraws its labels, duplicate adds copies).
         index, targets = strategy.epoch_targets(labels, gen)
         order = torch.randperm(len(index), generator=gen, device=device)
         loss_sum = torch.zeros((), device=device)
         n_steps = math.ceil(len(order) / cfg.batch_size)
         for step in range(n_steps):
-            # Linear warm-up over the first epoch, then linear decay to zero. The schedule is defined in
-            # epochs, so strategies with more images per epoch (duplicate) get the same curve.
-            progress = (epoch + step / n_steps) / cfg.epochs
-            warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if cfg.epochs > 1 else 1.0
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * warm * (1 - progress)
+            set_learning_rate(optimizer, cfg, epoch, step, n_steps)
             batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = images[index[batch]]
             if do_augment:
                 x = augment(x, gen)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = model(x)
             loss = strategy.loss(logits, targets[batch])
@@ -127,13 +144,21 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024
-                   ) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches."""
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, flip: bool = False,
+                   batch_size: int = 2048) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches.
+
+    With `flip` (models trained with flips) the logits of the image and its mirror are averaged.
+    """
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            out.append(model(x).float().cpu())
+            logits = model(x).float()
+            if flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -1,5 +1,10 @@
 """Registries and the shared pipeline: raw images -> split -> in-between source -> LabelledImages.
 
+Human votes, where a dataset has them, are judged here once for every source: an image is in-between
+when its two most-voted classes hold at least `human_pair_mass` of the votes and the second at least
+`human_second`; clear-cut when its top class holds at least `human_pair_mass`; otherwise unsure. Only
+the `human` source trains on the in-between ones; the others keep them (and the unsure) out.
+
 >>> from ambig_bench.config import RunConfig
 >>> from ambig_bench.datasets import prepare
 >>> data = prepare(RunConfig(dataset="digits", seed=0))
@@ -9,13 +14,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, SPLITS, LabelledImages, RawImages, parse_pairs
 from ambig_bench.errors import UserError
+from ambig_bench.imageio import cache_dir
 from ambig_bench.registry import Registry
 
 Loader = Callable[[RunConfig], RawImages]
@@ -26,25 +36,117 @@ BETWEEN_SOURCES: Registry[Source] = Registry("between source")
 register_dataset = DATASETS.register
 register_source = BETWEEN_SOURCES.register
 
+# What the votes say about an image (Verdict.kind).
+CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
+# A pair becomes a default pair with this many in-between images: one alone could not be both trained
+# on and tested. Rarer pairs are left to --pairs (their images are "unsure" meanwhile).
+MIN_DEFAULT_PAIR = 2
+
 
 def prepare(cfg: RunConfig) -> LabelledImages:
-    loader = DATASETS.get(cfg.dataset)
-    source = BETWEEN_SOURCES.get(cfg.between_source)
-    raw = loader(cfg)
-    pairs = parse_pairs(cfg.pairs or raw.default_pairs, raw.class_names)
+    if cfg.between_source != "auto":
+        BETWEEN_SOURCES.get(cfg.between_source)  # a typo fails before a slow load
+    raw = DATASETS.get(cfg.dataset)(cfg)
+    check_raw(raw, cfg.dataset)
+    source_name = raw.default_source if cfg.between_source == "auto" else cfg.between_source
+    pair_text = cfg.pairs or raw.default_pairs
+    if not pair_text:
+        raise UserError(f"dataset {cfg.dataset}: no pair has {MIN_DEFAULT_PAIR}+ in-between images in the data; "
+                        f"give --pairs A:B[,C:D]")
+    pairs = parse_pairs(pair_text, raw.class_names)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
     if cfg.train_size:
-        raw = limit_train(raw, cfg.train_size, gen)
-    trained = raw.split == SPLITS["train"]
+        raw = limit_train(raw, cfg, gen)
+    verdict = judge_votes(raw.labels, raw.votes, cfg)
+    for split in ("val", "test"):  # tiny strata round down to no image at all; thresholds need val
+        if not ((raw.split == SPLITS[split]) & (verdict.kind != UNSURE_KIND)).any():
+            raise UserError(f"dataset {cfg.dataset}: no {split} image ({len(raw.labels)} images in all); add "
+                            f"images, give {split} rows or folders, or raise --{split}-fraction")
+    trained = (raw.split == SPLITS["train"]) & (verdict.kind == CLEAR_KIND)
     missing = sorted(set(range(len(raw.class_names))) - set(raw.labels[trained].tolist()))
     if missing:
         names = ", ".join(raw.class_names[i] for i in missing)
-        raise UserError(f"dataset {cfg.dataset}: no training image for class {names}")
-    data = source(raw, pairs, cfg, gen)
-    data.info.update(dataset=cfg.dataset, between_source=cfg.between_source, origin=raw.source,
-                     counts=data.counts())
+        raise UserError(f"dataset {cfg.dataset}: no (clear-cut) training image for class {names}")
+    data = BETWEEN_SOURCES.get(source_name)(raw, pairs, cfg, gen)
+    data.info.update(dataset=cfg.dataset, between_source=source_name, origin=raw.source, counts=data.counts())
     return data
+
+
+def check_raw(raw: RawImages, dataset: str) -> None:
+    """What every loader must deliver; loaders name the file and row at fault before this last guard."""
+    n = len(raw.labels)
+    if raw.images.dtype != torch.uint8 or raw.images.dim() != 4 or len(raw.images) != n:
+        raise UserError(f"dataset {dataset}: images must be uint8 N×C×H×W with one label each")
+    if len(raw.class_names) < 2:
+        raise UserError(f"dataset {dataset}: needs at least 2 classes, found {len(raw.class_names)}")
+    if n and not 0 <= int(raw.labels.min()) <= int(raw.labels.max()) < len(raw.class_names):
+        raise UserError(f"dataset {dataset}: labels must be class indices 0..{len(raw.class_names) - 1}")
+    if raw.votes is not None:
+        where = f"dataset {dataset}"
+        check_votes(raw.votes, len(raw.class_names), where, lambda i: f"{where}: votes row {i}")
+
+
+def check_votes(votes: torch.Tensor, num_classes: int, where: str, row_name: Callable[[int], str]) -> None:
+    """Vote counts or probabilities: N×K, finite, non-negative, and every row with some votes."""
+    if votes.dim() != 2 or votes.shape[1] != num_classes:
+        raise UserError(f"{where}: votes must have one column per class ({num_classes}), "
+                        f"got shape {tuple(votes.shape)}")
+    bad = ~torch.isfinite(votes).all(1) | (votes < 0).any(1)
+    if bad.any():
+        raise UserError(f"{row_name(int(bad.nonzero()[0]))}: votes must be finite numbers >= 0")
+    empty = votes.sum(1) <= 0
+    if empty.any():
+        raise UserError(f"{row_name(int(empty.nonzero()[0]))}: the votes sum to 0")
+
+
+@dataclass
+class Verdict:
+    """The vote rule applied to every image (no votes: every image clear-cut of its label)."""
+
+    kind: torch.Tensor  # int8 N: CLEAR_KIND, BETWEEN_KIND or UNSURE_KIND
+    first: torch.Tensor  # int64 N: most-voted class (the label when there are no votes)
+    second: torch.Tensor  # int64 N: second most-voted class (CLEAR without votes)
+    shares: torch.Tensor | None  # float64 N×K votes normalised per image
+
+
+def judge_votes(labels: torch.Tensor, votes: torch.Tensor | None, cfg: RunConfig) -> Verdict:
+    n = len(labels)
+    if votes is None:
+        return Verdict(torch.full((n,), CLEAR_KIND, dtype=torch.int8), labels.long(),
+                       torch.full((n,), CLEAR, dtype=torch.long), None)
+    shares = votes.double() / votes.double().sum(1, keepdim=True)
+    top = shares.topk(2, dim=1)
+    s1, s2 = top.values[:, 0], top.values[:, 1]
+    # "In-between" is tested first: with a low human_second both rules can hold, and then the second
+    # class is, by the user's own threshold, too large to ignore.
+    between = (s1 + s2 >= cfg.human_pair_mass) & (s2 >= cfg.human_second)
+    clear = ~between & (s1 >= cfg.human_pair_mass)
+    kind = torch.full((n,), UNSURE_KIND, dtype=torch.int8)
+    kind[clear] = CLEAR_KIND
+    kind[between] = BETWEEN_KIND
+    # Ties at the top (e.g. 50/50) are broken towards the label, so `first` agrees with `labels`.
+    first = torch.where(shares.gather(1, labels.long()[:, None]).squeeze(1) >= s1, labels.long(), top.indices[:, 0])
+    second = torch.where(first == top.indices[:, 0], top.indices[:, 1], top.indices[:, 0])
+    return Verdict(kind, first, second, shares)
+
+
+def strata(labels: torch.Tensor, votes: torch.Tensor | None, cfg: RunConfig) -> torch.Tensor:
+    """One group per (label, what the votes say, and which pair), so splits cut each group alike.
+
+    Without it, the ~2% of real in-between images would land in validation or test only by luck.
+    """
+    if votes is None:
+        return labels.long()
+    v = judge_votes(labels, votes, cfg)
+    k = votes.shape[1]
+    lo, hi = torch.minimum(v.first, v.second), torch.maximum(v.first, v.second)
+    group = v.first.clone()
+    between = v.kind == BETWEEN_KIND
+    group[between] = k + lo[between] * k + hi[between]
+    unsure = v.kind == UNSURE_KIND
+    group[unsure] = k + k * k + v.first[unsure]
+    return group
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Generator) -> torch.Tensor:
@@ -67,34 +169,63 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Ge
 def assign_splits(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImages:
     """Fill in the splits the dataset does not provide: test, then validation carved from train."""
     split = raw.split.clone() if raw.split is not None else None
+    groups = strata(raw.labels, raw.votes, cfg)
     if split is None:
-        part = stratified_split(raw.labels, [cfg.test_fraction, cfg.val_fraction], gen)
+        part = stratified_split(groups, [cfg.test_fraction, cfg.val_fraction], gen)
         split = torch.tensor([SPLITS["test"], SPLITS["val"], SPLITS["train"]], dtype=torch.int8)[part.long()]
     elif not (split == SPLITS["val"]).any():
         train = (split == SPLITS["train"]).nonzero().squeeze(1)
-        part = stratified_split(raw.labels[train], [cfg.val_fraction], gen)
+        part = stratified_split(groups[train], [cfg.val_fraction], gen)
         split[train[part == 0]] = SPLITS["val"]
-    return RawImages(raw.images, raw.labels, raw.class_names, split, raw.votes, raw.default_pairs, raw.source)
+    return dataclasses.replace(raw, split=split)
 
 
-def limit_train(raw: RawImages, train_size: int, gen: torch.Generator) -> RawImages:
-    """Keep `train_size` training images at random (stratified); val and test are untouched."""
-    train = (raw.split == SPLITS["train"]).nonzero().squeeze(1)
-    if train_size >= len(train):
+def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImages:
+    """Keep `train_size` clear-cut training images at random (stratified); in-between, val and test stay."""
+    clear = judge_votes(raw.labels, raw.votes, cfg).kind == CLEAR_KIND
+    train = ((raw.split == SPLITS["train"]) & clear).nonzero().squeeze(1)
+    if cfg.train_size >= len(train):
         return raw
-    part = stratified_split(raw.labels[train], [train_size / len(train)], gen)
+    part = stratified_split(raw.labels[train], [cfg.train_size / len(train)], gen)
     keep = torch.ones(len(raw.labels), dtype=torch.bool)
     keep[train[part != 0]] = False
-    votes = raw.votes[keep] if raw.votes is not None else None
-    return RawImages(raw.images[keep], raw.labels[keep], raw.class_names, raw.split[keep], votes,
-                     raw.default_pairs, raw.source)
+    return dataclasses.replace(raw, images=raw.images[keep], labels=raw.labels[keep], split=raw.split[keep],
+                               votes=raw.votes[keep] if raw.votes is not None else None)
 
 
-def clear_cut(raw: RawImages, pairs: list[tuple[int, int]], info: dict | None = None) -> LabelledImages:
-    """Every raw image as a clear-cut example of its label."""
+def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig,
+                      keep_between: bool) -> LabelledImages:
+    """Clear-cut images as themselves; vote in-between images of a configured pair as that pair when
+    `keep_between` (else unsure); everything else unsure (split 3, never trained on or tested).
+
+    label_a is the pair's first class and share_a its share of the pair's votes, as `hard` expects.
+    """
     n = len(raw.labels)
-    return LabelledImages(raw.images, raw.labels.long(), torch.full((n,), CLEAR, dtype=torch.long),
-                          torch.ones(n), raw.split, raw.class_names, pairs, dict(info or {}))
+    v = judge_votes(raw.labels, raw.votes, cfg)
+    label_a, label_b = v.first.clone(), torch.full((n,), CLEAR, dtype=torch.long)
+    share_a, split = torch.ones(n), raw.split.clone()
+    of_pair = torch.zeros(n, dtype=torch.bool)
+    between = v.kind == BETWEEN_KIND
+    for a, b in pairs:
+        mine = between & (((v.first == a) & (v.second == b)) | ((v.first == b) & (v.second == a)))
+        of_pair |= mine
+        if keep_between:
+            label_a[mine], label_b[mine] = a, b
+            va, vb = v.shares[mine, a], v.shares[mine, b]
+            share_a[mine] = (va / (va + vb)).float()
+    split[(v.kind == UNSURE_KIND) | (between & ~(of_pair & keep_between))] = SPLITS["unsure"]
+    info = {}
+    if raw.votes is not None:
+        info["votes"] = {"clear": int((v.kind == CLEAR_KIND).sum()), "between_pairs": int(of_pair.sum()),
+                         "between_other_pairs": int((between & ~of_pair).sum()),
+                         "no_majority": int((v.kind == UNSURE_KIND).sum()),
+                         "human_pair_mass": cfg.human_pair_mass, "human_second": cfg.human_second}
+    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info)
+
+
+def clear_cut(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig) -> LabelledImages:
+    """The clear-cut images, for generated sources; images the votes call in-between or unsure are unsure."""
+    return labelled_by_votes(raw, pairs, cfg, keep_between=False)
 
 
 def concat(parts: list[LabelledImages]) -> LabelledImages:
@@ -110,3 +241,54 @@ def between_count(n_clear_train: int, fraction: float, n_pairs: int) -> int:
     """In-between training images per pair so they make up `fraction` of the training set."""
     total = round(fraction / (1 - fraction) * n_clear_train)
     return max(1, round(total / n_pairs))
+
+
+# -- where dataset files are ---------------------------------------------------------------------------
+def search_roots(cfg: RunConfig, *system: str) -> list[Path]:
+    """--data-dir alone when given; else $AMBIG_BENCH_DATA, ./data, ../shared/data (this project's
+    development data) and the dataset's `system` locations, those that exist."""
+    if cfg.data_dir:
+        path = Path(cfg.data_dir).expanduser()
+        if not path.exists() and not cfg.download:
+            raise UserError(f"--data-dir {cfg.data_dir}: no such file or directory")
+        return [path]
+    return default_roots(*system)
+
+
+def default_roots(*system: str) -> list[Path]:
+    candidates = [os.environ.get("AMBIG_BENCH_DATA", ""), "data", "../shared/data", *system]
+    return [Path(c) for c in candidates if c and Path(c).exists()]
+
+
+def download_root(cfg: RunConfig) -> Path:
+    """Where --download lets torchvision put files: --data-dir, else the cache directory."""
+    return Path(cfg.data_dir).expanduser() if cfg.data_dir else cache_dir() / "torchvision"
+
+
+def not_found(dataset: str, what: str, roots: list[Path], hint: str) -> UserError:
+    looked = ", ".join(str(r) for r in roots) or "no --data-dir and no default location exists"
+    return UserError(f"dataset {dataset}: {what} not found (looked in: {looked}); {hint}")
+
+
+def pairs_in_votes(labels: torch.Tensor, votes: torch.Tensor, class_names: list[str], cfg: RunConfig) -> str:
+    """Default pairs of a dataset with votes: every pair with at least MIN_DEFAULT_PAIR in-between images,
+    most frequent first, each written in class order (e.g. "cat:dog")."""
+    v = judge_votes(labels, votes, cfg)
+    between = v.kind == BETWEEN_KIND
+    lo, hi = torch.minimum(v.first, v.second)[between], torch.maximum(v.first, v.second)[between]
+    found, counts = torch.unique(torch.stack([lo, hi], 1), dim=0, return_counts=True)
+    order = sorted((i for i in range(len(found)) if counts[i] >= MIN_DEFAULT_PAIR),
+                   key=lambda i: (-int(counts[i]), found[i].tolist()))
+    return ",".join(f"{class_names[int(found[i, 0])]}:{class_names[int(found[i, 1])]}" for i in order)
+
+
+def check_class_names(names: list[str], where: str) -> None:
+    """Names must be usable in --pairs ("A:B,C:D", case-insensitive) and in `A|B` labels."""
+    bad = next((n for n in names if not n.strip() or any(c in n for c in ":,|")), None)
+    if bad is not None:
+        raise UserError(f"{where}: class name {bad!r} is empty or contains ':', ',' or '|'")
+    seen: dict[str, str] = {}
+    for n in names:
+        if n.lower() in seen:
+            raise UserError(f"{where}: class names {seen[n.lower()]!r} and {n!r} differ only in case")
+        seen[n.lower()] = n

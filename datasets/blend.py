@@ -1,7 +1,8 @@
 """`blend` in-between source: mix one image of A with one of B, weight λ ~ U(blend_low, blend_high).
 
 Blends are drawn within each split (train blends from train images, test blends from test images), so
-no test pixel is ever trained on. Their soft target is 0.5/0.5.
+no test pixel is ever trained on. Their soft target is 0.5/0.5. Only clear-cut images are blended; images
+that human votes call in-between or unsure are kept out (split "unsure").
 $ ambig-bench run --between-source blend --between-fraction 0.05 --blend-low 0.4 --blend-high 0.6
 """
 
@@ -10,6 +11,7 @@ import torch
 from ambig_bench.config import RunConfig
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
 from ambig_bench.datasets.base import between_count, clear_cut, concat, register_source
+from ambig_bench.errors import UserError
 
 
 def blend_pair(images_a: torch.Tensor, images_b: torch.Tensor, n: int, low: float, high: float,
@@ -25,18 +27,22 @@ def blend_pair(images_a: torch.Tensor, images_b: torch.Tensor, n: int, low: floa
 @register_source("blend")
 def blend(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:
     """Synthetic in-between images: pixel blends of an A and a B image (λ ~ U(0.4, 0.6) by default)."""
-    n_train_clear = int((raw.split == SPLITS["train"]).sum())
+    clear = clear_cut(raw, pairs, cfg)
+    n_train_clear = int((clear.split == SPLITS["train"]).sum())
     per_split = {
         "train": between_count(n_train_clear, cfg.between_fraction, len(pairs)),
         "val": cfg.val_between_per_pair,
         "test": cfg.test_between_per_pair,
     }
-    parts = [clear_cut(raw, pairs)]
+    parts = [clear]
     for split, n in per_split.items():
-        inside = raw.split == SPLITS[split]
+        inside = clear.split == SPLITS[split]
         for a, b in pairs:
-            images = blend_pair(raw.images[inside & (raw.labels == a)], raw.images[inside & (raw.labels == b)],
-                                n, cfg.blend_low, cfg.blend_high, gen)
+            sides = [clear.images[inside & (clear.label_a == c)] for c in (a, b)]
+            empty = next((c for c, images in zip((a, b), sides, strict=True) if not len(images)), None)
+            if empty is not None:
+                raise UserError(f"blend: no clear-cut {split} image of class {raw.class_names[empty]} to blend")
+            images = blend_pair(*sides, n, cfg.blend_low, cfg.blend_high, gen)
             parts.append(LabelledImages(
                 images, torch.full((n,), a), torch.full((n,), b), torch.full((n,), 0.5),
                 torch.full((n,), SPLITS[split], dtype=torch.int8), raw.class_names, pairs,

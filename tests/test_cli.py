@@ -91,3 +91,18 @@ def test_run_then_compare_end_to_end(tmp_path):
 def test_compare_on_missing_directory(tmp_path):
     result = runner.invoke(app, ["compare", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_predict_command_exit_codes(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert runner.invoke(app, ["run", "--strategy", "soft", "--seeds", "1", "--out", str(out), *TINY]).exit_code == 0
+    run_dir = next((out / "runs").iterdir())
+    Image.new("L", (8, 8), 128).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_text("no")
+    ok = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "a.png"), "--format", "csv"])
+    assert ok.exit_code == 0 and ok.stdout.startswith("path,decision")
+    some = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "a.png"), str(tmp_path / "bad.png")])
+    assert some.exit_code == 1 and "bad.png" in some.stderr
+    assert runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "bad.png")]).exit_code == 2

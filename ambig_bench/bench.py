@@ -1,0 +1,177 @@
+"""Training-speed benchmark: ambig-bench's loop against a bare loop and a textbook DataLoader loop.
+
+All measurements run in one process on the same random data and network, so the ratios are fair:
+  (a) ambig-bench's `train` with one strategy (device-resident uint8 data, bf16 autocast on CUDA);
+  (b) a bare device-resident loop of the same network, augmentation and optimiser (target: a >= b / 1.15);
+  (c) a textbook loop: float32 tensors in a DataLoader (batch 128, 2 workers), copied per batch,
+      fp32, `.item()` every step (target: a >= 6 × c);
+  (d) K runs of a small CNN on 28×28 images trained one after another vs as one batched model.
+
+$ ambig-bench bench --device cuda                     # full size (GPU)
+$ ambig-bench bench --device cpu --images 512 --epochs 1 --seeds 2 --small-images 512   # smoke test
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ambig_bench.batched import train_many
+from ambig_bench.config import RunConfig
+from ambig_bench.data import CLEAR, LabelledImages
+from ambig_bench.models import build_model
+from ambig_bench.strategies import STRATEGIES
+from ambig_bench.train import Preprocess, augment, autocast, make_optimizer, pick_device, train
+
+
+@dataclass
+class BenchConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    model: str = "fast-cifar"  # network of measurements a-c
+    images: int = 50_000  # random 3×32×32 training images for a-c
+    epochs: int = 3  # timed epochs per measurement (after a one-epoch warm-up)
+    seeds: int = 8  # runs trained together in measurement d
+    small_images: int = 60_000  # random 1×28×28 images per run in measurement d
+    compile: bool = False  # torch.compile the model in measurement a
+
+
+def random_data(n: int, channels: int, size: int, gen: torch.Generator) -> LabelledImages:
+    """Random uint8 images, 10 classes, 5% of them in-between pair (3, 5): CIFAR-shaped work."""
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=gen)
+    label_a = torch.randint(0, 10, (n,), generator=gen)
+    between = torch.rand(n, generator=gen) < 0.05
+    label_a[between] = 3
+    label_b = torch.where(between, 5, CLEAR)
+    share = torch.where(between, 0.5, 1.0)
+    return LabelledImages(images, label_a, label_b, share, torch.zeros(n, dtype=torch.int8),
+                          [str(i) for i in range(10)], [(3, 5)])
+
+
+def new_model(cfg: RunConfig, data: LabelledImages, outputs: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    _, c, size, _ = data.images.shape
+    model = nn.Sequential(Preprocess.fit(data.images), build_model(cfg.model, c, size, outputs, cfg.width))
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def timed(device: torch.device, fn) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: torch.device) -> None:
+    """(b) The same work written as plainly as possible: no strategy, no schedule bookkeeping."""
+    images, labels = data.images.to(device), data.label_a.to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    optimizer = make_optimizer(model, cfg, device)
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(images), generator=gen, device=device)
+        for start in range(0, len(order), cfg.batch_size):
+            x = augment(images[order[start:start + cfg.batch_size]], gen)
+            with autocast(device):
+                loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(),
+                                       labels[order[start:start + cfg.batch_size]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def textbook_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: torch.device) -> None:
+    """(c) The loop of most tutorials: float32 CPU tensors, a DataLoader, per-step copies and `.item()`."""
+    x_all = ((data.images.float() - 128) / 64).contiguous()
+    loader = DataLoader(TensorDataset(x_all, data.label_a), batch_size=128, shuffle=True, num_workers=2)
+    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(cfg.epochs):
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model[1](x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # what tutorials do to log the loss: a host sync every step
+
+
+def throughput(device: torch.device, images: int, run) -> float:
+    """images/s of `run(epochs)` after a one-epoch warm-up (kernel selection, allocator, compile)."""
+    run(1)
+    seconds = timed(device, lambda: run(None))
+    return images / seconds
+
+
+def bench(bc: BenchConfig) -> dict[str, float]:
+    device = pick_device(bc.device)
+    gen = torch.Generator().manual_seed(0)
+    data = random_data(bc.images, 3, 32, gen)
+    cfg = RunConfig(model=bc.model, epochs=bc.epochs, device=str(device), augment="on", compile=bc.compile)
+    soft = STRATEGIES.get("soft")(10, data.pairs)
+    with_epochs = lambda e: dataclasses.replace(cfg, epochs=e or bc.epochs)  # noqa: E731
+    results: dict[str, float] = {}
+
+    model = new_model(cfg, data, soft.num_outputs, device)
+    trained = torch.compile(model) if bc.compile else model
+    results["a_ambig_bench"] = throughput(device, bc.images * bc.epochs,
+                                          lambda e: train(trained, soft, data, with_epochs(e), device))
+    model = new_model(cfg, data, 10, device)
+    results["b_bare_loop"] = throughput(device, bc.images * bc.epochs,
+                                        lambda e: bare_loop(model, data, with_epochs(e), device))
+    model = new_model(cfg, data, 10, device)
+    results["c_textbook"] = throughput(device, bc.images * bc.epochs,
+                                       lambda e: textbook_loop(model, data, with_epochs(e), device))
+
+    small = [random_data(bc.small_images, 1, 28, torch.Generator().manual_seed(s)) for s in range(bc.seeds)]
+    small_cfgs = [RunConfig(model="small-cnn", seed=s, epochs=bc.epochs, batch_size=512, device=str(device))
+                  for s in range(bc.seeds)]
+    total = bc.small_images * bc.epochs * bc.seeds
+
+    def sequential(e):
+        for c, d in zip(small_cfgs, small, strict=True):
+            train(new_model(c, d, 10, device), soft, d, dataclasses.replace(c, epochs=e or bc.epochs), device)
+
+    def batched(e):
+        models = [new_model(c, d, 10, device) for c, d in zip(small_cfgs, small, strict=True)]
+        train_many(models, [soft] * bc.seeds, small, [dataclasses.replace(c, epochs=e or bc.epochs)
+                                                     for c in small_cfgs], device)
+
+    results["d_sequential"] = throughput(device, total, sequential)
+    results["d_batched"] = throughput(device, total, batched)
+    results["ratio_a_over_b"] = results["a_ambig_bench"] / results["b_bare_loop"]
+    results["ratio_a_over_c"] = results["a_ambig_bench"] / results["c_textbook"]
+    results["ratio_batched_over_sequential"] = results["d_batched"] / results["d_sequential"]
+    return results
+
+
+def render(results: dict[str, float], bc: BenchConfig, device_name: str) -> str:
+    rows = [
+        ("(a) ambig-bench train, strategy soft", results["a_ambig_bench"]),
+        ("(b) bare device-resident loop", results["b_bare_loop"]),
+        ("(c) textbook DataLoader loop", results["c_textbook"]),
+        (f"(d) {bc.seeds} small CNNs one after another", results["d_sequential"]),
+        (f"(d) {bc.seeds} small CNNs batched", results["d_batched"]),
+    ]
+    lines = [f"device: {device_name}; model {bc.model}; {bc.images} images × {bc.epochs} epochs", "",
+             "| measurement | images/s |", "|---|---|"]
+    lines += [f"| {name} | {value:,.0f} |" for name, value in rows]
+    lines += ["", f"a / b = {results['ratio_a_over_b']:.2f} (target >= {1 / 1.15:.2f})",
+              f"a / c = {results['ratio_a_over_c']:.2f} (target >= 6)",
+              f"batched / sequential = {results['ratio_batched_over_sequential']:.2f}"]
+    return "\n".join(lines)
+
+
+def device_name(device: str) -> str:
+    d = pick_device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+

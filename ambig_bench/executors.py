@@ -1,0 +1,284 @@
+"""Where the runs of a grid are trained: here one after another, in N local processes, or as Ray tasks.
+
+Every executor trains a run with `run_experiment` (on a Ray worker too, into a scratch directory whose
+files the driver then renames into place), so a run's directory is the same whatever trained it, and
+resuming, locking and `compare` work unchanged. Runs that another invocation is training are skipped
+first and waited for at the end.
+
+$ ambig-bench run --strategy all --seeds 5 --jobs 2                          # two local processes
+$ ambig-bench run --strategy all --seeds 5 --executor ray                    # a local Ray instance
+$ ambig-bench run --strategy all --seeds 5 --executor ray --ray-address auto # an existing cluster
+
+>>> from ambig_bench.executors import open_executor, preflight
+>>> from ambig_bench.runner import grid, run_grid
+>>> with open_executor("local", jobs=2) as executor:  # doctest: +SKIP
+...     preflight(grid(exp), executor)
+...     results = run_grid(exp, executor=executor)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ambig_bench.config import RunConfig
+from ambig_bench.errors import UserError
+from ambig_bench.io import write_atomic
+from ambig_bench.locks import RunLock
+from ambig_bench.runner import (
+    Reporter,
+    RunResult,
+    cached_prepare,
+    claim,
+    finished_metrics,
+    run_experiment,
+    run_name,
+    staged,
+)
+from ambig_bench.train import pick_device
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    def check_device(self, device: str) -> None:
+        """UserError when runs could not get `device` (--device) where this executor trains them."""
+
+    def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
+            wait: bool) -> list[RunResult]:
+        """One result per run, in order; with wait=False, runs another process holds come back "busy"."""
+
+
+class Sequential:
+    """One run after another in this process (the default)."""
+
+    def check_device(self, device: str) -> None:
+        pick_device(device)
+
+    def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
+            wait: bool) -> list[RunResult]:
+        from ambig_bench.batched import batching_on, run_batched
+
+        if runs and batching_on(runs[0]):
+            return run_batched(runs, out, force, reporter, wait)
+        return [run_experiment(cfg, out, force, reporter, wait) for cfg in runs]
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # Ctrl-C is the parent's to handle: it stops the workers itself, without a traceback from each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_indexed(job: tuple[int, RunConfig, str, bool, bool]) -> tuple[int, RunResult]:
+    i, cfg, out, force, wait = job
+    return i, run_experiment(cfg, out, force, None, wait)
+
+
+@dataclass
+class ProcessPool:
+    """`jobs` runs at a time in local worker processes; the reporter hears of each run as it finishes."""
+
+    jobs: int
+
+    def check_device(self, device: str) -> None:
+        pick_device(device)
+
+    def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
+            wait: bool) -> list[RunResult]:
+        # Share the cores: N processes each using every core would thrash. Results are bit-identical to a
+        # sequential run with the same torch thread count, which env.json records.
+        threads = max(1, len(os.sched_getaffinity(0)) // self.jobs)
+        # Forking a process whose torch thread pools are running can deadlock; spawn starts clean.
+        pool = multiprocessing.get_context("spawn").Pool(min(self.jobs, len(runs)), _start_worker, (threads,))
+        results: dict[int, RunResult] = {}
+        try:
+            for i, result in pool.imap_unordered(_run_indexed, [(i, cfg, out, force, wait)
+                                                                for i, cfg in enumerate(runs)]):
+                results[i] = result
+                if reporter and result.status != "busy":
+                    reporter.end_run(result)
+            pool.close()
+        except BaseException:
+            # Ctrl-C or an error: stop every worker now. A run cut short leaves only its temporary directory,
+            # removed when the run is next claimed, exactly as after kill -9.
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+        return [results[i] for i in range(len(runs))]
+
+
+def train_remote(cfg: RunConfig) -> dict[str, bytes] | str:
+    """On a Ray worker: train one run in a scratch directory; its files, or the UserError's message."""
+    with tempfile.TemporaryDirectory(prefix="ambig-bench-") as scratch:
+        try:
+            result = run_experiment(cfg, scratch, force=True)
+        except UserError as e:  # e.g. the data are missing on this node: one clear line on the driver
+            return str(e)
+        return {path.name: path.read_bytes() for path in result.run_dir.iterdir()}
+
+
+class RayExecutor:
+    """Each run is a Ray task asking for one GPU where the cluster has GPUs, else one CPU."""
+
+    def __init__(self, address: str) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'ambig-bench[ray]'") from None
+        self.ray = ray
+        check_reachable(address)
+        self.started = not ray.is_initialized()  # a caller's own ray.init() is used and left running
+        if self.started:
+            try:
+                ray.init(address=address or None, include_dashboard=False, logging_level="WARNING")
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"--ray-address {address or '(local)'}: cannot start or reach Ray ({first})") \
+                    from None
+        self.resources = ray.cluster_resources()
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+    def check_device(self, device: str) -> None:
+        if device.startswith("cuda:"):
+            raise UserError(f"--device {device}: with --executor ray, Ray picks the GPU; use --device cuda")
+        if device == "cuda" and not self.resources.get("GPU"):
+            raise UserError("--device cuda: the Ray cluster has no GPU")
+
+    def task_resources(self, cfg: RunConfig) -> dict[str, float]:
+        if cfg.device != "cpu" and self.resources.get("GPU"):
+            return {"num_gpus": 1, "num_cpus": 1}
+        return {"num_cpus": 1}
+
+    def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
+            wait: bool) -> list[RunResult]:
+        remote = self.ray.remote(train_remote)
+        # Claim (lock) only as many runs as can train at once, so another invocation can take the rest.
+        slots = max(1, int(self.resources.get("GPU" if "num_gpus" in self.task_resources(runs[0]) else "CPU", 1)))
+        results: dict[int, RunResult] = {}
+        pending: dict[object, tuple[int, RunConfig, RunLock]] = {}
+        todo = iter(enumerate(runs))
+
+        def submit_next() -> bool:
+            for i, cfg in todo:
+                claimed = claim(cfg, Path(out) / "runs" / run_name(cfg), force, wait)
+                if isinstance(claimed, RunLock):
+                    pending[remote.options(**self.task_resources(cfg)).remote(cfg)] = (i, cfg, claimed)
+                    return True
+                results[i] = claimed
+                if reporter and claimed.status != "busy":
+                    reporter.end_run(claimed)
+            return False
+
+        try:
+            while len(pending) < slots and submit_next():
+                pass
+            while pending:
+                [ref], _ = self.ray.wait(list(pending), num_returns=1)
+                i, cfg, lock = pending.pop(ref)
+                with lock:
+                    result = results[i] = publish(cfg, Path(out) / "runs" / run_name(cfg), self.ray.get(ref))
+                if reporter:
+                    reporter.end_run(result)
+                submit_next()
+        finally:
+            for ref, (_, _, lock) in pending.items():
+                self.ray.cancel(ref, force=True)
+                lock.release()
+        return [results[i] for i in range(len(runs))]
+
+
+def check_reachable(address: str) -> None:
+    """Ray retries an address nobody answers on for minutes; refuse it in seconds instead."""
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise UserError(f"--ray-address {address}: nothing answers at {host}:{port} ({e.strerror or e})") from None
+
+
+def publish(cfg: RunConfig, run_dir: Path, outcome: dict[str, bytes] | str) -> RunResult:
+    """Write the files a worker returned as the run directory, through the same staging as a local run."""
+    if isinstance(outcome, str):
+        raise UserError(outcome)
+    with staged(run_dir) as tmp:
+        for name, data in outcome.items():
+            write_atomic(tmp / name, data)
+    if "DONE" in outcome:
+        return RunResult(cfg, run_dir, "done", json.loads(outcome["metrics.json"]))
+    return RunResult(cfg, run_dir, "failed", error=json.loads(outcome["FAILED"])["error"])
+
+
+@contextmanager
+def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> Iterator[Executor]:
+    """The executor for --executor/--jobs/--ray-address; a Ray instance it started is shut down on exit."""
+    if kind not in EXECUTORS:
+        raise UserError(f"--executor must be {' or '.join(EXECUTORS)}, got {kind!r}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if kind == "local":
+        if ray_address:
+            raise UserError("--ray-address needs --executor ray")
+        yield Sequential() if jobs == 1 else ProcessPool(jobs)
+        return
+    if jobs != 1:
+        raise UserError("--jobs is for --executor local; Ray runs as many runs at once as the cluster has "
+                        "GPUs (or CPUs)")
+    executor = RayExecutor(ray_address)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
+    """Refuse bad input before any file is written: every run's options, the device, the first run's data."""
+    for cfg in runs:
+        cfg.validate()
+    (executor or Sequential()).check_device(runs[0].device)
+    cached_prepare(runs[0])
+
+
+def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,
+            executor: Executor | None = None) -> list[RunResult]:
+    """Train (or reuse) every run into `out`: first those no other process is training, then the others."""
+    out = str(out)
+    executor = executor or Sequential()
+    results: list[RunResult | None] = [None] * len(runs)
+    for i, cfg in enumerate(runs):
+        cfg.validate()
+        run_dir = Path(out) / "runs" / run_name(cfg)
+        # Finished runs are reused here, so resuming a finished grid starts no worker process or Ray task.
+        if not force and (metrics := finished_metrics(run_dir)) is not None:
+            results[i] = RunResult(cfg, run_dir, "reused", metrics)
+            if reporter:
+                reporter.end_run(results[i])
+    todo = [i for i, r in enumerate(results) if r is None]
+    for wait in (False, True):
+        # First pass: skip runs another invocation is training; second: wait for each, then reuse it
+        # (or train it, if that process died).
+        if todo:
+            for i, result in zip(todo, executor.run([runs[i] for i in todo], out, force, reporter, wait),
+                                 strict=True):
+                results[i] = result
+        todo = [i for i, r in enumerate(results) if r.status == "busy"]
+    return results

@@ -1,0 +1,654 @@
+"""The report: turn a results directory into an answer to "what are the pros and cons of each option?".
+
+Writes report.md, a self-contained report.html (figures embedded as base64) and figures/*.png: the setup
+(from each run's config.json, data.json, env.json), compare's tables, the figures, and a section "What this
+means for your options" in which every sentence is backed by a paired test (nothing is called best, better
+or equivalent unless the statistics say so). The three common claims about in-between examples are judged
+on a sweep of between-fraction (see `ambig-bench sweep`) by the rules written into the report itself.
+
+$ ambig-bench report results/demo
+$ ambig-bench report results/sweep --baseline soft --margin 0.02
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import html
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ambig_bench.compare import (
+    IDENTITY,
+    Comparison,
+    compare,
+    fmt,
+    markdown_table,
+    paired_all,
+    paired_display,
+    summary_display,
+)
+from ambig_bench.config import RunConfig
+from ambig_bench.errors import UserError
+from ambig_bench.io import read_json, write_atomic
+from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
+from ambig_bench.plots import (
+    balance_histograms,
+    metric_bars,
+    pair_confusion,
+    png_bytes,
+    reliability_diagrams,
+    sweep_curves,
+    tradeoff_scatter,
+)
+from ambig_bench.stats import paired_comparison, paired_test
+
+ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
+MARGIN = 0.02  # equivalence margin on accuracies (absolute, fraction of images)
+CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
+CLAIM_STRATEGIES = ["soft", "reassign", "duplicate", "extra-class", "multilabel"]
+SWEEP_FRACTIONS = "0.005,0.01,0.02,0.05,0.1"
+TRAINING = ["epochs", "optimizer", "batch_size", "lr", "weight_decay", "augment"]  # shown in the setup table
+
+
+# -- the document: a list of blocks, rendered to markdown and to HTML from the same content ------------------
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class TableBlock:
+    frame: pd.DataFrame
+
+
+@dataclass
+class Image:
+    name: str  # file name under figures/
+    caption: str
+    figure: Figure
+
+
+Block = Heading | Para | Bullets | TableBlock | Image
+
+
+@dataclass
+class Verdict:
+    key: str  # a key of CLAIMS
+    claim: str
+    where: str  # the slice of other swept options it holds for ("" = the whole directory)
+    verdict: str  # supported | contradicted | not decided | needs a sweep
+    evidence: str
+    figure: str  # file name under figures/ ("" = none)
+
+
+@dataclass
+class Report:
+    markdown: str
+    html: str
+    figures: dict[str, bytes]  # file name under figures/ -> PNG
+    verdicts: list[Verdict]
+    leads: pd.DataFrame  # one row per (group, criterion): answer and evidence
+    group_by: list[str]  # the swept options (compare's group_by)
+    paths: list[Path] = field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        """The answers in one line each, for the terminal: best per criterion, then the claims."""
+        lines = []
+        for _, row in self.leads.iterrows():
+            where = where_label({g: row[g] for g in self.group_by})
+            lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
+        return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
+
+
+# -- small helpers ------------------------------------------------------------------------------------------
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def where_label(where: dict) -> str:
+    return ", ".join(f"{flag(k)}={v}" for k, v in where.items())
+
+
+def slug(where: dict) -> str:
+    return "".join(f"-{flag(k)}-{v}" for k, v in where.items())
+
+
+def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    if not by:
+        return [({}, frame)]
+    return [(dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), part)
+            for key, part in frame.groupby(by, sort=True)]
+
+
+def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in where.items():
+        mask &= (frame[k] == v).to_numpy()
+    return frame[mask]
+
+
+def diff_text(row: pd.Series) -> str:
+    """'+0.012 [+0.004, +0.020], p = 0.01' (Holm) or '..., n.s.'."""
+    p = f"p = {row.p_holm:.2g}" if row.significant else "n.s."
+    if np.isnan(row.diff_ci_low):
+        return f"{row.diff_mean:+.3f} (too few seeds)"
+    return f"{row.diff_mean:+.3f} [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}], {p}"
+
+
+def worse(row: pd.Series) -> bool:
+    """Significantly worse than the reference of its paired test."""
+    return bool(row.significant) and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
+
+
+def better(row: pd.Series) -> bool:
+    return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
+
+
+@functools.lru_cache
+def min_holm_p(n_pairs: int, comparisons: int) -> float:
+    """The smallest Holm-adjusted p-value `comparisons` paired tests on n seeds can give at all."""
+    if n_pairs < 2:
+        return 1.0
+    # Every difference of one sign is the most extreme outcome of the sign and signed-rank tests.
+    p, _ = paired_test(np.arange(1.0, n_pairs + 1), np.zeros(n_pairs))
+    return min(1.0, comparisons * p)
+
+
+def seeds_needed(comparisons: int) -> int:
+    return next(n for n in range(2, 64) if min_holm_p(n, comparisons) < ALPHA)
+
+
+# -- setup ---------------------------------------------------------------------------------------------------
+def compact_ints(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0–2, 5'."""
+    values, parts, start = sorted(set(values)), [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(v) if v == start else f"{start}–{v}")
+            start = None
+    return ", ".join(parts)
+
+
+def and_join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def distinct(values: list) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+def counts_text(all_counts: list[dict]) -> str:
+    """'train 1078 clear-cut + 12, 56 in-between; test ...': the distinct counts over runs, per split."""
+    parts = []
+    for split in ("train", "val", "test"):
+        clear, between = ({c.get(split, {}).get(kind, 0) for c in all_counts} for kind in ("clear", "between"))
+        parts.append(f"{split} {distinct(sorted(clear))} clear-cut + {distinct(sorted(between))} in-between")
+    return "; ".join(parts)
+
+
+def run_file(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path}: missing from a finished run (written by a different version?); rerun it with "
+                        f"--force or remove its directory")
+    return path
+
+
+def run_meta(results_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """data.json and env.json of every finished run, one row each."""
+    rows = []
+    for name in runs[runs.status == "done"].run:
+        run_dir = results_dir / "runs" / name
+        rows.append({"run": name, "data": read_json(run_file(run_dir / "data.json")),
+                     "env": read_json(run_file(run_dir / "env.json"))})
+    return pd.DataFrame(rows, columns=["run", "data", "env"])
+
+
+def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> pd.DataFrame:
+    names = meta.data.iloc[0]["class_names"]
+    pairs = distinct(", ".join(f"{d['class_names'][a]} vs {d['class_names'][b]}" for a, b in d["pairs"])
+                     for d in meta.data)
+    done = runs[runs.status == "done"]
+    seeds_per = done.groupby(["strategy", *group_by]).seed.nunique()
+    envs = list(meta.env)
+    device = distinct(f"{e['device']}" + (f" ({e['gpu']})" if e.get("gpu") else "") for e in envs)
+    versions = distinct(", ".join(f"{flag(k)} {e[k]}" for k in ("ambig_bench", "torch", "torchvision", "python")
+                                  if k in e)
+                        for e in envs)
+    source = distinct(runs.between_source)
+    if set(runs.between_source) == {"blend"}:
+        source += f" (weight of A drawn from U({distinct(runs.blend_low)}, {distinct(runs.blend_high)}))"
+    rows = [
+        ("dataset", f"{distinct(runs.dataset)} ({distinct(d.get('origin', '?') for d in meta.data)})"),
+        ("classes", f"{len(names)}: {', '.join(names[:12])}{' …' if len(names) > 12 else ''}"),
+        ("pairs (A vs B)", pairs),
+        ("in-between source", source),
+        ("between-fraction", distinct(sorted(runs.between_fraction))),
+        ("images per split", counts_text([d.get("counts", {}) for d in meta.data])),
+        ("strategies", ", ".join(pd.unique(runs.strategy))),
+        ("seeds", f"{compact_ints(runs.seed.tolist())} ({distinct(sorted(seeds_per))} per strategy)"),
+        ("runs", f"{len(done)} finished, {int((runs.status == 'failed').sum())} failed"),
+        ("model", ", ".join(f"{m} (width {w or 'default'})" for m, w in
+                            dict.fromkeys(zip(runs.model, runs.width, strict=True)))),
+        ("training", ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in TRAINING
+                               if f in runs)),
+        ("train-size", distinct("all" if v == 0 else v for v in sorted(runs.train_size))),
+        ("device", device),
+        ("versions", versions),
+        ("platform", distinct(e.get("platform", "?") for e in envs)),
+    ]
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+# -- "what this means" ---------------------------------------------------------------------------------------
+def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: str) -> dict:
+    """Who is best on `metric`: the leader by mean, tested against every other strategy (paired, Holm)."""
+    higher = HIGHER_IS_BETTER[metric]
+    ranked = summary.dropna(subset=[f"{metric}_mean"]).sort_values(f"{metric}_mean", ascending=not higher,
+                                                                   kind="stable")
+    row = {"criterion": criterion, "metric": metric}
+    if len(ranked) < 2:
+        return row | {"answer": "not decided", "evidence": "fewer than two strategies have this metric"}
+    leader, runner = ranked.strategy.iloc[0], ranked.strategy.iloc[1]
+    best = ranked.iloc[0]
+    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"])
+    tests = paired_comparison(runs[["strategy", "seed", metric]], metric, baseline=leader, alpha=ALPHA)
+    tests = tests.set_index("strategy").loc[ranked.strategy.iloc[1:]]
+    tied = [s for s, t in tests.iterrows() if not worse(t)]
+    versus = f"{runner} − {leader}: {diff_text(tests.loc[runner])}"
+    if not tied:
+        return row | {"answer": f"**{leader}** is best",
+                      "evidence": f"{leader} {cell}; significantly better than all {len(tests)} others; "
+                                  f"closest {versus}"}
+    lost = [s for s in tests.index if s not in tied]
+    everyone = "both strategies" if len(ranked) == 2 else f"all {len(ranked)} strategies"
+    group = everyone if not lost else and_join([f"{leader} (best mean)", *tied])
+    return row | {"answer": f"indistinguishable at this sample size: {group}",
+                  "evidence": f"{leader} has the best mean, {cell}; {versus}"
+                              + (f"; significantly worse than {leader}: {', '.join(lost)}" if lost else "")}
+
+
+def leads(comparison: Comparison) -> pd.DataFrame:
+    done = comparison.runs[comparison.runs.status == "done"]
+    rows = []
+    for where, part in split_groups(done, comparison.group_by):
+        summary = select(comparison.summary, where)
+        summary = summary[summary.n_seeds > 0]
+        rows += [where | lead_row(part, summary, c, m) for c, m in CRITERIA.items()]
+    return pd.DataFrame(rows)
+
+
+def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple[pd.DataFrame, list[str]]:
+    """Per strategy: the metrics on which it is significantly better / worse than the baseline."""
+    ranked = paired[paired.metric.isin(list(HIGHER_IS_BETTER))]
+    ranked = ranked.sort_values(group_by, kind="stable") if group_by else ranked  # sweep points in order
+    rows, mixed = [], []
+    kinds: dict[str, list[str]] = {"winning": [], "losing": [], "same": []}
+    for key, part in ranked.groupby(group_by + ["strategy"], sort=False):
+        where = dict(zip(group_by, key[:-1], strict=True))
+        name = key[-1] + (f" ({where_label(where)})" if where else "")
+        wins = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if better(r)]
+        losses = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if worse(r)]
+        rows.append(where | {"strategy": key[-1], f"better than {baseline} on": ", ".join(wins) or "–",
+                             f"worse than {baseline} on": ", ".join(losses) or "–"})
+        if wins and losses:
+            mixed.append(f"**{name}** is a trade-off against {baseline}: better on {', '.join(wins)}; "
+                         f"worse on {', '.join(losses)}.")
+        else:
+            kinds["winning" if wins else "losing" if losses else "same"].append(name)
+    lines = mixed + [f"{text}: {', '.join(kinds[k])}." for k, text in (
+        ("winning", f"Significantly better than {baseline} on at least one metric and worse on none"),
+        ("losing", f"Significantly worse than {baseline} on at least one metric and better on none"),
+        ("same", f"No significant difference from {baseline} on any ranked metric")) if kinds[k]]
+    return pd.DataFrame(rows), lines
+
+
+# -- the three claims ----------------------------------------------------------------------------------------
+CLAIMS = {
+    "equivalent": "soft, reassign and duplicate are equivalent asymptotically",
+    "efficient": "soft is more efficient with few in-between examples",
+    "rare": "extra-class and multilabel suffer when in-between examples are rare",
+}
+
+
+def claim_rules(margin: float) -> list[str]:
+    return [
+        f"All tests are compare's paired tests against `soft` (per seed, strategy − soft; bootstrap 95% CI; exact "
+        f"sign test below 6 seeds, Wilcoxon signed-rank from 6), Holm-corrected across the strategies of one "
+        f"between-fraction, significant at {ALPHA}. The tests of one claim are not corrected further.",
+        f"**{CLAIMS['equivalent']}**: at the largest between-fraction, reassign − soft and duplicate − soft on "
+        f"between_set_acc and clear_acc. *Contradicted* if any of the four differences is significant; "
+        f"*supported* if none is, all four 95% CIs lie within ±{margin} and the seeds are enough for the test to "
+        f"reach significance at all; otherwise *not decided*.",
+        f"**{CLAIMS['efficient']}**: at the smallest between-fraction, reassign − soft and duplicate − soft on "
+        f"between_set_acc. *Supported* if both are significantly negative; *contradicted* if either is "
+        f"significantly positive; otherwise *not decided*.",
+        f"**{CLAIMS['rare']}**: extra-class − soft and multilabel − soft on between_set_acc. For each: "
+        f"*contradicted* if significantly positive at the smallest between-fraction or significantly negative at "
+        f"the largest; *supported* if significantly negative at the smallest (and not contradicted); otherwise "
+        f"*not decided*. The claim is supported if it is for both, contradicted if it is for either.",
+        "Best for a criterion: the strategy with the best mean, compared with every other strategy by the same "
+        "paired test (Holm across those comparisons). It is called best only if it is significantly better than "
+        "all of them; otherwise it and those not significantly worse are reported as indistinguishable.",
+    ]
+
+
+def lookup(paired: pd.DataFrame, where: dict, strategy: str, metric: str) -> pd.Series | None:
+    rows = select(paired, where)
+    rows = rows[(rows.strategy == strategy) & (rows.metric == metric)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def judge_equivalent(paired: pd.DataFrame, largest: dict, margin: float, comparisons: int) -> tuple[str, str]:
+    tests = {(s, m): lookup(paired, largest, s, m) for s in ("reassign", "duplicate")
+             for m in ("between_set_acc", "clear_acc")}
+    missing = [f"{s}/{m}" for (s, m), r in tests.items() if r is None or np.isnan(r.diff_ci_low)]
+    if missing:
+        return "not decided", f"no paired test at {where_label(largest)} for {', '.join(missing)}"
+    shown = "; ".join(f"{s} − soft on {m}: {diff_text(r)}" for (s, m), r in tests.items())
+    if any(r.significant for r in tests.values()):
+        return "contradicted", f"at {where_label(largest)}: {shown}"
+    n = min(int(r.n_pairs) for r in tests.values())
+    if min_holm_p(n, comparisons) >= ALPHA:
+        return "not decided", (f"{n} seeds cannot reach significance with {comparisons} comparisons (need "
+                               f"{seeds_needed(comparisons)}); at {where_label(largest)}: {shown}")
+    outside = [f"{s}/{m}" for (s, m), r in tests.items() if r.diff_ci_low < -margin or r.diff_ci_high > margin]
+    if outside:
+        return "not decided", f"CI beyond ±{margin} for {', '.join(outside)}; at {where_label(largest)}: {shown}"
+    return "supported", f"all within ±{margin}, none significant; at {where_label(largest)}: {shown}"
+
+
+def judge_efficient(paired: pd.DataFrame, smallest: dict) -> tuple[str, str]:
+    tests = {s: lookup(paired, smallest, s, "between_set_acc") for s in ("reassign", "duplicate")}
+    if any(r is None for r in tests.values()):
+        return "not decided", f"reassign and duplicate both need runs at {where_label(smallest)}"
+    shown = "; ".join(f"{s} − soft on between_set_acc: {diff_text(r)}" for s, r in tests.items())
+    if any(r.significant and r.diff_mean > 0 for r in tests.values()):
+        return "contradicted", f"at {where_label(smallest)}: {shown}"
+    if all(r.significant and r.diff_mean < 0 for r in tests.values()):
+        return "supported", f"at {where_label(smallest)}: {shown}"
+    return "not decided", f"at {where_label(smallest)}: {shown}"
+
+
+def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str, str]:
+    verdicts, shown = [], []
+    for s in ("extra-class", "multilabel"):
+        low, high = lookup(paired, smallest, s, "between_set_acc"), lookup(paired, largest, s, "between_set_acc")
+        if low is None or high is None:
+            verdicts.append("not decided")
+            shown.append(f"{s}: needs runs at both ends")
+            continue
+        if (low.significant and low.diff_mean > 0) or (high.significant and high.diff_mean < 0):
+            verdicts.append("contradicted")
+        elif low.significant and low.diff_mean < 0:
+            verdicts.append("supported")
+        else:
+            verdicts.append("not decided")
+        shown.append(f"{s} − soft on between_set_acc: {diff_text(low)} at {where_label(smallest)}, "
+                     f"{diff_text(high)} at {where_label(largest)} ({verdicts[-1]})")
+    verdict = ("contradicted" if "contradicted" in verdicts else
+               "supported" if set(verdicts) == {"supported"} else "not decided")
+    return verdict, "; ".join(shown)
+
+
+def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
+    """The command that adds the sweep these claims need, keeping every other option of this directory."""
+    first, default = comparison.runs.iloc[0], RunConfig()
+    options = []
+    for f in fields(RunConfig):
+        value = first.get(f.name, getattr(default, f.name))  # runs older than a new option lack it
+        if f.name in IDENTITY or f.name == "between_fraction" or value == getattr(default, f.name):
+            continue
+        options.append(f"--{flag(f.name)}" if value is True else f"--no-{flag(f.name)}" if value is False
+                       else f"--{flag(f.name)} {value}")
+    return " ".join(["ambig-bench sweep", *options, f"--strategy {','.join(CLAIM_STRATEGIES)}",
+                     f"--vary between-fraction={SWEEP_FRACTIONS}", f"--seeds {seeds}",
+                     f"--out results/{results_dir.name}-sweep"])
+
+
+def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Verdict]:
+    """The three claims per slice of the other swept options ("needs a sweep" without a between-fraction sweep)."""
+    if "between_fraction" not in comparison.group_by:
+        why = f"one between-fraction here ({distinct(comparison.runs.between_fraction)}): see the command below"
+        return [Verdict(key, text, "", "needs a sweep", why, "") for key, text in CLAIMS.items()]
+    if paired_soft.empty:
+        return [Verdict(key, text, "", "not decided", "no `soft` runs to compare against", "")
+                for key, text in CLAIMS.items()]
+    figure = "sweep-between-fraction.png"
+    others = [f for f in comparison.group_by if f != "between_fraction"]
+    done = comparison.runs[comparison.runs.status == "done"]
+    verdicts = []
+    for where, part in split_groups(done, others):
+        fractions = sorted(part.between_fraction.unique())
+        if len(fractions) < 2:
+            verdicts += [Verdict(key, text, where_label(where), "not decided", "one between-fraction only", figure)
+                         for key, text in CLAIMS.items()]
+            continue
+        smallest, largest = where | {"between_fraction": fractions[0]}, where | {"between_fraction": fractions[-1]}
+        comparisons = int(select(part, largest).strategy.nunique()) - 1
+        results = {"equivalent": judge_equivalent(paired_soft, largest, margin, comparisons),
+                   "efficient": judge_efficient(paired_soft, smallest),
+                   "rare": judge_rare(paired_soft, smallest, largest)}
+        verdicts += [Verdict(k, CLAIMS[k], where_label(where), v, e, figure) for k, (v, e) in results.items()]
+    return verdicts
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+def predictions(results_dir: Path, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Test-split predictions per strategy, all seeds of `runs` pooled."""
+    pooled = {}
+    for strategy, part in runs.groupby("strategy", sort=False):
+        frames = [pd.read_csv(run_file(results_dir / "runs" / name / "predictions.csv"), keep_default_na=False,
+                              dtype={"pred_set": str}) for name in part.run]
+        pooled[strategy] = pd.concat([f[f.split == "test"] for f in frames], ignore_index=True)
+    return pooled
+
+
+def detail_groups(comparison: Comparison) -> list[dict]:
+    """The groups drawn in detail: all of a plain comparison, the two ends of a sweep."""
+    keys = [w for w, _ in split_groups(comparison.summary, comparison.group_by)]
+    return keys if len(keys) <= 2 else [keys[0], keys[-1]]
+
+
+def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> list[Image]:
+    """Every figure of the report, PNG bytes included."""
+    images = [Image(f"sweep-{flag(f)}.png", f"Every metric against {flag(f)}, per strategy: mean over seeds, "
+                                            f"band = 95% CI.", sweep_curves(comparison.summary, f, comparison.group_by))
+              for f in comparison.group_by]
+    done = comparison.runs[comparison.runs.status == "done"]
+    for where in detail_groups(comparison):
+        summary = select(comparison.summary, where)
+        summary = summary[summary.n_seeds > 0]
+        runs = select(done, where)
+        preds = predictions(results_dir, runs)
+        data = meta.set_index("run").data.loc[runs.run.iloc[0]]
+        title, tail = where_label(where) or results_dir.name, slug(where)
+        at = f" ({where_label(where)})" if where else ""
+        metrics = [m for m in METRICS if summary[f"{m}_mean"].notna().any()]
+        images += [
+            Image(f"bars{tail}.png", f"Every metric per strategy{at}: mean over seeds, whiskers = 95% CI.",
+                  metric_bars(summary, metrics, title)),
+            Image(f"tradeoff{tail}.png", f"The trade-off{at}: clear-cut against in-between accuracy; up and right "
+                                         f"is better on both.", tradeoff_scatter(summary, title)),
+            Image(f"reliability{tail}.png", f"Reliability of the top-1 confidence on clear-cut test images{at}, "
+                                            f"seeds pooled.", reliability_diagrams(preds, title)),
+            Image(f"balance{tail}.png", f"How in-between test images split their probability inside the pair{at}; "
+                                        f"dashed = true share.", balance_histograms(preds, title)),
+            Image(f"confusion{tail}.png", f"Paired classes{at}: true label against predicted set, share of each "
+                                          f"true label.",
+                  pair_confusion(preds, [tuple(p) for p in data["pairs"]], data["class_names"], title)),
+        ]
+    return images
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+def power_text(comparison: Comparison) -> str:
+    done = comparison.runs[comparison.runs.status == "done"]
+    n = int(done.groupby(comparison.group_by + ["strategy"]).seed.nunique().min())
+    k = max(part.strategy.nunique() for _, part in split_groups(done, comparison.group_by))
+    p = min_holm_p(n, k - 1)
+    verdict = ("so differences can reach significance" if p < ALPHA else
+               f"so **no difference can reach significance here**: at least {seeds_needed(k - 1)} seeds are needed")
+    return (f"Sample size: {n} paired seeds per strategy (fewest), {k} strategies. With {k - 1} comparisons per "
+            f"metric the smallest attainable Holm-adjusted p-value is {p:.3g} (level {ALPHA}), {verdict}.")
+
+
+def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, lead_table: pd.DataFrame,
+                    verdicts: list[Verdict], images: list[Image]) -> list[Block]:
+    """'What this means for your options': only statements a paired test supports."""
+    bars = next(i.name for i in images if i.name.startswith("bars"))
+    tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
+    metrics = ", ".join(f"{c} = `{m}` ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)"
+                        for c, m in CRITERIA.items())
+    blocks: list[Block] = [Heading("What this means for your options"), Para(power_text(comparison)),
+                           Heading("Best strategy per criterion", 3),
+                           Para(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."), TableBlock(lead_table)]
+    if not comparison.paired.empty:
+        table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
+        blocks += [Heading("Trade-offs", 3),
+                   Para(f"Against `{baseline}`; only significant differences (paired test, Holm) are listed, as "
+                        f"strategy − {baseline}. Figure: [{tradeoff}](figures/{tradeoff})."), Bullets(lines)]
+        if (table.iloc[:, -2:] != "–").any().any():
+            blocks.append(TableBlock(table))
+    sliced = any(v.where for v in verdicts)
+    claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
+                            "verdict": f"**{v.verdict}**", "evidence": v.evidence,
+                            "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
+    blocks += [Heading("The common claims", 3), TableBlock(claims)]
+    if "between_fraction" not in comparison.group_by:
+        seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
+        blocks.append(Para(f"These claims need a sweep of between-fraction. This command runs one with this "
+                           f"directory's other options: `{sweep_command(comparison, results_dir, seeds)}`; then "
+                           f"`ambig-bench report results/{results_dir.name}-sweep`."))
+    return blocks
+
+
+def comparison_section(comparison: Comparison, baseline: str) -> list[Block]:
+    g = comparison.group_by
+    blocks: list[Block] = [Heading("Comparison"), Para("Mean ± 95% CI half-width over seeds (Student t); n = seeds."),
+                           TableBlock(summary_display(comparison.summary, g))]
+    if not comparison.paired.empty:
+        blocks += [Heading(f"Paired differences against `{baseline}`", 3),
+                   Para("Per seed, strategy − baseline: mean [bootstrap 95% CI], then the Holm-adjusted p-value or "
+                        "n.s. (not significant at the 5% level)."),
+                   TableBlock(paired_display(comparison.paired, g))]
+    return blocks + [Heading("Ranks", 3), Para("1 = best; strategies share a rank where their 95% CIs overlap."),
+                     TableBlock(comparison.ranks)]
+
+
+def build(results_dir: Path, comparison: Comparison, baseline: str, margin: float) -> Report:
+    meta = run_meta(results_dir, comparison.runs)
+    paired_soft = (comparison.paired if baseline == "soft"
+                   else paired_all(comparison.runs, comparison.group_by, "soft"))
+    lead_table = leads(comparison)
+    verdicts = judge_claims(comparison, paired_soft, margin)
+    images = draw(results_dir, comparison, meta)
+    better_text = {True: "higher is better", False: "lower is better", None: "not ranked"}
+    blocks: list[Block] = [
+        Heading(f"Report: {results_dir.name}", 1),
+        Para("Which way of training on in-between images to choose: what differs between the strategies, by how "
+             "much, with what certainty, and where each wins or loses. Every statement in *What this means for "
+             "your options* is backed by a paired test across seeds; the rules are at the end."),
+        Heading("Setup"), TableBlock(setup_table(comparison.runs, comparison.group_by, meta)),
+        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images),
+        *comparison_section(comparison, baseline),
+        Heading("Figures"), *images,
+        Heading("Decision rules"), Bullets(claim_rules(margin)),
+        Heading("Metrics"), Bullets([f"`{m}` ({better_text[h]}): {text}" for m, (h, text) in METRICS.items()]),
+    ]
+    figures = {i.name: png_bytes(i.figure) for i in images}
+    return Report(render_markdown(blocks), render_html(blocks, figures, results_dir.name), figures, verdicts,
+                  lead_table, comparison.group_by)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Bullets):
+            out.append("\n".join(f"- {item}" for item in b.items) or "- (none)")
+        elif isinstance(b, TableBlock):
+            out.append(markdown_table(b.frame.rename(columns=flag_column)))
+        else:
+            out.append(f"![{b.caption}](figures/{b.name})\n\n*{b.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+def flag_column(name: str) -> str:
+    return flag(name) if name in RunConfig.__dataclass_fields__ else name
+
+
+def inline(text: str) -> str:
+    """The inline markdown the report uses (`code`, **bold**, *italic*, links to figures) as HTML."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
+    return re.sub(r"\[([^\]]+)\]\(figures/([^)]+)\.png\)", r'<a href="#fig-\2">\1</a>', text)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
+vertical-align:top}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555}
+code{background:#f3f3f3;padding:0 3px}"""
+
+
+def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{STYLE}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{inline(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{inline(b.text)}</p>")
+        elif isinstance(b, Bullets):
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, TableBlock):
+            frame = b.frame.rename(columns=flag_column)
+            head = "".join(f"<th>{inline(str(c))}</th>" for c in frame.columns)
+            rows = "".join("<tr>" + "".join(f"<td>{inline(str(v))}</td>" for v in row) + "</tr>"
+                           for row in frame.itertuples(index=False))
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        else:
+            data = base64.b64encode(figures[b.name]).decode()
+            out.append(f"<figure id='fig-{b.name.removesuffix('.png')}'><img alt='{html.escape(b.caption)}' "
+                       f"src='data:image/png;base64,{data}'><figcaption>{inline(b.caption)}</figcaption></figure>")
+    return "\n".join(out) + "\n</body></html>\n"
+
+
+def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARGIN) -> Report:
+    """Compare `results_dir` and write report.md, report.html and figures/*.png into it."""
+    results_dir = Path(results_dir)
+    if not margin > 0:
+        raise UserError(f"--margin must be > 0, got {margin}")
+    comparison = compare(results_dir, baseline)
+    if not (comparison.runs.status == "done").any():
+        raise UserError(f"{results_dir}: every run failed; nothing to report (see the FAILED files under runs/)")
+    built = build(results_dir, comparison, baseline, margin)
+    for name, data in built.figures.items():
+        write_atomic(results_dir / "figures" / name, data)
+        built.paths.append(results_dir / "figures" / name)
+    write_atomic(results_dir / "report.md", built.markdown)
+    write_atomic(results_dir / "report.html", built.html)
+    built.paths = [results_dir / "report.md", results_dir / "report.html", *built.paths]
+    return built

@@ -1,0 +1,95 @@
+"""Sweeps: run the same strategies over a grid of run options, then draw each metric against the varied value.
+
+Every grid point is an ordinary run (same directory layout, reused when finished), all written into one
+results directory, so `compare` groups them by the varying option and `report` tests the sweep claims.
+
+$ ambig-bench sweep --dataset digits --strategy all --vary between-fraction=0.005,0.01,0.02,0.05,0.1 --seeds 5
+$ ambig-bench sweep --strategy soft,reassign --vary between-fraction=0.02,0.2 --vary train-size=200,800
+
+>>> parse_vary(["between-fraction=0.01,0.1", "epochs=5"])
+{'between_fraction': [0.01, 0.1], 'epochs': [5]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from ambig_bench.compare import IDENTITY, compare
+from ambig_bench.config import ExperimentConfig, RunConfig, coerce
+from ambig_bench.errors import UserError
+from ambig_bench.executors import Executor, run_all
+from ambig_bench.io import write_atomic
+from ambig_bench.runner import Reporter, RunResult, grid
+
+
+def parse_vary(specs: list[str]) -> dict[str, list]:
+    """`["between-fraction=0.01,0.1"]` -> {"between_fraction": [0.01, 0.1]}, values typed like the RunConfig field."""
+    vary: dict[str, list] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        field = name.strip().replace("-", "_")
+        flag = f"--vary {spec!r}"
+        if not sep or not field or not values.strip():
+            raise UserError(f"{flag}: expected OPTION=V1,V2,... e.g. between-fraction=0.01,0.05")
+        if field in IDENTITY:
+            # strategy and seed have their own options; the others do not change results (not in the run key)
+            raise UserError(f"{flag}: {name.strip()} cannot be swept (use --strategy / --seeds, or it does not "
+                            "change results)")
+        if field in vary:
+            raise UserError(f"{flag}: {name.strip()} is varied twice")
+        typed = [coerce(field, v.strip()) for v in values.split(",") if v.strip()]
+        if len(set(typed)) != len(typed):
+            raise UserError(f"{flag}: repeated value")
+        vary[field] = typed
+    return vary
+
+
+def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
+    """One template run per combination of the varied values (the last --vary changes fastest)."""
+    points = []
+    for values in itertools.product(*vary.values()):
+        point = dataclasses.replace(run, **dict(zip(vary, values, strict=True)))
+        point.validate()  # a bad value fails before any training, naming the option
+        points.append(point)
+    return points
+
+
+def sweep_configs(exp: ExperimentConfig, vary: dict[str, list]) -> list[RunConfig]:
+    """Every (grid point, seed, strategy) run of the sweep, in the order they are trained."""
+    return [cfg for point in sweep_points(exp.run, vary) for cfg in grid(dataclasses.replace(exp, run=point))]
+
+
+@dataclass
+class SweepResult:
+    runs: list[RunResult]  # one per (grid point, seed, strategy), in training order
+    figures: list[Path]  # sweep-<option>.png written into the results directory
+
+
+def run_sweep(exp: ExperimentConfig, vary: dict[str, list], reporter: Reporter | None = None,
+              executor: Executor | None = None) -> SweepResult:
+    """Train (or reuse) every run of the sweep into exp.out, then write the sweep figures there.
+
+    Runs go through the same executors as `ambig-bench run` (--jobs, Ray), all grid points at once.
+    """
+    runs = run_all(sweep_configs(exp, vary), exp.out, exp.force, reporter, executor)
+    figures = draw_sweep(exp.out, list(vary)) if any(r.status != "failed" for r in runs) else []
+    return SweepResult(runs, figures)
+
+
+def draw_sweep(results_dir: str | Path, fields: list[str] | None = None) -> list[Path]:
+    """sweep-<field>.png per varied field: each metric against the field's value, per strategy, 95% CI bands."""
+    from ambig_bench.plots import png_bytes, sweep_curves
+
+    results_dir = Path(results_dir)
+    comparison = compare(results_dir)
+    paths = []
+    for field in fields or comparison.group_by:
+        if field not in comparison.group_by:
+            continue  # a single value on disk: nothing to draw against
+        path = results_dir / f"sweep-{field.replace('_', '-')}.png"
+        write_atomic(path, png_bytes(sweep_curves(comparison.summary, field, comparison.group_by)))
+        paths.append(path)
+    return paths

@@ -1,0 +1,231 @@
+"""`folder`: your own images, as a class-per-folder tree and/or a labels CSV with in-between labels.
+
+Tree (`--data-dir DIR`, a folder or a .tgz/.tar of one): `DIR/<class>/<image>`, or with fixed splits
+`DIR/{train,val,test}/<class>/<image>` (val optional). Class = folder name, classes sorted by name.
+
+Labels CSV (`--labels FILE`): lists every image used; `file` paths are relative to `--data-dir` (default:
+the CSV's folder). Either a `label` column (`cat`, or `cat|dog` for an image between cat and dog), or one
+column per class holding vote counts or probabilities. An optional `split` column (train/val/test) fixes
+the splits; otherwise they are drawn per seed.
+
+$ ambig-bench run --dataset folder --data-dir photos --labels photos/labels.csv --between-source human
+"""
+
+from __future__ import annotations
+
+import csv
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ambig_bench.config import RunConfig
+from ambig_bench.data import SPLITS, RawImages
+from ambig_bench.datasets.base import (
+    BETWEEN_KIND,
+    check_class_names,
+    check_votes,
+    judge_votes,
+    pairs_in_votes,
+    register_dataset,
+)
+from ambig_bench.errors import UserError
+from ambig_bench.imageio import decode_listed, decode_tree, is_archive
+
+SPLIT_DIRS = ("train", "val", "test")
+
+
+@register_dataset("folder")
+def folder(cfg: RunConfig) -> RawImages:
+    """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
+    if cfg.labels:
+        return from_csv(cfg)
+    if not cfg.data_dir:
+        raise UserError("dataset folder: give --data-dir (a <class>/<image> tree or a .tgz of one) "
+                        "and/or --labels FILE.csv")
+    raw, _ = read_image_folder(existing(cfg.data_dir, "--data-dir"))
+    return raw
+
+
+def existing(path: str, option: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"{option} {path}: no such file or directory")
+    return p
+
+
+def read_image_folder(source: Path) -> tuple[RawImages, list[str]]:
+    """A `<class>/<image>` or `<split>/<class>/<image>` tree (folder or archive) -> raw images and their paths."""
+    decoded = decode_tree(source)
+    parts = [tuple(p.split("/")) for p in decoded.paths]  # decode_tree gives clean posix paths
+    with_splits = any(len(p) == 3 and p[0] in SPLIT_DIRS for p in parts)
+    fits = (lambda p: len(p) == 3 and p[0] in SPLIT_DIRS) if with_splits else (lambda p: len(p) == 2)
+    odd = next((path for path, p in zip(decoded.paths, parts, strict=True) if not fits(p)), None)
+    if odd is not None:
+        layout = "<split>/<class>/<image> with split train, val or test" if with_splits else "<class>/<image>"
+        raise UserError(f"{source}: {odd} does not fit the tree layout {layout}")
+    class_col = 1 if with_splits else 0
+    class_names = sorted({p[class_col] for p in parts})
+    check_class_names(class_names, str(source))
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = torch.tensor([index[p[class_col]] for p in parts], dtype=torch.long)
+    split = None
+    if with_splits:
+        present = {p[0] for p in parts}
+        if not {"train", "test"} <= present:
+            raise UserError(f"{source}: split folders need train/ and test/ (val/ is optional); found "
+                            f"{', '.join(sorted(present))}/")
+        split = torch.tensor([SPLITS[p[0]] for p in parts], dtype=torch.int8)
+    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source))
+    return raw, decoded.paths
+
+
+@dataclass
+class LabelTable:
+    """The parsed labels CSV: one entry per image, in file order."""
+
+    files: list[str]  # normalised posix paths relative to the data root
+    lines: list[int]  # the CSV line of each file, for error messages
+    class_names: list[str]
+    votes: np.ndarray  # float64 N×K: vote columns, or 1 on the label (1 and 1 for `A|B`)
+    split: np.ndarray | None  # int8 N of SPLITS, when the CSV has a split column
+
+
+def from_csv(cfg: RunConfig) -> RawImages:
+    csv_path = existing(cfg.labels, "--labels")
+    root = existing(cfg.data_dir, "--data-dir") if cfg.data_dir else csv_path.parent
+    table = read_labels_csv(csv_path)
+    if is_archive(root):
+        decoded = decode_tree(root)
+        row = {p: i for i, p in enumerate(decoded.paths)}
+        gone = next((i for i, f in enumerate(table.files) if f not in row), None)
+        if gone is not None:
+            raise UserError(f"{csv_path} line {table.lines[gone]}: {table.files[gone]} is not an image in {root}")
+        images = decoded.images[[row[f] for f in table.files]]
+    else:
+        gone = next((i for i, f in enumerate(table.files) if not (root / f).is_file()), None)
+        if gone is not None:
+            raise UserError(f"{csv_path} line {table.lines[gone]}: file {root / table.files[gone]} not found")
+        images = decode_listed(root, table.files).images
+    votes = torch.from_numpy(table.votes)
+    # The most-voted class is the label; ties (as in `A|B`) go to the first class in class order.
+    labels = votes.argmax(1)
+    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
+    return RawImages(
+        torch.from_numpy(images), labels, table.class_names,
+        torch.from_numpy(table.split) if table.split is not None else None, votes,
+        default_pairs=pairs_in_votes(labels, votes, table.class_names, cfg),
+        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend",
+    )
+
+
+def read_labels_csv(path: Path) -> LabelTable:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
+    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]
+    if not numbered:
+        raise UserError(f"{path}: empty; expected a header such as file,label")
+    header = [h.strip() for h in numbered[0][1]]
+    body = numbered[1:]
+    if not body:
+        raise UserError(f"{path}: has a header but no rows")
+    lower = [h.lower() for h in header]
+    dup = next((h for i, h in enumerate(lower) if h in lower[:i]), None)
+    if dup is not None:
+        raise UserError(f"{path}: column {dup!r} appears twice in the header")
+    file_col = next((lower.index(c) for c in ("file", "path") if c in lower), None)
+    if file_col is None:
+        raise UserError(f"{path}: the header needs a 'file' column (file,label or file,<class>,<class>,...)")
+    split_col = lower.index("split") if "split" in lower else None
+    for line, row in body:
+        if len(row) != len(header):
+            raise UserError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
+    files = normalised_files(path, body, file_col)
+    lines = [line for line, _ in body]
+    if "label" in lower:
+        extra = [h for i, h in enumerate(header) if i not in (file_col, split_col, lower.index("label"))]
+        if extra:
+            raise UserError(f"{path}: unexpected column {extra[0]!r} next to 'label' (allowed: file, label, split)")
+        class_names, votes = label_votes(path, body, lower.index("label"))
+    else:
+        class_cols = [i for i in range(len(header)) if i not in (file_col, split_col)]
+        if len(class_cols) < 2:
+            raise UserError(f"{path}: needs a 'label' column or one vote column per class (at least 2)")
+        class_names = [header[i] for i in class_cols]
+        check_class_names(class_names, str(path))
+        votes = vote_columns(path, body, class_cols, header)
+    check_votes(torch.from_numpy(votes), len(class_names), str(path), lambda i: f"{path} line {lines[i]}")
+    split = read_split(path, body, split_col) if split_col is not None else None
+    return LabelTable(files, lines, class_names, votes, split)
+
+
+def normalised_files(path: Path, body: list[tuple[int, list[str]]], col: int) -> list[str]:
+    """Relative posix paths; absolute ones, `..` escapes and repeats are errors naming the line."""
+    files: list[str] = []
+    first_line: dict[str, int] = {}
+    for line, row in body:
+        raw = row[col].strip().replace("\\", "/")
+        if not raw:
+            raise UserError(f"{path} line {line}: empty file name")
+        norm = posixpath.normpath(raw)
+        if raw.startswith("/") or re.match(r"[A-Za-z]:/", raw) or norm == ".." or norm.startswith("../"):
+            raise UserError(f"{path} line {line}: {raw!r} escapes the data root (use a path relative to it)")
+        if norm in first_line:
+            raise UserError(f"{path} line {line}: {norm} is listed twice (also on line {first_line[norm]})")
+        first_line[norm] = line
+        files.append(norm)
+    return files
+
+
+def label_votes(path: Path, body: list[tuple[int, list[str]]], col: int) -> tuple[list[str], np.ndarray]:
+    """`cat` -> one vote for cat; `cat|dog` -> one vote each. Classes: the names used alone, sorted."""
+    parsed: list[tuple[int, list[str]]] = []
+    for line, row in body:
+        names = [n.strip() for n in row[col].split("|")]
+        if len(names) > 2 or not all(names):
+            raise UserError(f"{path} line {line}: label {row[col]!r} must be a class or two classes as A|B")
+        if len(names) == 2 and names[0].lower() == names[1].lower():
+            raise UserError(f"{path} line {line}: {row[col]!r} pairs a class with itself")
+        parsed.append((line, names))
+    class_names = sorted({names[0] for _, names in parsed if len(names) == 1})
+    check_class_names(class_names, str(path))
+    index = {n.lower(): i for i, n in enumerate(class_names)}
+    votes = np.zeros((len(parsed), len(class_names)))
+    for r, (line, names) in enumerate(parsed):
+        for name in names:
+            if name.lower() not in index:
+                raise UserError(f"{path} line {line}: unknown class {name!r}; every class needs at least one image "
+                                f"labelled with it alone (classes: {', '.join(class_names)})")
+            votes[r, index[name.lower()]] = 1
+    return class_names, votes
+
+
+def vote_columns(path: Path, body: list[tuple[int, list[str]]], cols: list[int], header: list[str]) -> np.ndarray:
+    votes = np.zeros((len(body), len(cols)))
+    for r, (line, row) in enumerate(body):
+        for c, col in enumerate(cols):
+            cell = row[col].strip()
+            try:
+                votes[r, c] = float(cell) if cell else 0.0  # a blank cell in a count table means no votes
+            except ValueError:
+                raise UserError(f"{path} line {line}: column {header[col]!r}: {cell!r} is not a number") from None
+    return votes
+
+
+def read_split(path: Path, body: list[tuple[int, list[str]]], col: int) -> np.ndarray:
+    split = np.zeros(len(body), dtype=np.int8)
+    for r, (line, row) in enumerate(body):
+        value = row[col].strip().lower()
+        if value not in SPLIT_DIRS:
+            raise UserError(f"{path} line {line}: split {row[col]!r} must be train, val or test")
+        split[r] = SPLITS[value]
+    for needed in ("train", "test"):
+        if not (split == SPLITS[needed]).any():
+            raise UserError(f"{path}: the split column has no {needed!r} row")
+    return split

@@ -1,0 +1,39 @@
+"""`human` in-between source: real images that people split between two classes (vote counts or probabilities).
+
+An image is in-between when its two most-voted classes hold at least `--human-pair-mass` (0.9) of the
+votes and the second at least `--human-second` (0.2); its soft target is the pair's own vote split
+(share_a = votes of A / votes of A and B). In-between images whose two classes are not one of the
+configured pairs, and images with no clear majority, are "unsure": left out of training and testing and
+counted in data.json. Votes come from cifar10h, a `folder` labels CSV (`A|B` labels or vote columns),
+or an `npz` file's `probs`.
+$ ambig-bench run --dataset cifar10h --between-source human --strategy all --no-human-extra-train
+"""
+
+import torch
+
+from ambig_bench.config import RunConfig
+from ambig_bench.data import SPLITS, LabelledImages, RawImages
+from ambig_bench.datasets.base import labelled_by_votes, register_source
+from ambig_bench.errors import UserError
+
+
+@register_source("human")
+def human(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:
+    """Real in-between images from human votes (cifar10h, folder CSV, npz probs), with their vote split."""
+    if raw.votes is None:
+        raise UserError(f"--between-source human: dataset {cfg.dataset} has no human votes; use cifar10h, "
+                        f"folder with a labels CSV (A|B labels or vote columns), or npz with probs")
+    data = labelled_by_votes(raw, pairs, cfg, keep_between=True)
+    names = [f"{raw.class_names[a]}:{raw.class_names[b]}" for a, b in pairs]
+    for split in ("train", "test"):
+        if not (data.is_between & (data.split == SPLITS[split])).any():
+            raise UserError(f"--between-source human: no {split} image is in-between for pairs {','.join(names)}; "
+                            f"lower --human-second or --human-pair-mass, or choose other --pairs")
+    data.info["between_per_pair"] = {
+        name: {
+            split: int(((data.label_a == a) & (data.label_b == b) & (data.split == code)).sum())
+            for split, code in SPLITS.items() if split != "unsure"
+        }
+        for name, (a, b) in zip(names, pairs, strict=True)
+    }
+    return data

@@ -1,0 +1,86 @@
+"""Several runs trained as one wide network give the same models as training them one at a time."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ambig_bench.batched import can_batch, train_many, widen
+from ambig_bench.datasets import prepare
+from ambig_bench.models import build_model
+from ambig_bench.strategies import STRATEGIES
+from ambig_bench.train import Preprocess, predict_logits, train
+from tests.conftest import tiny_config
+
+
+def fresh_model(cfg, data, strategy) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    _, c, size, _ = data.images.shape
+    net = build_model(cfg.model, c, size, strategy.num_outputs, cfg.width)
+    return nn.Sequential(Preprocess.fit(data.subset("train").images), net)
+
+
+@pytest.mark.parametrize("model, channels, size", [("small-cnn", 1, 8), ("fast-cifar", 3, 32)])
+def test_wide_forward_equals_each_model(model, channels, size):
+    x = torch.randint(0, 256, (5, 3, channels, size, size), dtype=torch.uint8)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        preprocess = Preprocess(torch.rand(channels) * 100, torch.rand(channels) * 50 + 10)
+        models.append(nn.Sequential(preprocess, build_model(model, channels, size, 7, 4)))
+    wide = widen(models).eval()
+    out = wide(x.flatten(1, 2)).view(5, 3, -1)
+    for m, single in enumerate(models):
+        assert torch.allclose(out[:, m], single.eval()(x[:, m]), atol=1e-5)
+
+
+def test_train_many_matches_sequential_training():
+    names = ["soft", "reassign", "partial"]  # same output size and images per epoch
+    cfgs = [tiny_config(strategy=n, seed=s, epochs=3) for n, s in zip(names, (0, 1, 2), strict=True)]
+    datas = [prepare(c) for c in cfgs]
+    assert can_batch(datas)
+    strategies = [STRATEGIES.get(c.strategy)(10, d.pairs) for c, d in zip(cfgs, datas, strict=True)]
+    alone = [fresh_model(c, d, s) for c, d, s in zip(cfgs, datas, strategies, strict=True)]
+    together = copy.deepcopy(alone)
+    device = torch.device("cpu")
+    histories = [train(m, s, d.subset("train"), c, device) for m, s, d, c in zip(alone, strategies, datas, cfgs,
+                                                                                 strict=True)]
+    batched = train_many(together, strategies, datas, cfgs, device)
+    for h_alone, h_batched in zip(histories, batched, strict=True):
+        # Same batches and targets; only the summation order inside the grouped kernels differs.
+        assert [e["train_loss"] for e in h_alone] == pytest.approx([e["train_loss"] for e in h_batched], rel=1e-3)
+    for a, b, d in zip(alone, together, datas, strict=True):
+        test_images = d.subset("test").images
+        la, lb = predict_logits(a, test_images, device), predict_logits(b, test_images, device)
+        # Rounding differences grow a little over training, but the two models predict alike.
+        assert (la.softmax(1) - lb.softmax(1)).abs().max() < 0.01
+        assert (la.argmax(1) == lb.argmax(1)).float().mean() > 0.97
+
+
+def test_batched_grid_writes_the_same_runs_as_sequential(tmp_path):
+    """--batch-runs on groups soft/hard (same shape) and leaves extra-class alone; files match run by run."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from ambig_bench.cli import app
+
+    args = ["run", "--strategy", "soft,hard,extra-class", "--seeds", "2", "--epochs", "2", "--width", "8",
+            "--test-between-per-pair", "20", "--val-between-per-pair", "10", "--device", "cpu"]
+    for mode in ("on", "off"):
+        result = CliRunner().invoke(app, [*args, "--batch-runs", mode, "--out", str(tmp_path / mode)])
+        assert result.exit_code == 0, result.output
+    on_runs = sorted(p.name for p in (tmp_path / "on" / "runs").iterdir())
+    assert on_runs == sorted(p.name for p in (tmp_path / "off" / "runs").iterdir()) and len(on_runs) == 6
+    for name in on_runs:
+        on, off = tmp_path / "on" / "runs" / name, tmp_path / "off" / "runs" / name
+        assert sorted(p.name for p in on.iterdir()) == sorted(p.name for p in off.iterdir())
+        batched = json.loads((on / "metrics.json").read_text())["batched_runs"]
+        assert batched == (2 if name.startswith("extra-class") else 4)
+        p_on, p_off = pd.read_csv(on / "predictions.csv"), pd.read_csv(off / "predictions.csv")
+        probs = [c for c in p_on if c.startswith("p_")]
+        assert (p_on[probs] - p_off[probs]).abs().max().max() < 1e-3

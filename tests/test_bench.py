@@ -1,0 +1,24 @@
+"""The benchmark runs end to end on the CPU with tiny sizes and prints every figure and ratio.
+
+Only that it runs and reports is checked: speed targets are met in the benchmark itself, never in tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from ambig_bench.cli import app
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--device", "cpu", "--images", "256", "--epochs", "1", "--seeds", "2",
+                                      "--small-images", "128", "--model", "small-cnn", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in ("(a) ambig-bench", "(b) bare", "(c) textbook", "batched", "a / b =", "a / c =",
+                 "batched / sequential ="):
+        assert text in result.stdout
+    figures = json.loads(out.read_text())
+    assert all(figures[k] > 0 for k in ("a_ambig_bench", "b_bare_loop", "c_textbook", "d_sequential", "d_batched"))

@@ -1,0 +1,219 @@
+"""report on hand-made run directories with planted numbers: verdicts with known answers, golden markdown.
+
+No training: every run directory is written here (config, data, env, metrics, predictions, DONE), so the
+report's statements depend only on the planted numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ambig_bench.compare import compare
+from ambig_bench.config import RunConfig
+from ambig_bench.errors import UserError
+from ambig_bench.metrics import METRICS
+from ambig_bench.report import judge_claims, lead_row, min_holm_p, report, seeds_needed
+
+GOLDEN = Path(__file__).parent / "golden"
+CLASSES = ["cat", "dog", "car", "truck"]
+PAIRS = [[0, 1], [2, 3]]
+ENV = {"ambig_bench": "0.1.0", "python": "3.11.0", "torch": "2.4.0", "platform": "Linux-test", "device": "cpu"}
+
+
+def jitter(seed: int) -> float:
+    """A fixed, sign-balanced wobble per seed (mean 0 over seeds 0..9), so CIs have width."""
+    return [0.004, -0.003, 0.001, -0.004, 0.002, -0.001, 0.003, -0.002, 0.0, 0.0][seed % 10]
+
+
+def wobble(seed: int) -> float:
+    """An alternating-sign difference of distinct sizes (untied ranks keep the exact Wilcoxon test fast)."""
+    return (0.0015 + 0.0001 * seed) * (1 if seed % 2 else -1)
+
+
+def planted_predictions(strategy: str, seed: int) -> pd.DataFrame:
+    """Small deterministic test/val predictions: 6 clear-cut images per class, 4 in-between per pair."""
+    rng = np.random.default_rng(zlib.crc32(f"{strategy}-{seed}".encode()))
+    rows = []
+    for split in ("val", "test"):
+        for c in range(len(CLASSES)):
+            for _ in range(6):
+                p = rng.dirichlet(np.ones(len(CLASSES)))
+                p[c] += 3
+                rows.append((split, "clear", c, -1, 1.0, p / p.sum()))
+        for a, b in PAIRS:
+            for _ in range(4):
+                p = rng.dirichlet(np.ones(len(CLASSES)))
+                p[a] += 1.5 + rng.random()
+                p[b] += 1.5 + rng.random()
+                rows.append((split, "between", a, b, 0.5, p / p.sum()))
+    frame = pd.DataFrame({"split": [r[0] for r in rows], "kind": [r[1] for r in rows],
+                          "label_a": [r[2] for r in rows], "label_b": [r[3] for r in rows],
+                          "share_a": [r[4] for r in rows], "ambiguity": [1 - r[5].max() for r in rows]})
+    probs = np.stack([r[5] for r in rows])
+    frame["pred_set"] = ["|".join(str(k) for k in np.flatnonzero(p >= 0.25)) for p in probs]
+    return pd.concat([frame, pd.DataFrame(probs, columns=[f"p_{k}" for k in range(len(CLASSES))])], axis=1)
+
+
+def fake_run(out: Path, strategy: str, seed: int, metrics: dict, predictions: bool = True, **config) -> None:
+    cfg = dataclasses.replace(RunConfig(strategy=strategy, seed=seed), **config)
+    run_dir = out / "runs" / f"{strategy}-seed{seed}-{cfg.key()}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    counts = {"train": {"clear": 400, "between": round(400 * cfg.between_fraction)},
+              "val": {"clear": 24, "between": 8}, "test": {"clear": 24, "between": 8}}
+    (run_dir / "data.json").write_text(json.dumps({"class_names": CLASSES, "pairs": PAIRS, "dataset": cfg.dataset,
+                                                   "origin": "planted test data", "counts": counts}))
+    (run_dir / "env.json").write_text(json.dumps(ENV))
+    (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | metrics))
+    if predictions:
+        planted_predictions(strategy, seed).to_csv(run_dir / "predictions.csv", index=False)
+    (run_dir / "DONE").write_text("")
+
+
+def plant_comparison(out: Path, seeds: int = 10, predictions: bool = True) -> None:
+    """extra-class clearly best in-between but worst calibrated; soft best calibrated; soft and extra-class
+    tied on clear-cut accuracy; hard clearly worse on clear-cut and in-between accuracy."""
+    for seed in range(seeds):
+        j = jitter(seed)
+        planted = {
+            "soft": {"clear_acc": 0.90 + j, "between_set_acc": 0.80 + j, "ece": 0.020 + j / 10},
+            "extra-class": {"clear_acc": 0.90 + j + wobble(seed), "between_set_acc": 0.95 + j,
+                            "ece": 0.050 + j / 10},
+            "hard": {"clear_acc": 0.85 + j, "between_set_acc": 0.10 + j, "ece": 0.030 + j / 10},
+        }
+        for strategy, metrics in planted.items():
+            fake_run(out, strategy, seed, metrics, predictions)
+
+
+def plant_sweep(out: Path, seeds: int = 10, predictions: bool = True, large: dict | None = None) -> None:
+    """Two between-fractions. At 0.01 soft leads reassign/duplicate and extra-class/multilabel lag far behind;
+    at 0.2 all five agree to within ±0.002 (unless `large` overrides a strategy's metrics there)."""
+    for seed in range(seeds):
+        j = jitter(seed)
+        small = {"soft": 0.70, "reassign": 0.60, "duplicate": 0.62, "extra-class": 0.30, "multilabel": 0.35}
+        for strategy, acc in small.items():
+            fake_run(out, strategy, seed, {"clear_acc": 0.90 + j, "between_set_acc": acc + j}, predictions,
+                     between_fraction=0.01)
+        for strategy in small:
+            shift = 0 if strategy == "soft" else wobble(seed)
+            metrics = {"clear_acc": 0.95 + j + shift, "between_set_acc": 0.90 + j + shift}
+            fake_run(out, strategy, seed, metrics | (large or {}).get(strategy, {}), predictions,
+                     between_fraction=0.2)
+
+
+def verdicts_of(out: Path) -> dict[str, str]:
+    comparison = compare(out)
+    return {v.key: v.verdict for v in judge_claims(comparison, comparison.paired, 0.02)}
+
+
+# -- statistics-backed statements ----------------------------------------------------------------------------
+def test_power_bound_matches_the_tests():
+    # 3 seeds: an exact sign test's smallest two-sided p is 2 / 2**3 = 0.25; Holm over 7 comparisons -> 1.
+    assert min_holm_p(3, 1) == pytest.approx(0.25)
+    assert min_holm_p(3, 7) == 1.0
+    # Wilcoxon from 6 seeds: the smallest exact p is 2 / 2**n; 7 comparisons need 7 * 2**(1-n) < 0.05 -> n = 9.
+    assert min_holm_p(9, 7) == pytest.approx(7 * 2 / 2**9)
+    assert seeds_needed(7) == 9 and seeds_needed(1) == 6
+
+
+def test_best_only_when_significantly_better_than_every_other(tmp_path):
+    plant_comparison(tmp_path, predictions=False)
+    c = compare(tmp_path)
+    done = c.runs[c.runs.status == "done"]
+    between = lead_row(done, c.summary, "in-between accuracy", "between_set_acc")
+    assert between["answer"] == "**extra-class** is best"
+    assert "closest soft − extra-class: -0.150" in between["evidence"]
+    clear = lead_row(done, c.summary, "clear-cut accuracy", "clear_acc")
+    # soft and extra-class differ by about ±0.002 with alternating sign: not separable; hard is 0.05 below both.
+    assert clear["answer"] in ("indistinguishable at this sample size: soft (best mean) and extra-class",
+                               "indistinguishable at this sample size: extra-class (best mean) and soft")
+    assert clear["evidence"].endswith(": hard") and "significantly worse than" in clear["evidence"]
+    ece = lead_row(done, c.summary, "calibration", "ece")
+    assert ece["answer"] == "**soft** is best"  # lower is better
+
+
+def test_few_seeds_never_give_a_best(tmp_path):
+    plant_comparison(tmp_path, seeds=3, predictions=False)
+    c = compare(tmp_path)
+    row = lead_row(c.runs, c.summary, "in-between accuracy", "between_set_acc")
+    # The gap is huge but 3 seeds cannot reach p < 0.05: the report must not call anything best.
+    assert row["answer"] == "indistinguishable at this sample size: all 3 strategies"
+
+
+def test_sweep_claims_supported(tmp_path):
+    plant_sweep(tmp_path, predictions=False)
+    assert verdicts_of(tmp_path) == {"equivalent": "supported", "efficient": "supported", "rare": "supported"}
+
+
+def test_sweep_claims_contradicted(tmp_path):
+    # At the largest fraction reassign falls 0.05 behind soft, and extra-class lags there too.
+    plant_sweep(tmp_path, predictions=False, large={
+        "reassign": {"between_set_acc": 0.85},
+        "extra-class": {"between_set_acc": 0.80}})
+    verdicts = verdicts_of(tmp_path)
+    assert verdicts["equivalent"] == "contradicted"
+    assert verdicts["rare"] == "contradicted"  # the deficit is not specific to rare examples
+    assert verdicts["efficient"] == "supported"  # the smallest fraction is unchanged
+
+
+def test_sweep_claims_not_decided_with_few_seeds(tmp_path):
+    plant_sweep(tmp_path, seeds=4, predictions=False)
+    assert set(verdicts_of(tmp_path).values()) == {"not decided"}
+
+
+def test_plain_comparison_needs_a_sweep_and_gives_the_command(tmp_path):
+    plant_comparison(tmp_path, seeds=3, predictions=False)
+    assert set(verdicts_of(tmp_path).values()) == {"needs a sweep"}
+
+
+# -- files and structure -------------------------------------------------------------------------------------
+def check_golden(text: str, name: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"report format changed: rerun with UPDATE_GOLDEN=1 and review {path}"
+
+
+def test_report_files_and_golden(tmp_path):
+    out = tmp_path / "golden-demo"
+    plant_comparison(out)
+    built = report(out)
+    check_golden(built.markdown, "report.md")
+    assert (out / "report.md").read_text() == built.markdown
+    for link in re.findall(r"\]\((figures/[^)]+\.png)\)", built.markdown):
+        assert (out / link).read_bytes()[:4] == b"\x89PNG", link
+    page = (out / "report.html").read_text()
+    # Self-contained: every figure inline, nothing fetched from elsewhere.
+    assert page.count("src='data:image/png;base64,") == len(built.figures) == 5
+    assert not re.search(r"""src=['"](?!data:)""", page) and "<link" not in page
+    first = re.search(r"base64,([^']+)'", page)[1]
+    assert base64.b64decode(first)[:4] == b"\x89PNG"
+    assert "ambig-bench sweep --strategy soft,reassign,duplicate,extra-class,multilabel" in built.markdown
+
+
+def test_sweep_report_golden(tmp_path):
+    out = tmp_path / "golden-sweep"
+    plant_sweep(out)
+    built = report(out)
+    check_golden(built.markdown, "report_sweep.md")
+    assert "sweep-between-fraction.png" in built.figures
+    # Detail figures for both ends of the sweep.
+    assert {"bars-between-fraction-0.01.png", "bars-between-fraction-0.2.png"} <= set(built.figures)
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="results directory not found"):
+        report(tmp_path / "missing")
+    plant_comparison(tmp_path, seeds=2, predictions=False)
+    with pytest.raises(UserError, match="--margin must be > 0"):
+        report(tmp_path, margin=0)

@@ -1,0 +1,68 @@
+"""sweep: parsing --vary, the grid it expands to, and one tiny real sweep (trained, reused, drawn)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambig_bench.compare import compare
+from ambig_bench.config import ExperimentConfig
+from ambig_bench.errors import UserError
+from ambig_bench.sweep import parse_vary, run_sweep, sweep_configs
+from tests.conftest import tiny_config
+
+
+def test_parse_vary_types_values_like_the_option():
+    vary = parse_vary(["between-fraction=0.01, 0.1", "train_size=200,400", "augment=on,off"])
+    assert vary == {"between_fraction": [0.01, 0.1], "train_size": [200, 400], "augment": ["on", "off"]}
+    assert all(isinstance(v, int) for v in vary["train_size"])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("between-fraction", "expected OPTION=V1,V2"),
+    ("between-fraction=", "expected OPTION=V1,V2"),
+    ("nope=1,2", "unknown option 'nope'"),
+    ("train-size=10.5", "not a valid int"),
+    ("seed=1,2", "cannot be swept"),
+    ("device=cpu,cuda", "cannot be swept"),
+    ("epochs=2,2", "repeated value"),
+])
+def test_parse_vary_rejects_bad_specs(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_vary([spec])
+
+
+def test_same_option_twice_is_an_error():
+    with pytest.raises(UserError, match="varied twice"):
+        parse_vary(["epochs=2,3", "epochs=4"])
+
+
+def test_grid_is_the_product_times_seeds_and_strategies():
+    exp = ExperimentConfig(tiny_config(), ["soft", "hard"], seeds=2, out="unused")
+    configs = sweep_configs(exp, parse_vary(["between-fraction=0.02,0.1", "epochs=1,2,3"]))
+    assert len(configs) == 2 * 3 * 2 * 2
+    assert {(c.between_fraction, c.epochs, c.strategy, c.seed) for c in configs} == {
+        (f, e, s, seed) for f in (0.02, 0.1) for e in (1, 2, 3) for s in ("soft", "hard") for seed in (0, 1)}
+    # Everything not varied keeps the template's value.
+    assert {c.width for c in configs} == {tiny_config().width}
+
+
+def test_bad_value_fails_before_training(tmp_path):
+    exp = ExperimentConfig(tiny_config(), ["soft"], seeds=1, out=str(tmp_path))
+    with pytest.raises(UserError, match="--between-fraction must be in"):
+        run_sweep(exp, parse_vary(["between-fraction=0.05,1.5"]))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_sweep_trains_reuses_and_draws(tmp_path):
+    exp = ExperimentConfig(tiny_config(epochs=1, train_size=300), ["soft"], seeds=1, out=str(tmp_path))
+    first = run_sweep(exp, parse_vary(["between-fraction=0.05,0.2"]))
+    assert [r.status for r in first.runs] == ["done", "done"]
+    assert first.figures == [tmp_path / "sweep-between-fraction.png"]
+    assert first.figures[0].read_bytes()[:4] == b"\x89PNG"
+    comparison = compare(tmp_path)
+    assert comparison.group_by == ["between_fraction"]
+    assert sorted(comparison.summary.between_fraction.unique()) == [0.05, 0.2]
+    assert set(comparison.summary.n_seeds) == {1}
+    # A finished grid point is reused, and a new value only trains what is new.
+    again = run_sweep(exp, parse_vary(["between-fraction=0.2,0.1"]))
+    assert [r.status for r in again.runs] == ["reused", "done"]
