@@ -59,14 +59,40 @@ def field_help() -> dict[str, str]:
     return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]+#(.*?)$", source, re.M)}
 
 
-def with_run_options(fn: Callable) -> Callable:
-    """Add one --option per RunConfig field (strategy and seed excepted) to a command's signature.
+STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"
+WHERE = "Where runs train"
+# The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
+GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "strategy": (str | None, typer.Option(None, "--strategy", "-s", help=STRATEGY_HELP)),
+    "seeds": (int | None, typer.Option(None, help="Runs per strategy (and grid point), seeds --seed .. "
+                                                  "--seed + seeds - 1 (default 3)")),
+    "seed": (int | None, typer.Option(None, help="First seed (default 0)")),
+    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/demo)")),
+    "config": (Path | None, typer.Option(None, "--config", help="TOML experiment file; command-line options "
+                                                                "override it")),
+    "force": (bool, typer.Option(False, "--force", help="Retrain runs that already finished")),
+    "executor": (str, typer.Option("local", "--executor", rich_help_panel=WHERE,
+                                   help="local: this machine (--jobs N processes); ray: Ray tasks, one GPU (or "
+                                        "CPU) each (pip install 'ambig-bench\\[ray]')")),
+    "jobs": (int, typer.Option(1, "--jobs", "-j", rich_help_panel=WHERE,
+                               help="Runs trained at once by --executor local, each in its own process")),
+    "ray_address": (str, typer.Option("", "--ray-address", rich_help_panel=WHERE,
+                                      show_default="start a local Ray instance",
+                                      help="Ray cluster to join, e.g. auto or ray://head:10001")),
+}
 
-    Defaults are None so we can tell what the user typed: typed values override the --config file.
+
+def with_run_options(fn: Callable) -> Callable:
+    """Add the grid options and one --option per RunConfig field (strategy and seed excepted) to a command.
+
+    Run-option defaults are None so we can tell what the user typed: typed values override the --config file.
     """
     helps = field_help()
     params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
     annotations = dict(fn.__annotations__)
+    for name, (kind, option) in GRID_OPTIONS.items():
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+        annotations[name] = kind
     for name in RUN_FIELDS:
         if name in ("strategy", "seed"):
             continue
@@ -83,9 +109,10 @@ def with_run_options(fn: Callable) -> Callable:
     return fn
 
 
-def experiment_from(options: dict[str, Any], config: Path | None, strategy: str | None, seeds: int | None,
-                    seed: int | None, out_dir: str | None, force: bool) -> ExperimentConfig:
-    """Merge defaults < --config file < command line into an ExperimentConfig."""
+def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
+    """Merge defaults < --config file < command line into an ExperimentConfig (grid options popped)."""
+    config, strategy, seeds, seed = (options.pop(k) for k in ("config", "strategy", "seeds", "seed"))
+    out_dir, force = options.pop("out_dir"), options.pop("force")
     values = load_toml(config) if config else {}
     where = f"{config}: " if config else ""
     file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
@@ -144,47 +171,42 @@ def progress_bars() -> Progress:
                     console=err, transient=False)
 
 
-EXECUTOR_OPTION = typer.Option("local", "--executor", rich_help_panel="Where runs train",
-                               help="local: this machine (--jobs N processes); ray: Ray tasks, one GPU (or CPU) "
-                                    "each (pip install 'ambig-bench\\[ray]')")
-JOBS_OPTION = typer.Option(1, "--jobs", "-j", rich_help_panel="Where runs train",
-                           help="Runs trained at once by --executor local, each in its own process")
-RAY_ADDRESS_OPTION = typer.Option("", "--ray-address", rich_help_panel="Where runs train",
-                                  show_default="start a local Ray instance",
-                                  help="Ray cluster to join, e.g. auto or ray://head:10001")
+def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -> tuple[ExperimentConfig, Any]:
+    """Build the experiment, check everything, then train its runs on the chosen executor with progress bars.
+
+    `configs_of(exp)` lists the runs (checked before anything is written); `train(exp, reporter, executor)`
+    trains them and returns its result.
+    """
+    from ambig_bench.executors import open_executor, preflight
+
+    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
+    exp = experiment_from(options)
+    configs = configs_of(exp)
+    with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
+        preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
+        with progress_bars() as progress:
+            return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
+
+
+def summarise_runs(results: list, next_step: str) -> None:
+    """One line on stderr; exit code 1 when any run failed."""
+    failed = sum(r.status == "failed" for r in results)
+    reused = sum(r.status == "reused" for r in results)
+    err.print(f"{len(results) - failed} runs finished ({reused} reused), {failed} failed; {next_step}",
+              highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 @guarded
 @with_run_options
-def run(
-    strategy: str = typer.Option(None, "--strategy", "-s",
-                                 help=f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"),
-    seeds: int = typer.Option(None, help="Runs per strategy, seeds --seed .. --seed + seeds - 1 [default: 3]"),
-    seed: int = typer.Option(None, help="First seed [default: 0]"),
-    out_dir: str = typer.Option(None, "--out", "-o", help="Results directory [default: results/demo]"),
-    config: Path = typer.Option(None, "--config", help="TOML experiment file; command-line options override it"),
-    force: bool = typer.Option(False, "--force", help="Retrain runs that already finished"),
-    executor: str = EXECUTOR_OPTION,
-    jobs: int = JOBS_OPTION,
-    ray_address: str = RAY_ADDRESS_OPTION,
-    **options: Any,
-) -> None:
+def run(**options: Any) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.executors import open_executor, preflight
     from ambig_bench.runner import grid, run_grid
 
-    exp = experiment_from(options, config, strategy, seeds, seed, out_dir, force)
-    with open_executor(executor, jobs, ray_address) as runs_on:
-        preflight(grid(exp), runs_on)  # bad options, device or data fail here, before any progress bar or file
-        with progress_bars() as progress:
-            results = run_grid(exp, RichReporter(progress, len(grid(exp))), runs_on)
-    failed = [r for r in results if r.status == "failed"]
-    reused = sum(r.status == "reused" for r in results)
-    err.print(f"{len(results) - len(failed)} runs finished ({reused} reused), {len(failed)} failed; "
-              f"results in {exp.out}. Next: ambig-bench compare {exp.out}", highlight=False)
-    if failed:
-        raise typer.Exit(1)
+    exp, results = train_grid(options, grid, run_grid)
+    summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
 
 
 @app.command()
@@ -217,36 +239,17 @@ def compare(
 def sweep(
     vary: list[str] = typer.Option(..., "--vary", help="OPTION=V1,V2,...: a run option and its values, e.g. "
                                    "between-fraction=0.01,0.05,0.2; repeat for a grid (overrides --OPTION)"),
-    strategy: str = typer.Option(None, "--strategy", "-s",
-                                 help=f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"),
-    seeds: int = typer.Option(None, help="Runs per strategy and grid point [default: 3]"),
-    seed: int = typer.Option(None, help="First seed [default: 0]"),
-    out_dir: str = typer.Option(None, "--out", "-o", help="Results directory [default: results/demo]"),
-    config: Path = typer.Option(None, "--config", help="TOML experiment file; command-line options override it"),
-    force: bool = typer.Option(False, "--force", help="Retrain runs that already finished"),
-    executor: str = EXECUTOR_OPTION,
-    jobs: int = JOBS_OPTION,
-    ray_address: str = RAY_ADDRESS_OPTION,
     **options: Any,
 ) -> None:
     """Train the grid at every combination of the --vary values; draw each metric against them (sweep-*.png)."""
-    from ambig_bench.executors import open_executor, preflight
     from ambig_bench.sweep import parse_vary, run_sweep, sweep_configs
 
-    exp = experiment_from(options, config, strategy, seeds, seed, out_dir, force)
     vary_values = parse_vary(vary)
-    configs = sweep_configs(exp, vary_values)  # every grid point validated before anything is written
-    with open_executor(executor, jobs, ray_address) as runs_on:
-        preflight(configs, runs_on)
-        with progress_bars() as progress:
-            result = run_sweep(exp, vary_values, RichReporter(progress, len(configs)), runs_on)
-    failed = [r for r in result.runs if r.status == "failed"]
-    reused = sum(r.status == "reused" for r in result.runs)
-    err.print(f"{len(result.runs) - len(failed)} runs finished ({reused} reused), {len(failed)} failed; "
-              f"figures: {', '.join(str(p) for p in result.figures) or 'none'}. Next: ambig-bench report {exp.out}",
-              highlight=False)
-    if failed:
-        raise typer.Exit(1)
+    # Every grid point is validated (sweep_configs) before anything is written.
+    exp, result = train_grid(options, lambda exp: sweep_configs(exp, vary_values),
+                             lambda exp, reporter, runs_on: run_sweep(exp, vary_values, reporter, runs_on))
+    figures = ", ".join(str(p) for p in result.figures) or "none"
+    summarise_runs(result.runs, f"figures: {figures}. Next: ambig-bench report {exp.out}")
 
 
 @app.command()

@@ -207,7 +207,8 @@ def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]],
             ax.imshow(table, cmap="Blues", vmin=0, vmax=1)
             for (i, j), v in np.ndenumerate(table):
                 ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 else "black")
-            ax.set_xticks(range(4), [f"{{{na}}}", f"{{{nb}}}", f"{{{na},{nb}}}", "other"], fontsize=7)
+            ax.set_xticks(range(4), [f"{{{na}}}", f"{{{nb}}}", f"{{{na},{nb}}}", "other"], fontsize=7, rotation=25,
+                          ha="right")
             ax.set_yticks(range(3), [na, nb, "in-between"], fontsize=7)
             ax.set_title(f"{name}: {na} vs {nb}", fontsize=9, color=strategy_color(name), fontweight="bold")
             ax.set_xlabel("predicted set", fontsize=7)

@@ -66,6 +66,13 @@ class Strategy:
     def one_hot(self, index: torch.Tensor) -> torch.Tensor:
         return F.one_hot(index, self.num_outputs).float()
 
+    def label_sets(self, labels: Labels) -> torch.Tensor:
+        """N×outputs 0/1 mask of each image's label set: {y} when clear-cut, {A, B} in between."""
+        mask = self.one_hot(labels.a)
+        b = labels.between
+        mask[b] += self.one_hot(labels.b[b])
+        return mask
+
     # -- decoding -------------------------------------------------------------------------------
     def class_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """N×K probabilities over the real classes (rows sum to 1)."""

@@ -14,10 +14,7 @@ class Multilabel(Strategy):
     """Sigmoid + BCE per class; an in-between image has both of its labels on (option 3)."""
 
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        targets = self.one_hot(labels.a)
-        b = labels.between
-        targets[b] += self.one_hot(labels.b[b])
-        return torch.arange(len(labels), device=labels.a.device), targets
+        return torch.arange(len(labels), device=labels.a.device), self.label_sets(labels)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """BCE summed over classes, averaged over the batch (the scale of one softmax CE term)."""

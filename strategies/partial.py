@@ -15,10 +15,7 @@ class Partial(Strategy):
     """Candidate-set loss -log(sum of p over the label set): {y} for clear-cut, {A, B} in between."""
 
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = self.one_hot(labels.a)
-        b = labels.between
-        mask[b] += self.one_hot(labels.b[b])
-        return torch.arange(len(labels), device=labels.a.device), mask
+        return torch.arange(len(labels), device=labels.a.device), self.label_sets(labels)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
