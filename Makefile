@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= results/demo
 
-.PHONY: install demo test lint data clean
+.PHONY: install demo test lint data clean docs-figure
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,13 +24,21 @@ data:
 demo: $(STAMP)
 	$(BIN)/ambig-bench run --dataset digits --strategy all --seeds 3 --epochs 20 --out $(DEMO_OUT)
 	$(BIN)/ambig-bench compare $(DEMO_OUT)
-	@echo "report: $(DEMO_OUT)/comparison.md"
+	$(BIN)/ambig-bench report $(DEMO_OUT)
+	@echo "comparison: $(DEMO_OUT)/comparison.md; report: $(DEMO_OUT)/report.md and $(DEMO_OUT)/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The README figure: a digits sweep of between-fraction on the CPU (about 10 minutes), then its report.
+docs-figure: $(STAMP)
+	$(BIN)/ambig-bench sweep --dataset digits --strategy soft,reassign,duplicate,extra-class,multilabel \
+	  --vary between-fraction=0.01,0.05,0.2 --seeds 10 --epochs 15 --device cpu --out results/sweep
+	$(BIN)/ambig-bench report results/sweep
+	cp results/sweep/figures/sweep-between-fraction.png docs/sweep-between-fraction.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -108,12 +108,6 @@ def copy_back(wide: nn.Module, models: list[nn.Module]) -> None:
             getattr(m, name).copy_(part.reshape(single.shape))
 
 
-def can_batch(datas: list[LabelledImages]) -> bool:
-    """Runs train in lockstep only if their training images have one shape and count."""
-    shapes = {tuple(d.subset("train").images.shape) for d in datas}
-    return len(shapes) == 1
-
-
 def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledImages], cfgs: list[RunConfig],
                device: torch.device, on_epoch: list[EpochCallback | None] | None = None) -> list[list[dict] | str]:
     """Train M models (same architecture and optimiser settings) at once; returns each history or failure."""

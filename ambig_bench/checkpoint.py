@@ -24,7 +24,7 @@ from ambig_bench.errors import UserError
 from ambig_bench.io import write_atomic, write_json
 from ambig_bench.models import build_model
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import Preprocess
+from ambig_bench.train import Preprocess, use_augmentation
 
 FORMAT = "ambig-bench-model/1"
 
@@ -33,9 +33,10 @@ def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: Label
                     threshold: float | None) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_atomic(run_dir / "model.safetensors", save(state, metadata={"format": FORMAT}))
-    _, channels, size, _ = data.images.shape
+    _, channels, size, image_width = data.images.shape
     write_json(run_dir / "model.json", {
         "format": FORMAT, "model": cfg.model, "width": cfg.width, "in_channels": channels, "image_size": size,
+        "image_width": image_width, "flip": use_augmentation(cfg, data.images),
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": dataclasses.asdict(cfg),
     })

@@ -184,6 +184,10 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
     configs = configs_of(exp)
     with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
         preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
+        try:
+            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
         with progress_bars() as progress:
             return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
 

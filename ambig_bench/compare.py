@@ -35,7 +35,7 @@ CONFORMAL = {
     "thr_between_coverage": "threshold sets: A and B both in the set, in-between images",
     "thr_between_exact": "threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
 }
-IDENTITY = ("strategy", "seed", "device", "data_dir", "download", "compile", "batch_runs")  # not part of an experiment
+IDENTITY = ("strategy", "seed", "device", "download", "compile", "batch_runs")  # not part of an experiment
 
 
 @dataclass
@@ -168,6 +168,18 @@ def paired_display(paired: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     return shown[[m for m in METRICS if m in shown.columns]].reset_index().rename(columns={"n_pairs": "n"})
 
 
+def attainable(paired: pd.DataFrame) -> str:
+    """What the seed count allows: with few seeds even a perfectly consistent difference is not significant."""
+    n = int(paired.n_pairs.min())
+    if n < 2:
+        return "Too few paired seeds for any test."
+    # Both tests' smallest two-sided p-value: every difference with the same sign.
+    p_min = 2 / 2**n if n >= 6 else min(1.0, 2 * 0.5**n)
+    return (f"With {n} paired seeds the smallest attainable p-value is {p_min:.3g} before Holm's correction"
+            + (": more seeds are needed to detect any difference." if p_min * max(1, paired.strategy.nunique())
+               >= 0.05 else "."))
+
+
 def setup_line(runs: pd.DataFrame, group_by: list[str]) -> str:
     first = runs.iloc[0]
     parts = [f"{f.replace('_', '-')} {first[f] or '(dataset default)'}" for f in
@@ -186,7 +198,7 @@ def render_markdown(results_dir: Path, comparison: Comparison, baseline: str) ->
         lines += [f"## Paired differences against `{baseline}`", "",
                   "Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) or "
                   "exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
-                  "difference at the 5% level.", "",
+                  f"difference at the 5% level. {attainable(comparison.paired)}", "",
                   markdown_table(paired_display(comparison.paired, g)), ""]
     if comparison.summary["cp_coverage_mean"].notna().any():
         lines += [f"## Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on validation)", "",

@@ -73,7 +73,8 @@ class RunConfig:
     def key(self) -> str:
         """Hash of everything that changes results except strategy and seed: one experiment."""
         d = dataclasses.asdict(self)
-        for k in ("strategy", "seed", "device", "data_dir", "download", "compile", "batch_runs"):
+        # data_dir stays in: for `folder` and `npz` the directory is the dataset.
+        for k in ("strategy", "seed", "device", "download", "compile", "batch_runs"):
             d.pop(k)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -87,6 +88,9 @@ class RunConfig:
             v = getattr(self, name)
             if not 0 < v < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {v}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserError(f"--val-fraction + --test-fraction must be < 1 so training images remain, got "
+                            f"{self.val_fraction} + {self.test_fraction}")
         for name in ("epochs", "batch_size", "test_between_per_pair", "val_between_per_pair"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -66,24 +66,6 @@ class LabelledImages:
             self.split[keep], self.class_names, self.pairs, self.info,
         )
 
-    def soft_targets(self) -> torch.Tensor:
-        """N×K distribution: one-hot for clear-cut images, (share_a, 1 - share_a) on the pair."""
-        t = torch.zeros(len(self), self.num_classes)
-        rows = torch.arange(len(self))
-        t[rows, self.label_a] = self.share_a
-        b = self.is_between
-        t[rows[b], self.label_b[b]] = 1 - self.share_a[b]
-        return t
-
-    def truth_mask(self) -> torch.Tensor:
-        """N×K bool: the true label set ({y} or {A, B})."""
-        m = torch.zeros(len(self), self.num_classes, dtype=torch.bool)
-        rows = torch.arange(len(self))
-        m[rows, self.label_a] = True
-        b = self.is_between
-        m[rows[b], self.label_b[b]] = True
-        return m
-
     def pair_index(self) -> torch.Tensor:
         """Index into `pairs` for in-between images (-1 for clear-cut ones)."""
         idx = torch.full((len(self),), -1, dtype=torch.long)

@@ -144,13 +144,20 @@ def decode_files(root: Path, names: list[str]) -> DecodedImages:
     return stack(names, [decode_one((root / n).read_bytes(), str(root / n)) for n in names], str(root))
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit grey scaled to 8 bits (Pillow's own conversion to "L" clips everything above 255 to white)."""
+    if image.mode.startswith("I"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    return image
+
+
 def decode_one(data: bytes, where: str) -> np.ndarray:
     """H×W (grey) or H×W×3 uint8; a broken or truncated file is a UserError naming it."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # decodes now, so truncation is detected here rather than half-silently later
             if im.mode in GREY_MODES:
-                return np.asarray(im.convert("L"))
+                return np.asarray(to_8bit(im).convert("L"))
             return np.asarray(im.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{where}: unreadable or truncated image ({e})") from None

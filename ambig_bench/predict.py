@@ -34,7 +34,7 @@ from torch import nn
 from ambig_bench.checkpoint import load_checkpoint
 from ambig_bench.conformal import METHODS, calibrate, prediction_sets, set_metrics
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import walk_images
+from ambig_bench.imageio import to_8bit, walk_images
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
@@ -165,18 +165,12 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(paths))  # a file named twice (or inside a named folder) is predicted once
 
 
-def to_8bit(image: Image.Image) -> Image.Image:
-    # Pillow clips 16-bit grey to 255 when converting to "L"; scale instead so a 16-bit PNG keeps its contrast.
-    if image.mode.startswith("I"):
-        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
-    return image
-
-
 Change = tuple[str, str]  # (what was done, what the image was before), e.g. ("resized to 8×8", "28×28")
 
 
-def read_image(path: Path, channels: int, size: int) -> tuple[torch.Tensor, list[Change]]:
-    """uint8 C×size×size in the training input format, and what had to change to get there."""
+def read_image(path: Path, channels: int, size: int, width: int | None = None) -> tuple[torch.Tensor, list[Change]]:
+    """uint8 C×size×width (width defaults to size) in the training input format, and what had to change."""
+    width = width or size
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)  # phone photos are stored rotated; show them upright
@@ -190,11 +184,11 @@ def read_image(path: Path, channels: int, size: int) -> tuple[torch.Tensor, list
     if image.mode != mode:
         changes.append((f"converted to {'grey' if mode == 'L' else 'RGB'}", image.mode))
         image = to_8bit(image).convert(mode)
-    if image.size != (size, size):
-        changes.append((f"resized to {size}×{size}", f"{image.width}×{image.height}"))
+    if image.size != (width, size):
+        changes.append((f"resized to {width}×{size}", f"{image.width}×{image.height}"))
         # BOX averages the pixels it shrinks (how scikit-learn's 8×8 digits were made); BICUBIC when enlarging.
-        shrink = image.width > size or image.height > size
-        image = image.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+        shrink = image.width > width or image.height > size
+        image = image.resize((width, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     return (pixels[None] if channels == 1 else pixels.permute(2, 0, 1)).contiguous(), changes
 
@@ -232,7 +226,9 @@ class Predictor:
 
     def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 N×C×H×W (training format) -> probs N×K, decision N×K, conformal N×K, ambiguity N."""
-        logits = predict_logits(self.model, images, torch.device("cpu"))
+        # Evaluated like the run's own predictions.csv (mirror-averaged when trained with flips), so the
+        # conformal threshold calibrated on those predictions applies.
+        logits = predict_logits(self.model, images, torch.device("cpu"), bool(self.meta.get("flip", False)))
         probs = self.strategy.class_probs(logits)
         return {
             "probs": probs.numpy(),
@@ -302,7 +298,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], alpha: floa
         for path in paths[start:start + batch_size]:
             result = ImageResult(str(path))
             try:
-                pixels, result.changes = read_image(path, channels, size)
+                pixels, result.changes = read_image(path, channels, size, predictor.meta.get("image_width"))
             except UserError as e:
                 result.error = str(e).removeprefix(f"{path}: ")
             else:

@@ -416,8 +416,10 @@ def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
         value = first.get(f.name, getattr(default, f.name))  # runs older than a new option lack it
         if f.name in IDENTITY or f.name == "between_fraction" or value == getattr(default, f.name):
             continue
-        options.append(f"--{flag(f.name)}" if value is True else f"--no-{flag(f.name)}" if value is False
-                       else f"--{flag(f.name)} {value}")
+        if isinstance(value, bool | np.bool_):  # pandas hands booleans back as numpy.bool_
+            options.append(f"--{flag(f.name)}" if value else f"--no-{flag(f.name)}")
+        else:
+            options.append(f"--{flag(f.name)} {value}")
     return " ".join(["ambig-bench sweep", *options, f"--strategy {','.join(CLAIM_STRATEGIES)}",
                      f"--vary between-fraction={SWEEP_FRACTIONS}", f"--seeds {seeds}",
                      f"--out results/{results_dir.name}-sweep"])
@@ -425,6 +427,11 @@ def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
 
 def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Verdict]:
     """The three claims per slice of the other swept options ("needs a sweep" without a between-fraction sweep)."""
+    sources = sorted(set(comparison.runs.between_source))
+    if sources != ["blend"]:
+        why = (f"between-fraction only sets how many blends are generated; with the {', '.join(sources)} source "
+               "the in-between images are fixed by the data")
+        return [Verdict(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
     if "between_fraction" not in comparison.group_by:
         why = f"one between-fraction here ({distinct(comparison.runs.between_fraction)}): see the command below"
         return [Verdict(key, text, "", "needs a sweep", why, "") for key, text in CLAIMS.items()]
@@ -532,6 +539,11 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
                             "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
     blocks += [Heading("The common claims", 3), TableBlock(claims)]
+    sources = sorted(set(comparison.runs.between_source))
+    if sources != ["blend"]:
+        why = (f"between-fraction only sets how many blends are generated; with the {', '.join(sources)} source "
+               "the in-between images are fixed by the data")
+        return [Verdict(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
     if "between_fraction" not in comparison.group_by:
         seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
         blocks.append(Para(f"These claims need a sweep of between-fraction. This command runs one with this "

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambig_bench.compare import IDENTITY, compare
-from ambig_bench.config import ExperimentConfig, RunConfig, coerce
+from ambig_bench.config import UNSET, ExperimentConfig, RunConfig, coerce
+from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Executor, run_all
 from ambig_bench.io import write_atomic
+from ambig_bench.models import MODELS
 from ambig_bench.runner import Reporter, RunResult, grid
 
 
@@ -49,10 +51,19 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
 
 def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
     """One template run per combination of the varied values (the last --vary changes fastest)."""
+    if "between_fraction" in vary and run.between_source != "blend" and "between_source" not in vary:
+        raise UserError(f"--vary between-fraction: only the blend source generates in-between images by "
+                        f"fraction; with --between-source {run.between_source} the data fix them")
+    # A varied model takes its own optimisation recipe (config.MODEL_DEFAULTS) unless the recipe is varied too.
+    recipe = {k: v for k, v in UNSET.items() if "model" in vary and k not in vary}
     points = []
     for values in itertools.product(*vary.values()):
-        point = dataclasses.replace(run, **dict(zip(vary, values, strict=True)))
+        point = dataclasses.replace(run, **recipe, **dict(zip(vary, values, strict=True)))
         point.validate()  # a bad value fails before any training, naming the option
+        MODELS.get(point.model)
+        DATASETS.get(point.dataset)
+        if point.between_source != "auto":
+            BETWEEN_SOURCES.get(point.between_source)
         points.append(point)
     return points
 

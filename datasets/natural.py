@@ -24,9 +24,6 @@ from ambig_bench.models import build_model
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import Preprocess, pick_device, predict_logits, train
 
-# Until RunConfig has natural_folds / natural_epochs: enough for a usable ranking of confusable images,
-# cheap on a CPU (3 folds x 4 epochs ~ 8 passes over the training images).
-
 
 @register_source("natural")
 def natural(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:

@@ -135,7 +135,7 @@ ROWS = [
     pytest.param(["--lr", "nan", "--seeds", "1"], "--lr must be > 0", id="lr=nan"),
     # -- data that leave a class without a training image
     pytest.param(["--train-size", "5"], "training image for class", id="train-size-leaves-a-class-empty"),
-    pytest.param(["--val-fraction", "0.6", "--test-fraction", "0.5"], "training image for class",
+    pytest.param(["--val-fraction", "0.6", "--test-fraction", "0.5"], "--val-fraction + --test-fraction must be < 1",
                  id="val+test-leave-no-training-image"),
     # -- where the runs train (cli.py change of this issue)
     pytest.param(["--device", "cuda"], "CUDA is not available", id="cuda-without-gpu", marks=[
@@ -238,3 +238,11 @@ def test_the_folder_fixtures_themselves_are_valid(tmp_path, monkeypatch, data):
     result = cli.invoke(app, ["run", *TINY, *data(tmp_path), "--strategy", "soft", "--seeds", "1",
                               "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
+
+
+def test_out_that_is_a_file_is_bad_input(tmp_path):
+    out = tmp_path / "not-a-dir"
+    out.write_text("x")
+    result = cli.invoke(app, ["run", "--out", str(out), *TINY])
+    assert result.exit_code == 2 and "cannot create the results directory" in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1

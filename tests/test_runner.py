@@ -30,3 +30,8 @@ def test_threshold_recorded_only_for_threshold_strategies(tmp_path):
     extra = run_experiment(tiny_config(strategy="extra-class"), tmp_path)
     assert 0 < soft.metrics["threshold"] < 1
     assert extra.metrics["threshold"] is None
+
+
+def test_data_dir_is_part_of_the_experiment_key():
+    """For `folder` and `npz` the directory is the dataset: another directory must not reuse old runs."""
+    assert tiny_config(data_dir="/a").key() != tiny_config(data_dir="/b").key()

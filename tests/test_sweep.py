@@ -66,3 +66,17 @@ def test_tiny_sweep_trains_reuses_and_draws(tmp_path):
     # A finished grid point is reused, and a new value only trains what is new.
     again = run_sweep(exp, parse_vary(["between-fraction=0.2,0.1"]))
     assert [r.status for r in again.runs] == ["reused", "done"]
+
+
+def test_varied_model_takes_its_own_recipe_and_names_are_checked():
+    from ambig_bench.config import MODEL_DEFAULTS, RunConfig
+    from ambig_bench.errors import UserError
+    from ambig_bench.sweep import sweep_points
+
+    points = sweep_points(RunConfig(), {"model": ["small-cnn", "fast-cifar"]})
+    for point in points:
+        assert {k: getattr(point, k) for k in MODEL_DEFAULTS[point.model]} == MODEL_DEFAULTS[point.model]
+    with pytest.raises(UserError, match="unknown model 'nope'"):
+        sweep_points(RunConfig(), {"model": ["small-cnn", "nope"]})
+    with pytest.raises(UserError, match="only the blend source"):
+        sweep_points(RunConfig(between_source="human"), {"between_fraction": [0.01, 0.1]})
