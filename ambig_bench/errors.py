@@ -1,4 +1,9 @@
-"""The two ways a command can fail: bad input from the user (exit 2) or a run that broke (exit 1)."""
+"""The two ways a command can fail: bad input from the user (exit 2) or a run that broke (exit 1).
+
+$ ambig-bench run --strategy nope; echo $?
+error: unknown strategy 'nope'; choose from: discard, duplicate, extra-class, hard, multilabel, partial, reassign, soft
+2
+"""
 
 
 class UserError(ValueError):

@@ -539,12 +539,8 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
                             "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
     blocks += [Heading("The common claims", 3), TableBlock(claims)]
-    sources = sorted(set(comparison.runs.between_source))
-    if sources != ["blend"]:
-        why = (f"between-fraction only sets how many blends are generated; with the {', '.join(sources)} source "
-               "the in-between images are fixed by the data")
-        return [Verdict(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
-    if "between_fraction" not in comparison.group_by:
+    # The sweep command only helps where between-fraction means something: the blend source.
+    if "between_fraction" not in comparison.group_by and set(comparison.runs.between_source) == {"blend"}:
         seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
         blocks.append(Para(f"These claims need a sweep of between-fraction. This command runs one with this "
                            f"directory's other options: `{sweep_command(comparison, results_dir, seeds)}`; then "

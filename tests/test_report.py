@@ -176,6 +176,14 @@ def test_plain_comparison_needs_a_sweep_and_gives_the_command(tmp_path):
     assert set(verdicts_of(tmp_path).values()) == {"needs a sweep"}
 
 
+def test_claims_about_between_fraction_do_not_apply_to_human_in_between_images(tmp_path):
+    for seed in range(3):
+        for strategy in ("soft", "extra-class"):
+            fake_run(tmp_path, strategy, seed, {"clear_acc": 0.9}, True, between_source="human")
+    assert set(verdicts_of(tmp_path).values()) == {"not applicable"}
+    assert "These claims need a sweep" not in report(tmp_path).markdown
+
+
 # -- files and structure -------------------------------------------------------------------------------------
 def check_golden(text: str, name: str) -> None:
     path = GOLDEN / name
