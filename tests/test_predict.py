@@ -191,3 +191,17 @@ def test_conformal_summary_on_the_test_rows(trained, saved_test):
     marginal = conformal_summary(trained[1], alpha=0.1, method="lac", per_kind=False)
     assert summary["cp_between_coverage"] >= marginal["cp_between_coverage"]
     assert summary["cp_clear_coverage"] >= marginal["cp_clear_coverage"]
+
+
+def test_models_trained_with_flips_are_predicted_as_they_were_evaluated(tmp_path):
+    """With augmentation the run evaluates each image and its mirror; predict must do the same."""
+    cfg = tiny_config(strategy="soft", epochs=2, augment="on")
+    run_dir = run_experiment(cfg, tmp_path / "out").run_dir
+    saved = pd.read_csv(run_dir / "predictions.csv").query("split == 'test'")
+    test = cached_prepare(cfg).subset("test")
+    for row in range(4):
+        Image.fromarray(test.images[row, 0].numpy()).save(tmp_path / f"row{row}.png")
+    results = by_name(predict_paths(run_dir, [tmp_path / f"row{row}.png" for row in range(4)]))
+    for row in range(4):
+        probs = results[f"row{row}.png"].probs
+        assert np.allclose(probs, [saved.iloc[row][f"p_{k}"] for k in range(len(probs))], atol=1e-5)
