@@ -13,18 +13,35 @@ $ ambig-bench report results/sweep --baseline soft --margin 0.02
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ambig_bench.claims import (
+    ALPHA,
+    CLAIM_STRATEGIES,
+    MARGIN,
+    Verdict,
+    better,
+    claim_rules,
+    diff_text,
+    distinct,
+    flag,
+    judge_claims,
+    min_holm_p,
+    seeds_needed,
+    select,
+    slug,
+    split_groups,
+    sweep_command,
+    where_label,
+    worse,
+)
 from ambig_bench.compare import (
-    IDENTITY,
     Comparison,
     compare,
     fmt,
@@ -46,13 +63,9 @@ from ambig_bench.plots import (
     sweep_curves,
     tradeoff_scatter,
 )
-from ambig_bench.stats import paired_comparison, paired_test
+from ambig_bench.stats import paired_comparison
 
-ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
-MARGIN = 0.02  # equivalence margin on accuracies (absolute, fraction of images)
 CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
-CLAIM_STRATEGIES = ["soft", "reassign", "duplicate", "extra-class", "multilabel"]
-SWEEP_FRACTIONS = "0.005,0.01,0.02,0.05,0.1"
 TRAINING = ["epochs", "optimizer", "batch_size", "lr", "weight_decay", "augment"]  # shown in the setup table
 
 
@@ -89,16 +102,6 @@ Block = Heading | Para | Bullets | TableBlock | Image
 
 
 @dataclass
-class Verdict:
-    key: str  # a key of CLAIMS
-    claim: str
-    where: str  # the slice of other swept options it holds for ("" = the whole directory)
-    verdict: str  # supported | contradicted | not decided | needs a sweep
-    evidence: str
-    figure: str  # file name under figures/ ("" = none)
-
-
-@dataclass
 class Report:
     markdown: str
     html: str
@@ -117,64 +120,6 @@ class Report:
         return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
 
 
-# -- small helpers ------------------------------------------------------------------------------------------
-def flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def where_label(where: dict) -> str:
-    return ", ".join(f"{flag(k)}={v}" for k, v in where.items())
-
-
-def slug(where: dict) -> str:
-    return "".join(f"-{flag(k)}-{v}" for k, v in where.items())
-
-
-def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
-    if not by:
-        return [({}, frame)]
-    return [(dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), part)
-            for key, part in frame.groupby(by, sort=True)]
-
-
-def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
-    mask = np.ones(len(frame), dtype=bool)
-    for k, v in where.items():
-        mask &= (frame[k] == v).to_numpy()
-    return frame[mask]
-
-
-def diff_text(row: pd.Series) -> str:
-    """'+0.012 [+0.004, +0.020], p = 0.01' (Holm) or '..., n.s.'."""
-    p = f"p = {row.p_holm:.2g}" if row.significant else "n.s."
-    if np.isnan(row.diff_ci_low):
-        return f"{row.diff_mean:+.3f} (too few seeds)"
-    return f"{row.diff_mean:+.3f} [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}], {p}"
-
-
-def worse(row: pd.Series) -> bool:
-    """Significantly worse than the reference of its paired test."""
-    return bool(row.significant) and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
-
-
-def better(row: pd.Series) -> bool:
-    return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
-
-
-@functools.lru_cache
-def min_holm_p(n_pairs: int, comparisons: int) -> float:
-    """The smallest Holm-adjusted p-value `comparisons` paired tests on n seeds can give at all."""
-    if n_pairs < 2:
-        return 1.0
-    # Every difference of one sign is the most extreme outcome of the sign and signed-rank tests.
-    p, _ = paired_test(np.arange(1.0, n_pairs + 1), np.zeros(n_pairs))
-    return min(1.0, comparisons * p)
-
-
-def seeds_needed(comparisons: int) -> int:
-    return next(n for n in range(2, 64) if min_holm_p(n, comparisons) < ALPHA)
-
-
 # -- setup ---------------------------------------------------------------------------------------------------
 def compact_ints(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0–2, 5'."""
@@ -189,10 +134,6 @@ def compact_ints(values: list[int]) -> str:
 
 def and_join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def distinct(values: list) -> str:
-    return ", ".join(dict.fromkeys(str(v) for v in values))
 
 
 def counts_text(all_counts: list[dict]) -> str:
@@ -318,143 +259,6 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
         ("losing", f"Significantly worse than {baseline} on at least one metric and better on none"),
         ("same", f"No significant difference from {baseline} on any ranked metric")) if kinds[k]]
     return pd.DataFrame(rows), lines
-
-
-# -- the three claims ----------------------------------------------------------------------------------------
-CLAIMS = {
-    "equivalent": "soft, reassign and duplicate are equivalent asymptotically",
-    "efficient": "soft is more efficient with few in-between examples",
-    "rare": "extra-class and multilabel suffer when in-between examples are rare",
-}
-
-
-def claim_rules(margin: float) -> list[str]:
-    return [
-        f"All tests are compare's paired tests against `soft` (per seed, strategy − soft; bootstrap 95% CI; exact "
-        f"sign test below 6 seeds, Wilcoxon signed-rank from 6), Holm-corrected across the strategies of one "
-        f"between-fraction, significant at {ALPHA}. The tests of one claim are not corrected further.",
-        f"**{CLAIMS['equivalent']}**: at the largest between-fraction, reassign − soft and duplicate − soft on "
-        f"between_set_acc and clear_acc. *Contradicted* if any of the four differences is significant; "
-        f"*supported* if none is, all four 95% CIs lie within ±{margin} and the seeds are enough for the test to "
-        f"reach significance at all; otherwise *not decided*.",
-        f"**{CLAIMS['efficient']}**: at the smallest between-fraction, reassign − soft and duplicate − soft on "
-        f"between_set_acc. *Supported* if both are significantly negative; *contradicted* if either is "
-        f"significantly positive; otherwise *not decided*.",
-        f"**{CLAIMS['rare']}**: extra-class − soft and multilabel − soft on between_set_acc. For each: "
-        f"*contradicted* if significantly positive at the smallest between-fraction or significantly negative at "
-        f"the largest; *supported* if significantly negative at the smallest (and not contradicted); otherwise "
-        f"*not decided*. The claim is supported if it is for both, contradicted if it is for either.",
-        "Best for a criterion: the strategy with the best mean, compared with every other strategy by the same "
-        "paired test (Holm across those comparisons). It is called best only if it is significantly better than "
-        "all of them; otherwise it and those not significantly worse are reported as indistinguishable.",
-    ]
-
-
-def lookup(paired: pd.DataFrame, where: dict, strategy: str, metric: str) -> pd.Series | None:
-    rows = select(paired, where)
-    rows = rows[(rows.strategy == strategy) & (rows.metric == metric)]
-    return rows.iloc[0] if len(rows) else None
-
-
-def judge_equivalent(paired: pd.DataFrame, largest: dict, margin: float, comparisons: int) -> tuple[str, str]:
-    tests = {(s, m): lookup(paired, largest, s, m) for s in ("reassign", "duplicate")
-             for m in ("between_set_acc", "clear_acc")}
-    missing = [f"{s}/{m}" for (s, m), r in tests.items() if r is None or np.isnan(r.diff_ci_low)]
-    if missing:
-        return "not decided", f"no paired test at {where_label(largest)} for {', '.join(missing)}"
-    shown = "; ".join(f"{s} − soft on {m}: {diff_text(r)}" for (s, m), r in tests.items())
-    if any(r.significant for r in tests.values()):
-        return "contradicted", f"at {where_label(largest)}: {shown}"
-    n = min(int(r.n_pairs) for r in tests.values())
-    if min_holm_p(n, comparisons) >= ALPHA:
-        return "not decided", (f"{n} seeds cannot reach significance with {comparisons} comparisons (need "
-                               f"{seeds_needed(comparisons)}); at {where_label(largest)}: {shown}")
-    outside = [f"{s}/{m}" for (s, m), r in tests.items() if r.diff_ci_low < -margin or r.diff_ci_high > margin]
-    if outside:
-        return "not decided", f"CI beyond ±{margin} for {', '.join(outside)}; at {where_label(largest)}: {shown}"
-    return "supported", f"all within ±{margin}, none significant; at {where_label(largest)}: {shown}"
-
-
-def judge_efficient(paired: pd.DataFrame, smallest: dict) -> tuple[str, str]:
-    tests = {s: lookup(paired, smallest, s, "between_set_acc") for s in ("reassign", "duplicate")}
-    if any(r is None for r in tests.values()):
-        return "not decided", f"reassign and duplicate both need runs at {where_label(smallest)}"
-    shown = "; ".join(f"{s} − soft on between_set_acc: {diff_text(r)}" for s, r in tests.items())
-    if any(r.significant and r.diff_mean > 0 for r in tests.values()):
-        return "contradicted", f"at {where_label(smallest)}: {shown}"
-    if all(r.significant and r.diff_mean < 0 for r in tests.values()):
-        return "supported", f"at {where_label(smallest)}: {shown}"
-    return "not decided", f"at {where_label(smallest)}: {shown}"
-
-
-def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str, str]:
-    verdicts, shown = [], []
-    for s in ("extra-class", "multilabel"):
-        low, high = lookup(paired, smallest, s, "between_set_acc"), lookup(paired, largest, s, "between_set_acc")
-        if low is None or high is None:
-            verdicts.append("not decided")
-            shown.append(f"{s}: needs runs at both ends")
-            continue
-        if (low.significant and low.diff_mean > 0) or (high.significant and high.diff_mean < 0):
-            verdicts.append("contradicted")
-        elif low.significant and low.diff_mean < 0:
-            verdicts.append("supported")
-        else:
-            verdicts.append("not decided")
-        shown.append(f"{s} − soft on between_set_acc: {diff_text(low)} at {where_label(smallest)}, "
-                     f"{diff_text(high)} at {where_label(largest)} ({verdicts[-1]})")
-    verdict = ("contradicted" if "contradicted" in verdicts else
-               "supported" if set(verdicts) == {"supported"} else "not decided")
-    return verdict, "; ".join(shown)
-
-
-def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
-    """The command that adds the sweep these claims need, keeping every other option of this directory."""
-    first, default = comparison.runs.iloc[0], RunConfig()
-    options = []
-    for f in fields(RunConfig):
-        value = first.get(f.name, getattr(default, f.name))  # runs older than a new option lack it
-        if f.name in IDENTITY or f.name == "between_fraction" or value == getattr(default, f.name):
-            continue
-        if isinstance(value, bool | np.bool_):  # pandas hands booleans back as numpy.bool_
-            options.append(f"--{flag(f.name)}" if value else f"--no-{flag(f.name)}")
-        else:
-            options.append(f"--{flag(f.name)} {value}")
-    return " ".join(["ambig-bench sweep", *options, f"--strategy {','.join(CLAIM_STRATEGIES)}",
-                     f"--vary between-fraction={SWEEP_FRACTIONS}", f"--seeds {seeds}",
-                     f"--out results/{results_dir.name}-sweep"])
-
-
-def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Verdict]:
-    """The three claims per slice of the other swept options ("needs a sweep" without a between-fraction sweep)."""
-    sources = sorted(set(comparison.runs.between_source))
-    if sources != ["blend"]:
-        why = (f"between-fraction only sets how many blends are generated; with the {', '.join(sources)} source "
-               "the in-between images are fixed by the data")
-        return [Verdict(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
-    if "between_fraction" not in comparison.group_by:
-        why = f"one between-fraction here ({distinct(comparison.runs.between_fraction)}): see the command below"
-        return [Verdict(key, text, "", "needs a sweep", why, "") for key, text in CLAIMS.items()]
-    if paired_soft.empty:
-        return [Verdict(key, text, "", "not decided", "no `soft` runs to compare against", "")
-                for key, text in CLAIMS.items()]
-    figure = "sweep-between-fraction.png"
-    others = [f for f in comparison.group_by if f != "between_fraction"]
-    done = comparison.runs[comparison.runs.status == "done"]
-    verdicts = []
-    for where, part in split_groups(done, others):
-        fractions = sorted(part.between_fraction.unique())
-        if len(fractions) < 2:
-            verdicts += [Verdict(key, text, where_label(where), "not decided", "one between-fraction only", figure)
-                         for key, text in CLAIMS.items()]
-            continue
-        smallest, largest = where | {"between_fraction": fractions[0]}, where | {"between_fraction": fractions[-1]}
-        comparisons = int(select(part, largest).strategy.nunique()) - 1
-        results = {"equivalent": judge_equivalent(paired_soft, largest, margin, comparisons),
-                   "efficient": judge_efficient(paired_soft, smallest),
-                   "rare": judge_rare(paired_soft, smallest, largest)}
-        verdicts += [Verdict(k, CLAIMS[k], where_label(where), v, e, figure) for k, (v, e) in results.items()]
-    return verdicts
 
 
 # -- figures -------------------------------------------------------------------------------------------------

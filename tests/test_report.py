@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ambig_bench.claims import judge_claims, min_holm_p, seeds_needed
 from ambig_bench.compare import compare
 from ambig_bench.config import RunConfig
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
-from ambig_bench.report import judge_claims, lead_row, min_holm_p, report, seeds_needed
+from ambig_bench.report import lead_row, report
 
 GOLDEN = Path(__file__).parent / "golden"
 CLASSES = ["cat", "dog", "car", "truck"]
