@@ -49,6 +49,16 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return ece
 
 
+def label_set_mask(label_a: torch.Tensor, label_b: torch.Tensor, k: int) -> torch.Tensor:
+    """N×K bool true label sets: {label_a}, or {label_a, label_b} for an in-between image (label_b >= 0)."""
+    truth = torch.zeros(len(label_a), k, dtype=torch.bool)
+    rows = torch.arange(len(label_a))
+    between = label_b >= 0
+    truth[rows, label_a] = True
+    truth[rows[between], label_b[between]] = True
+    return truth
+
+
 def mean(x: torch.Tensor) -> float:
     return x.float().mean().item() if len(x) else math.nan
 
@@ -61,10 +71,7 @@ def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, l
     between = label_b >= 0
     clear = ~between
     rows = torch.arange(n)
-    truth = torch.zeros(n, k, dtype=torch.bool)
-    truth[rows, label_a] = True
-    truth[rows[between], label_b[between]] = True
-    exact = (sets == truth).all(1)
+    exact = (sets == label_set_mask(label_a, label_b, k)).all(1)
 
     top1 = probs.argmax(1)
     p_y = probs[rows, label_a]
@@ -96,11 +103,7 @@ def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, l
 
 def set_objective(sets: torch.Tensor, label_a: torch.Tensor, label_b: torch.Tensor) -> float:
     """What a decoding threshold is chosen to maximise: mean of clear_set_acc and between_set_acc."""
-    n, k = sets.shape
     between = label_b >= 0
-    truth = torch.zeros(n, k, dtype=torch.bool)
-    truth[torch.arange(n), label_a] = True
-    truth[torch.arange(n)[between], label_b[between]] = True
-    exact = (sets == truth).all(1).float()
+    exact = (sets == label_set_mask(label_a, label_b, sets.shape[1])).all(1).float()
     parts = [exact[m].mean().item() for m in (~between, between) if m.any()]
     return sum(parts) / len(parts)

@@ -35,6 +35,7 @@ from ambig_bench.checkpoint import load_checkpoint
 from ambig_bench.conformal import METHODS, calibrate, prediction_sets, set_metrics
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import to_8bit, walk_images
+from ambig_bench.metrics import label_set_mask
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
@@ -86,12 +87,8 @@ def probs_of(frame: pd.DataFrame, k: int) -> np.ndarray:
 
 def truth_of(frame: pd.DataFrame, k: int) -> np.ndarray:
     """N×K bool: {label_a}, or {label_a, label_b} for an in-between row (label_b >= 0)."""
-    truth = np.zeros((len(frame), k), dtype=bool)
-    rows = np.arange(len(frame))
-    truth[rows, frame.label_a.to_numpy()] = True
-    b = frame.label_b.to_numpy()
-    truth[rows[b >= 0], b[b >= 0]] = True
-    return truth
+    return label_set_mask(torch.tensor(frame.label_a.to_numpy(np.int64)),
+                          torch.tensor(frame.label_b.to_numpy(np.int64)), k).numpy()
 
 
 def calibrate_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
