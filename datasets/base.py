@@ -237,6 +237,27 @@ def concat(parts: list[LabelledImages]) -> LabelledImages:
     )
 
 
+def pair_names(data: LabelledImages) -> list[str]:
+    return [f"{data.class_names[a]}:{data.class_names[b]}" for a, b in data.pairs]
+
+
+def split_without_between(data: LabelledImages) -> str | None:
+    """The first of train / test that holds no in-between image (a source must then refuse), else None."""
+    for split in ("train", "test"):
+        if not (data.is_between & (data.split == SPLITS[split])).any():
+            return split
+    return None
+
+
+def between_per_pair(data: LabelledImages) -> dict[str, dict[str, int]]:
+    """In-between images per pair ("A:B") and split, recorded in data.json."""
+    return {
+        name: {split: int(((data.label_a == a) & (data.label_b == b) & (data.split == code)).sum())
+               for split, code in SPLITS.items() if split != "unsure"}
+        for name, (a, b) in zip(pair_names(data), data.pairs, strict=True)
+    }
+
+
 def between_count(n_clear_train: int, fraction: float, n_pairs: int) -> int:
     """In-between training images per pair so they make up `fraction` of the training set."""
     total = round(fraction / (1 - fraction) * n_clear_train)

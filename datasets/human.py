@@ -12,8 +12,14 @@ $ ambig-bench run --dataset cifar10h --between-source human --strategy all --no-
 import torch
 
 from ambig_bench.config import RunConfig
-from ambig_bench.data import SPLITS, LabelledImages, RawImages
-from ambig_bench.datasets.base import labelled_by_votes, register_source
+from ambig_bench.data import LabelledImages, RawImages
+from ambig_bench.datasets.base import (
+    between_per_pair,
+    labelled_by_votes,
+    pair_names,
+    register_source,
+    split_without_between,
+)
 from ambig_bench.errors import UserError
 
 
@@ -24,16 +30,9 @@ def human(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: tor
         raise UserError(f"--between-source human: dataset {cfg.dataset} has no human votes; use cifar10h, "
                         f"folder with a labels CSV (A|B labels or vote columns), or npz with probs")
     data = labelled_by_votes(raw, pairs, cfg, keep_between=True)
-    names = [f"{raw.class_names[a]}:{raw.class_names[b]}" for a, b in pairs]
-    for split in ("train", "test"):
-        if not (data.is_between & (data.split == SPLITS[split])).any():
-            raise UserError(f"--between-source human: no {split} image is in-between for pairs {','.join(names)}; "
-                            f"lower --human-second or --human-pair-mass, or choose other --pairs")
-    data.info["between_per_pair"] = {
-        name: {
-            split: int(((data.label_a == a) & (data.label_b == b) & (data.split == code)).sum())
-            for split, code in SPLITS.items() if split != "unsure"
-        }
-        for name, (a, b) in zip(names, pairs, strict=True)
-    }
+    if split := split_without_between(data):
+        raise UserError(f"--between-source human: no {split} image is in-between for pairs "
+                        f"{','.join(pair_names(data))}; lower --human-second or --human-pair-mass, or choose other "
+                        f"--pairs")
+    data.info["between_per_pair"] = between_per_pair(data)
     return data

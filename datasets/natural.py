@@ -18,7 +18,14 @@ from torch import nn
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
-from ambig_bench.datasets.base import clear_cut, register_source, stratified_split
+from ambig_bench.datasets.base import (
+    between_per_pair,
+    clear_cut,
+    pair_names,
+    register_source,
+    split_without_between,
+    stratified_split,
+)
 from ambig_bench.errors import UserError
 from ambig_bench.models import build_model
 from ambig_bench.strategies import STRATEGIES
@@ -37,18 +44,12 @@ def natural(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: t
         mine = free & ((data.label_a == a) | (data.label_a == b)) & (probs[:, a] >= t) & (probs[:, b] >= t)
         data.label_a[mine], data.label_b[mine], data.share_a[mine] = a, b, 0.5
         free &= ~mine
-    names = [f"{raw.class_names[a]}:{raw.class_names[b]}" for a, b in pairs]
-    for split in ("train", "test"):
-        if not (data.is_between & (data.split == SPLITS[split])).any():
-            raise UserError(f"--between-source natural: no {split} image has p >= {t} for both classes of "
-                            f"{','.join(names)}; lower --natural-threshold or choose other --pairs")
+    if split := split_without_between(data):
+        raise UserError(f"--between-source natural: no {split} image has p >= {t} for both classes of "
+                        f"{','.join(pair_names(data))}; lower --natural-threshold or choose other --pairs")
     data.info["natural"] = {
         "threshold": t, "folds": cfg.natural_folds, "epochs": cfg.natural_epochs, "model": cfg.model,
-        "between_per_pair": {
-            name: {split: int(((data.label_a == a) & (data.label_b == b) & (data.split == code)).sum())
-                   for split, code in SPLITS.items() if split != "unsure"}
-            for name, (a, b) in zip(names, pairs, strict=True)
-        },
+        "between_per_pair": between_per_pair(data),
     }
     return data
 
