@@ -11,7 +11,6 @@ $ ambig-bench report results/demo      # the claims appear under "The common cla
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 from ambig_bench.compare import IDENTITY, Comparison
 from ambig_bench.config import RunConfig
 from ambig_bench.metrics import HIGHER_IS_BETTER
-from ambig_bench.stats import paired_test
+from ambig_bench.stats import min_holm_p
 
 ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
 
@@ -86,16 +85,6 @@ def worse(row: pd.Series) -> bool:
 
 def better(row: pd.Series) -> bool:
     return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
-
-
-@functools.lru_cache
-def min_holm_p(n_pairs: int, comparisons: int) -> float:
-    """The smallest Holm-adjusted p-value `comparisons` paired tests on n seeds can give at all."""
-    if n_pairs < 2:
-        return 1.0
-    # Every difference of one sign is the most extreme outcome of the sign and signed-rank tests.
-    p, _ = paired_test(np.arange(1.0, n_pairs + 1), np.zeros(n_pairs))
-    return min(1.0, comparisons * p)
 
 
 def seeds_needed(comparisons: int) -> int:

@@ -19,7 +19,7 @@ from ambig_bench.config import RUN_FIELDS
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
-from ambig_bench.stats import mean_ci, paired_comparison, rank_table
+from ambig_bench.stats import mean_ci, min_holm_p, paired_comparison, rank_table
 
 # Conformal set quality per run (ambig_bench.predict.conformal_summary): name -> meaning, shown in its own table.
 CONFORMAL_ALPHA = 0.1
@@ -173,11 +173,9 @@ def attainable(paired: pd.DataFrame) -> str:
     n = int(paired.n_pairs.min())
     if n < 2:
         return "Too few paired seeds for any test."
-    # Both tests' smallest two-sided p-value: every difference with the same sign.
-    p_min = 2 / 2**n if n >= 6 else min(1.0, 2 * 0.5**n)
-    return (f"With {n} paired seeds the smallest attainable p-value is {p_min:.3g} before Holm's correction"
-            + (": more seeds are needed to detect any difference." if p_min * max(1, paired.strategy.nunique())
-               >= 0.05 else "."))
+    too_few = min_holm_p(n, max(1, paired.strategy.nunique())) >= 0.05
+    return (f"With {n} paired seeds the smallest attainable p-value is {min_holm_p(n, 1):.3g} before Holm's "
+            "correction" + (": more seeds are needed to detect any difference." if too_few else "."))
 
 
 def setup_line(runs: pd.DataFrame, group_by: list[str]) -> str:

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -193,3 +194,13 @@ def rank_table(summary: pd.DataFrame, metrics: Sequence[str],
                 ranks[i], holder = pos, i
         out[m] = ranks
     return out
+
+
+@functools.lru_cache
+def min_holm_p(n_pairs: int, comparisons: int) -> float:
+    """The smallest Holm-adjusted p-value `comparisons` paired tests on n seeds can give at all."""
+    if n_pairs < 2:
+        return 1.0
+    # Every difference of one sign is the most extreme outcome of the sign and signed-rank tests.
+    p, _ = paired_test(np.arange(1.0, n_pairs + 1), np.zeros(n_pairs))
+    return min(1.0, comparisons * p)
