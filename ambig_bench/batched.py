@@ -190,20 +190,20 @@ def run_batched(runs: list[RunConfig], out: str, force: bool, reporter, wait: bo
             if reporter and outcome.status != "busy":
                 reporter.end_run(outcome)
     try:
-        datas = {}
-        for i in claimed:
-            key = (runs[i].key(), runs[i].seed, runs[i].data_dir)
-            datas[key] = datas.get(key) or prepare(runs[i])
+        datas: dict[tuple, LabelledImages] = {}
         groups: dict[tuple, list[int]] = {}
         device = runner.pick_device(runs[0].device)
         built = {}
         for i in claimed:
-            data = datas[(runs[i].key(), runs[i].seed, runs[i].data_dir)]
-            strategy, model = runner.build_run(runs[i], data, device)
-            built[i] = (data, strategy, model)
-            labels = labels_of(data.subset("train"), torch.device("cpu"))
-            per_epoch = len(strategy.epoch_targets(labels, torch.Generator().manual_seed(0))[0])
-            shape = (runs[i].key(), strategy.num_outputs, per_epoch, tuple(data.subset("train").images.shape))
+            key = (runs[i].key(), runs[i].seed, runs[i].data_dir)
+            if key not in datas:  # the strategies of one seed share their data
+                datas[key] = prepare(runs[i])
+            strategy, model = runner.build_run(runs[i], datas[key], device)
+            built[i] = (datas[key], strategy, model)
+            train = datas[key].subset("train")
+            per_epoch = len(strategy.epoch_targets(labels_of(train, torch.device("cpu")),
+                                                   torch.Generator().manual_seed(0))[0])
+            shape = (runs[i].key(), strategy.num_outputs, per_epoch, tuple(train.images.shape))
             groups.setdefault(shape, []).append(i)
         for members in groups.values():
             for start in range(0, len(members), MAX_GROUP):

@@ -131,12 +131,9 @@ def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     if seed is not None:
         values["seed"] = seed
     run = build_run_config(values)
-    DATASETS.get(run.dataset)
-    if run.between_source != "auto":
-        BETWEEN_SOURCES.get(run.between_source)
-    from ambig_bench.models import MODELS
+    from ambig_bench.runner import check_names
 
-    MODELS.get(run.model)
+    check_names(run)
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
     strategies, result_dir = strategy or file_strategies, out_dir or file_out

@@ -40,12 +40,12 @@ from ambig_bench import __version__
 from ambig_bench.checkpoint import save_checkpoint
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.data import LabelledImages
-from ambig_bench.datasets import prepare
+from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS, prepare
 from ambig_bench.errors import RunFailed
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
 from ambig_bench.metrics import evaluate, set_objective
-from ambig_bench.models import build_model
+from ambig_bench.models import MODELS, build_model
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import Preprocess, pick_device, predict_logits, train, use_augmentation
 
@@ -71,6 +71,14 @@ class RunResult:
     #              is training it: nothing was written; only with run_experiment(wait=False))
     metrics: dict = field(default_factory=dict)
     error: str = ""
+
+
+def check_names(cfg: RunConfig) -> None:
+    """UserError for a dataset, in-between source or model name that no registry holds."""
+    DATASETS.get(cfg.dataset)
+    if cfg.between_source != "auto":  # resolved by the dataset when it loads
+        BETWEEN_SOURCES.get(cfg.between_source)
+    MODELS.get(cfg.model)
 
 
 def run_name(cfg: RunConfig) -> str:

@@ -19,12 +19,10 @@ from pathlib import Path
 
 from ambig_bench.compare import IDENTITY, compare
 from ambig_bench.config import UNSET, ExperimentConfig, RunConfig, coerce
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Executor, run_all
 from ambig_bench.io import write_atomic
-from ambig_bench.models import MODELS
-from ambig_bench.runner import Reporter, RunResult, grid
+from ambig_bench.runner import Reporter, RunResult, check_names, grid
 
 
 def parse_vary(specs: list[str]) -> dict[str, list]:
@@ -60,10 +58,7 @@ def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
     for values in itertools.product(*vary.values()):
         point = dataclasses.replace(run, **recipe, **dict(zip(vary, values, strict=True)))
         point.validate()  # a bad value fails before any training, naming the option
-        MODELS.get(point.model)
-        DATASETS.get(point.dataset)
-        if point.between_source != "auto":
-            BETWEEN_SOURCES.get(point.between_source)
+        check_names(point)
         points.append(point)
     return points
 
