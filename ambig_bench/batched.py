@@ -63,6 +63,17 @@ def widen(models: list[nn.Module]) -> nn.Module:
     first = models[0]
     if isinstance(first, nn.Sequential):
         return nn.Sequential(*[widen([m[i] for m in models]) for i in range(len(first))])
+    wide = widen_layer(models)
+    # Frozen weights stay frozen and learning-rate multipliers stay, so the wide layer trains like each one.
+    for name, param in first.named_parameters(recurse=False):
+        getattr(wide, name).requires_grad_(param.requires_grad)
+    if hasattr(first, "lr_scale"):
+        wide.lr_scale = first.lr_scale
+    return wide
+
+
+def widen_layer(models: list[nn.Module]) -> nn.Module:
+    first = models[0]
     cat = lambda name: torch.cat([getattr(m, name).detach() for m in models])  # noqa: E731
     if isinstance(first, Preprocess):
         return Preprocess(cat("mean").flatten(), cat("std").flatten())
@@ -137,7 +148,7 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
             for m in range(m_count):
                 batch = orders[m][step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 x = images[m][plans[m][0][batch]]
-                xs.append(augment(x, gens[m]) if do_augment else x)
+                xs.append(augment(x, gens[m], cfg.translate) if do_augment else x)
                 batches.append(batch)
             x = torch.stack(xs, 1).flatten(1, 2)  # B×(M·C)×H×W: model m reads channel block m
             if device.type == "cuda":

@@ -29,7 +29,7 @@ from ambig_bench.strategies import STRATEGIES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Benchmark training strategies for images that sit between two classes.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a long path stays on one line in logs
 out = Console()
 
 
@@ -163,6 +163,26 @@ class RichReporter:
             self.progress.console.print(f"[red]failed[/red] {result.run_dir.name}: {result.error}")
 
 
+class LogReporter:
+    """Progress as plain lines when stderr is a log file rather than a terminal (nohup, CI): one per epoch and run."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished, self.name, self.epochs = total, 0, "", 0
+
+    def start_run(self, name: str, epochs: int) -> None:
+        self.name, self.epochs = name, epochs
+
+    def epoch(self, epoch: int, loss: float) -> None:
+        err.print(f"{self.name}: epoch {epoch}/{self.epochs}, training loss {loss:.4f}", markup=False,
+                  highlight=False)
+
+    def end_run(self, result: Any) -> None:
+        self.finished += 1
+        detail = f": {result.error}" if result.status == "failed" else ""
+        err.print(f"[{self.finished}/{self.total}] {result.status} {result.run_dir.name}{detail}", markup=False,
+                  highlight=False)
+
+
 def progress_bars() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=False)
@@ -185,6 +205,8 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+        if not err.is_terminal:
+            return exp, train(exp, LogReporter(len(configs)), runs_on)
         with progress_bars() as progress:
             return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
 
@@ -280,6 +302,7 @@ def bench(
     seeds: int = typer.Option(8, help="Runs trained together in measurement d"),
     small_images: int = typer.Option(60_000, help="Random 1x28x28 images per run in measurement d"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model in measurement a"),
+    repeats: int = typer.Option(3, help="Timed rounds, taken in turns; each figure is its best round"),
     json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file"),
 ) -> None:
     """Measure training speed (images/s) against a bare loop and a textbook DataLoader loop."""
@@ -287,9 +310,9 @@ def bench(
     from ambig_bench.bench import bench as run_bench
     from ambig_bench.io import write_json
 
-    if min(images, epochs, seeds, small_images) < 1:
-        raise UserError("--images, --epochs, --seeds and --small-images must be at least 1")
-    bc = BenchConfig(device, model, images, epochs, seeds, small_images, compile)
+    if min(images, epochs, seeds, small_images, repeats) < 1:
+        raise UserError("--images, --epochs, --seeds, --small-images and --repeats must be at least 1")
+    bc = BenchConfig(device, model, images, epochs, seeds, small_images, compile, repeats)
     err.print(f"benchmarking on {device_name(device)} ...", highlight=False)
     results = run_bench(bc)
     print(render(results, bc, device_name(device)))

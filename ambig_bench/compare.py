@@ -101,7 +101,7 @@ def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
 def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
     frames = []
     done = runs[runs.status == "done"]
-    for key, group in (done.groupby(group_by, sort=False) if group_by else [((), done)]):
+    for key, group in (done.groupby(group_by) if group_by else [((), done)]):
         if baseline not in set(group.strategy):
             continue
         for m in METRICS:
@@ -117,7 +117,7 @@ def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.Dat
 def ranks_all(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     metrics = [m for m in HIGHER_IS_BETTER if summary[f"{m}_mean"].notna().any()]
     frames = []
-    for key, group in (summary.groupby(group_by, sort=False) if group_by else [((), summary)]):
+    for key, group in (summary.groupby(group_by) if group_by else [((), summary)]):
         table = rank_table(group.reset_index(drop=True), metrics, HIGHER_IS_BETTER)
         for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
             table.insert(0, name, value)

@@ -46,7 +46,7 @@ from ambig_bench.runner import (
     run_name,
     staged,
 )
-from ambig_bench.train import pick_device
+from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")
 
@@ -255,7 +255,7 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].device)
-    cached_prepare(runs[0])
+    use_augmentation(runs[0], cached_prepare(runs[0]).images)  # refuses a shift as large as the images
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

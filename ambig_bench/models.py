@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ambig_bench.registry import Registry
+from ambig_bench.train import Preprocess
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, image_size, num_outputs, width)
 MODELS: Registry[ModelFactory] = Registry("model")
@@ -36,11 +37,46 @@ def small_cnn(in_channels: int, image_size: int, num_outputs: int, width: int = 
     return nn.Sequential(*layers)
 
 
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    """airbench's BatchNorm: the scale stays 1 (only the shift learns, 64× faster under SGD), fast statistics."""
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    bn.weight.requires_grad_(False)
+    bn.lr_scale = 64.0  # read by train.make_optimizer
+    return bn
+
+
+def identity_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """3x3 conv whose first c_in filters start as the identity: an implicit residual path at initialisation."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:c_in])
+    return conv
+
+
 def gelu_block(c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.GELU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU(),
+        identity_conv(c_in, c_out), nn.MaxPool2d(2), batch_norm(c_out), nn.GELU(),
+        identity_conv(c_out, c_out), batch_norm(c_out), nn.GELU(),
     )
+
+
+class Whiten(nn.Conv2d):
+    """Fixed 2x2 patch-whitening stem (airbench): filters are the training patches' principal directions,
+    scaled to unit variance, each with its negative so the GELU after it loses nothing. Only the bias learns.
+    `fit` sets the filters from (normalised) training images; they are saved with the model like any weight."""
+
+    def __init__(self, in_channels: int, kernel: int = 2) -> None:
+        super().__init__(in_channels, 2 * in_channels * kernel**2, kernel, bias=True)
+        self.weight.requires_grad_(False)
+        nn.init.zeros_(self.bias)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        c, k = self.in_channels, self.kernel_size[0]
+        patches = images.double().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).flip(0).reshape(-1, c, k, k)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight.dtype))
 
 
 class Scale(nn.Module):
@@ -56,11 +92,13 @@ class Scale(nn.Module):
 
 @MODELS.register("fast-cifar")
 def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int = 64) -> nn.Module:
-    """airbench94-shaped net for 32x32 (2x2 conv stem, GELU blocks 64/256/256, max-pool head); GPU speed."""
+    """airbench94's net for 32x32: whitening stem, GELU blocks 64/256/256, max-pool head; its recipe is
+    `config.MODEL_DEFAULTS["fast-cifar"]`."""
     w = (width, 4 * width, 4 * width)
+    stem = Whiten(in_channels)
     return nn.Sequential(
-        nn.Conv2d(in_channels, 24, 2, bias=False), nn.GELU(),
-        gelu_block(24, w[0]), gelu_block(w[0], w[1]), gelu_block(w[1], w[2]),
+        stem, nn.GELU(),
+        gelu_block(stem.out_channels, w[0]), gelu_block(w[0], w[1]), gelu_block(w[1], w[2]),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w[2], num_outputs, bias=False), Scale(1 / 9),
     )
 
@@ -70,3 +108,18 @@ def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, 
     factory = MODELS.get(name)
     return factory(in_channels, image_size, num_outputs, width) if width else factory(in_channels, image_size,
                                                                                         num_outputs)
+
+
+FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at
+
+
+def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width: int) -> nn.Sequential:
+    """Preprocess fitted on the uint8 training images, then the network, its data-fitted layers fitted too."""
+    _, channels, size, _ = train_images.shape
+    preprocess = Preprocess.fit(train_images)
+    net = build_model(name, channels, size, num_outputs, width)
+    sample = preprocess(train_images[:FIT_IMAGES])
+    for layer in net.modules():
+        if isinstance(layer, Whiten):
+            layer.fit(sample)
+    return nn.Sequential(preprocess, net)

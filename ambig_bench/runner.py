@@ -45,9 +45,9 @@ from ambig_bench.errors import RunFailed
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
 from ambig_bench.metrics import evaluate, set_objective
-from ambig_bench.models import MODELS, build_model
+from ambig_bench.models import MODELS, build_network
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import Preprocess, pick_device, predict_logits, train, use_augmentation
+from ambig_bench.train import pick_device, predict_logits, train, use_augmentation
 
 if TYPE_CHECKING:
     from ambig_bench.executors import Executor
@@ -214,9 +214,7 @@ def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tup
     """The run's strategy and its untrained model (Preprocess fitted on the training images + network)."""
     strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
-    _, channels, size, _ = data.images.shape
-    net = build_model(cfg.model, channels, size, strategy.num_outputs, cfg.width)
-    model = nn.Sequential(Preprocess.fit(data.subset("train").images), net).to(device)
+    model = build_network(cfg.model, data.subset("train").images, strategy.num_outputs, cfg.width).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return strategy, model

@@ -57,24 +57,30 @@ class Preprocess(nn.Module):
         return (images.float() - self.mean) / self.std
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with `pad` pixels of zero padding and random horizontal flip, batched on the device."""
+def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (edges mirrored) and random horizontal flip, on the device.
+
+    Each image reads its rows and columns through shifted, mirrored indices: two gathers, no padded copy.
+    """
     n, c, h, w = x.shape
-    padded = nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen, device=x.device)
-    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(n, c, h, w + 2 * pad)
-    x = padded.gather(2, rows)
-    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(n, c, h, w)
-    x = x.gather(3, cols)
+
+    def mirrored(size: int) -> torch.Tensor:
+        idx = (torch.randint(-shift, shift + 1, (n, 1), generator=gen, device=x.device)
+               + torch.arange(size, device=x.device)).abs()
+        return torch.where(idx > size - 1, 2 * (size - 1) - idx, idx)
+
+    x = x.gather(2, mirrored(h).view(n, 1, h, 1).expand(n, c, h, w))
+    x = x.gather(3, mirrored(w).view(n, 1, 1, w).expand(n, c, h, w))
     flip = torch.rand(n, generator=gen, device=x.device) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
 
 
 def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
-    if cfg.augment != "auto":
-        return cfg.augment == "on"
-    return images.shape[1] == 3 and images.shape[2] >= 24  # natural RGB photos, not digits or glyphs
+    on = cfg.augment == "on" or (cfg.augment == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
+    if on and cfg.translate >= min(images.shape[2:]):  # auto: natural RGB photos, not digits or glyphs
+        raise UserError(f"--translate {cfg.translate} must be smaller than the {images.shape[2]}x{images.shape[3]} "
+                        "images")
+    return on
 
 
 def autocast(device: torch.device):
@@ -83,12 +89,22 @@ def autocast(device: torch.device):
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """One parameter group per learning-rate multiplier a layer declares (`lr_scale`); frozen weights are left out.
+
+    Under SGD a group's weight decay is divided by its multiplier, so every parameter decays at the same rate
+    per step whatever its learning rate (airbench's decoupled form). AdamW's steps do not scale with the
+    gradient, so it ignores the multipliers.
+    """
+    by_scale: dict[float, list[nn.Parameter]] = {}
+    for layer in model.modules():
+        scale = getattr(layer, "lr_scale", 1.0) if cfg.optimizer == "sgd" else 1.0
+        by_scale.setdefault(scale, []).extend(p for p in layer.parameters(recurse=False) if p.requires_grad)
+    groups = [{"params": params, "lr_scale": scale, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay / scale}
+              for scale, params in by_scale.items() if params]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     # The fused kernel updates every parameter in one launch on CUDA.
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                             fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
@@ -100,7 +116,7 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: i
     progress = (epoch + step / n_steps) / cfg.epochs
     warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if cfg.epochs > 1 else 1.0
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * warm * (1 - progress)
+        group["lr"] = cfg.lr * group["lr_scale"] * warm * (1 - progress)
 
 
 def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunConfig, device: torch.device,
@@ -124,7 +140,7 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
             batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x = images[index[batch]]
             if do_augment:
-                x = augment(x, gen)
+                x = augment(x, gen, cfg.translate)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):

@@ -27,9 +27,9 @@ from ambig_bench.datasets.base import (
     stratified_split,
 )
 from ambig_bench.errors import UserError
-from ambig_bench.models import build_model
+from ambig_bench.models import build_network
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import Preprocess, pick_device, predict_logits, train
+from ambig_bench.train import pick_device, predict_logits, train
 
 
 @register_source("natural")
@@ -71,9 +71,7 @@ def reference_probs(data: LabelledImages, cfg: RunConfig, gen: torch.Generator) 
 
 def fit_reference(data: LabelledImages, cfg: RunConfig, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    _, channels, size, _ = data.images.shape
-    net = build_model(cfg.model, channels, size, data.num_classes, cfg.width)
-    model = nn.Sequential(Preprocess.fit(data.images), net).to(device)
+    model = build_network(cfg.model, data.images, data.num_classes, cfg.width).to(device)
     train(model, STRATEGIES.get("hard")(data.num_classes, data.pairs), data, cfg, device)
     return model
 

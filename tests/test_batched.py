@@ -10,7 +10,7 @@ from torch import nn
 
 from ambig_bench.batched import train_many, widen
 from ambig_bench.datasets import prepare
-from ambig_bench.models import build_model
+from ambig_bench.models import build_model, build_network
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import Preprocess, predict_logits, train
 from tests.conftest import tiny_config
@@ -18,9 +18,7 @@ from tests.conftest import tiny_config
 
 def fresh_model(cfg, data, strategy) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    _, c, size, _ = data.images.shape
-    net = build_model(cfg.model, c, size, strategy.num_outputs, cfg.width)
-    return nn.Sequential(Preprocess.fit(data.subset("train").images), net)
+    return build_network(cfg.model, data.subset("train").images, strategy.num_outputs, cfg.width)
 
 
 @pytest.mark.parametrize("model, channels, size", [("small-cnn", 1, 8), ("fast-cifar", 3, 32)])

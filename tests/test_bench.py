@@ -15,7 +15,8 @@ from ambig_bench.cli import app
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--device", "cpu", "--images", "256", "--epochs", "1", "--seeds", "2",
-                                      "--small-images", "128", "--model", "small-cnn", "--json", str(out)])
+                                      "--small-images", "128", "--model", "small-cnn", "--repeats", "2",
+                                      "--json", str(out)])
     assert result.exit_code == 0, result.output
     for text in ("(a) ambig-bench", "(b) bare", "(c) textbook", "batched", "a / b =", "a / c =",
                  "batched / sequential ="):

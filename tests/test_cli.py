@@ -61,6 +61,9 @@ def test_run_then_compare_end_to_end(tmp_path):
     config.write_text('strategies = ["soft", "extra-class"]\nseeds = 2\nepochs = 5\n')
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), *TINY])
     assert result.exit_code == 0, result.output
+    # stderr is not a terminal here: progress comes as plain lines a log file can hold.
+    assert "epoch 2/2, training loss" in result.stderr and "\n[4/4] done " in result.stderr
+    assert f"Next: ambig-bench compare {out}" in result.stderr, "a path is never broken across lines"
     runs = sorted(p for p in (out / "runs").iterdir())
     assert len(runs) == 4
     for run_dir in runs:

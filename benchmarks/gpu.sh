@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 4's GPU measurements in one go (about 6 minutes on one H100): the speed benchmark, then the CIFAR-10 and
+# Fashion-MNIST grids (8 strategies x 5 seeds x 10 epochs), each timed, each compared.
+#
+# $ benchmarks/gpu.sh OUT [CIFAR10_TGZ] [FASHION_MNIST_DIR]
+#
+# Runs from a checkout without installing it: where `ambig_bench.strategies` is not importable yet (the package
+# maps strategies/ and datasets/ into ambig_bench/ only when installed), it links them in place.
+set -euo pipefail
+out=${1:?usage: benchmarks/gpu.sh OUT [CIFAR10_TGZ] [FASHION_MNIST_DIR]}
+cifar=${2:-../shared/data/cifar10.tgz}
+fashion=${3:-/usr/share/datasets/fashion-mnist}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c "import ambig_bench.strategies" 2>/dev/null; then
+    ln -sfn ../strategies ambig_bench/strategies
+    ln -sfn ../datasets ambig_bench/datasets
+fi
+ab() { python3 -m ambig_bench.cli "$@"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" || true
+python3 -c "import torch; print('torch', torch.__version__)" > "$out/torch.txt"
+
+ab bench --device cuda --json "$out/bench.json" | tee "$out/bench.md"
+
+grid() {  # name, then run options: trains the grid timed, then compares it
+    local name=$1; shift
+    local start=$SECONDS
+    ab run --strategy all --seeds 5 --epochs 10 --device cuda --out "$out/$name" "$@" 2> "$out/$name.log"
+    echo "$name grid: $((SECONDS - start)) s wall" | tee -a "$out/walls.txt"
+    ab compare "$out/$name" 2>> "$out/$name.log"
+    cp "$out/$name/comparison.md" "$out/$name-comparison.md"
+}
+grid cifar10 --dataset cifar10 --data-dir "$cifar" --model fast-cifar
+grid fashion --dataset fashion-mnist --data-dir "$fashion"

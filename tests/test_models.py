@@ -1,0 +1,103 @@
+"""fast-cifar's airbench parts: the whitening stem, frozen BatchNorm scales and per-layer learning rates."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ambig_bench.batched import train_many
+from ambig_bench.bench import random_data
+from ambig_bench.config import RunConfig
+from ambig_bench.models import Whiten, build_network
+from ambig_bench.strategies import STRATEGIES
+from ambig_bench.train import make_optimizer, predict_logits, train
+
+
+def correlated_images(n: int = 200, size: int = 12) -> torch.Tensor:
+    """Normalised-looking float images whose channels and neighbouring pixels are strongly correlated."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(n, 1, size, size, generator=gen)
+    base = base + torch.roll(base, 1, dims=3)  # horizontal neighbours correlate
+    return torch.cat([base, 0.5 * base + 0.1 * torch.randn(n, 1, size, size, generator=gen),
+                      torch.randn(n, 1, size, size, generator=gen)], 1)
+
+
+def test_whitening_stem_decorrelates_training_patches():
+    images = correlated_images()
+    stem = Whiten(3)
+    stem.fit(images)
+    out = nn.functional.conv2d(images.double(), stem.weight.double())  # without the bias
+    first_half = out[:, :12].transpose(0, 1).flatten(1)  # the other half is its negative
+    cov = first_half @ first_half.T / first_half.shape[1]
+    # Oracle: every 2x2 patch cut out by hand; whitened outputs are uncorrelated, with variance λ / (λ + eps).
+    size = images.shape[-1]
+    patches = torch.cat([images[:, :, i:i + 2, j:j + 2].reshape(len(images), 12)
+                         for i in range(size - 1) for j in range(size - 1)]).double()
+    eigenvalues = torch.linalg.eigvalsh(patches.T @ patches / len(patches)).flip(0)
+    assert torch.allclose(cov, torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-6)
+    assert torch.equal(stem.weight[12:], -stem.weight[:12])
+
+
+def test_build_network_fits_the_stem_and_freezes_it():
+    images = random_data(64, 3, 32, torch.Generator().manual_seed(1)).images
+    model = build_network("fast-cifar", images, 10, 8)
+    stem = model[1][0]
+    assert isinstance(stem, Whiten) and stem.weight.abs().sum() > 0 and not stem.weight.requires_grad
+
+
+def test_sgd_groups_frozen_weights_out_and_speeds_up_batchnorm_shifts():
+    images = random_data(64, 3, 32, torch.Generator().manual_seed(1)).images
+    model = build_network("fast-cifar", images, 10, 8)
+    cfg = RunConfig(model="fast-cifar")
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    by_scale = {g["lr_scale"]: g for g in optimizer.param_groups}
+    bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in by_scale[64.0]["params"]} == bn_shifts
+    assert by_scale[64.0]["lr"] == pytest.approx(64 * cfg.lr)
+    assert by_scale[64.0]["weight_decay"] == pytest.approx(cfg.weight_decay / 64)  # same decay per step
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+    assert frozen and not frozen & optimised and optimised | frozen == {id(p) for p in model.parameters()}
+    adamw = make_optimizer(model, RunConfig(model="fast-cifar", optimizer="adamw"), torch.device("cpu"))
+    assert [g["lr_scale"] for g in adamw.param_groups] == [1.0]
+
+
+def test_frozen_weights_stay_put_alone_and_batched():
+    """Sequential and batched training of fast-cifar leave BN scales at 1 and the stem as fitted, and agree."""
+    datas = [random_data(96, 3, 32, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    cfgs = [RunConfig(model="fast-cifar", width=4, epochs=2, batch_size=32, seed=s, device="cpu", augment="on")
+            for s in (0, 1)]
+    soft = STRATEGIES.get("soft")(10, datas[0].pairs)
+    models = []
+    for c, d in zip(cfgs, datas, strict=True):
+        torch.manual_seed(c.seed)
+        models.append(build_network("fast-cifar", d.images, 10, 4))
+    stems = [m[1][0].weight.clone() for m in models]
+    together = copy.deepcopy(models)
+    for m, c, d in zip(models, cfgs, datas, strict=True):
+        train(m, soft, d, c, torch.device("cpu"))
+    train_many(together, [soft, soft], datas, cfgs, torch.device("cpu"))
+    for alone, batched, stem, d in zip(models, together, stems, datas, strict=True):
+        for m in (alone, batched):
+            assert torch.equal(m[1][0].weight, stem)
+            assert all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in m.modules()
+                       if isinstance(b, nn.BatchNorm2d))
+        la = predict_logits(alone, d.images, torch.device("cpu"))
+        lb = predict_logits(batched, d.images, torch.device("cpu"))
+        assert (la.softmax(1) - lb.softmax(1)).abs().max() < 0.01
+
+
+def test_fast_cifar_checkpoint_keeps_the_fitted_stem(tmp_path):
+    from ambig_bench.checkpoint import load_checkpoint, save_checkpoint
+
+    data = random_data(64, 3, 32, torch.Generator().manual_seed(2))
+    cfg = RunConfig(model="fast-cifar", width=4, augment="on")
+    model = build_network("fast-cifar", data.images, 10, 4).eval()
+    save_checkpoint(tmp_path, model, cfg, data, STRATEGIES.get("soft")(10, data.pairs), None)
+    loaded, meta, _ = load_checkpoint(tmp_path)
+    assert meta["flip"] and torch.equal(loaded[1][0].weight, model[1][0].weight)
+    assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), flip=True),
+                       predict_logits(model, data.images, torch.device("cpu"), flip=True))
