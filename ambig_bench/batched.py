@@ -30,6 +30,7 @@ from ambig_bench.io import write_atomic, write_json
 from ambig_bench.locks import RunLock
 from ambig_bench.train import (
     EpochCallback,
+    Lookahead,
     Preprocess,
     augment,
     autocast,
@@ -132,6 +133,7 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
     gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
     do_augment = use_augmentation(cfg, trains[0].images)
     optimizer = make_optimizer(wide, cfg, device)
+    lookahead = Lookahead(wide) if cfg.lookahead == "on" else None
     histories: list[list[dict] | str] = [[] for _ in models]
     for epoch in range(cfg.epochs):
         wide.train()
@@ -160,7 +162,11 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
             # A run whose loss went non-finite must not stop the others: its own parameters are separate.
             losses.nan_to_num(0.0, 0.0, 0.0).sum().backward()
             optimizer.step()
+            if lookahead:
+                lookahead.step(epoch * n_steps + step + 1, cfg.epochs * n_steps)
             loss_sums += losses.detach() * len(x)
+        if lookahead:
+            lookahead.end_epoch()
         means = (loss_sums / len(orders[0])).tolist()  # the one host sync per epoch
         for m, mean_loss in enumerate(means):
             if isinstance(histories[m], str):

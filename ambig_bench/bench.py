@@ -14,6 +14,7 @@ $ ambig-bench bench --device cpu --images 512 --epochs 1 --seeds 2 --small-image
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, LabelledImages
 from ambig_bench.models import build_network
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import augment, autocast, make_optimizer, pick_device, train
+from ambig_bench.train import Lookahead, augment, autocast, make_optimizer, pick_device, train
 
 
 @dataclass
@@ -76,6 +77,9 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
     images, labels = data.images.to(device), data.label_a.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     optimizer = make_optimizer(model, cfg, device)
+    lookahead = Lookahead(model) if cfg.lookahead == "on" else None  # part of the recipe, so part of the work
+    total = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
+    done = 0
     model.train()
     for _ in range(cfg.epochs):
         order = torch.randperm(len(images), generator=gen, device=device)
@@ -87,6 +91,9 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            done += 1
+            if lookahead:
+                lookahead.step(done, total)
 
 
 def textbook_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: torch.device) -> None:

@@ -36,7 +36,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: Label
     _, channels, size, image_width = data.images.shape
     write_json(run_dir / "model.json", {
         "format": FORMAT, "model": cfg.model, "width": cfg.width, "in_channels": channels, "image_size": size,
-        "image_width": image_width, "flip": use_augmentation(cfg, data.images),
+        "image_width": image_width, "tta": use_augmentation(cfg, data.images),
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": dataclasses.asdict(cfg),
     })

@@ -17,13 +17,16 @@ from ambig_bench.errors import UserError
 
 # Per model: the optimisation recipe used unless the user sets it (batch size in images, lr per step).
 MODEL_DEFAULTS: dict[str, dict[str, object]] = {
-    "small-cnn": {"optimizer": "adamw", "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4, "momentum": 0.9},
+    "small-cnn": {"optimizer": "adamw", "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4, "momentum": 0.9,
+                  "lookahead": "off"},
     # airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
-    "fast-cifar": {"optimizer": "sgd", "batch_size": 1024, "lr": 1.5, "weight_decay": 1.33e-3, "momentum": 0.85},
+    "fast-cifar": {"optimizer": "sgd", "batch_size": 1024, "lr": 1.5, "weight_decay": 1.33e-3, "momentum": 0.85,
+                   "lookahead": "on"},
 }
 
 
-UNSET: dict[str, object] = {"optimizer": "", "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "momentum": -1.0}
+UNSET: dict[str, object] = {"optimizer": "", "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "momentum": -1.0,
+                            "lookahead": ""}
 
 
 @dataclass
@@ -61,6 +64,7 @@ class RunConfig:
     lr: float = 0.0  # peak learning rate after a one-epoch warm-up, decayed linearly to 0 (0 = model default)
     weight_decay: float = -1.0  # weight decay (decoupled for AdamW) (-1 = the model's default)
     momentum: float = -1.0  # SGD's Nesterov momentum, in [0, 1) (-1 = the model's default; AdamW ignores it)
+    lookahead: str = ""  # on | off: average the weights late in training, airbench-style ("" = the model's default)
     augment: str = "auto"  # auto (on for RGB 32x32) | on | off: random translation + horizontal flip
     translate: int = 2  # augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)
     device: str = "auto"  # auto | cpu | cuda
@@ -115,6 +119,8 @@ class RunConfig:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UserError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.lookahead not in ("on", "off"):
+            raise UserError(f"--lookahead must be on or off, got {self.lookahead!r}")
         if self.augment not in ("auto", "on", "off"):
             raise UserError(f"--augment must be auto, on or off, got {self.augment!r}")
         if self.batch_runs not in ("auto", "on", "off"):

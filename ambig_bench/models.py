@@ -110,7 +110,7 @@ def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, 
                                                                                         num_outputs)
 
 
-FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at
+FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at, evenly spaced
 
 
 def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width: int) -> nn.Sequential:
@@ -118,7 +118,8 @@ def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width
     _, channels, size, _ = train_images.shape
     preprocess = Preprocess.fit(train_images)
     net = build_model(name, channels, size, num_outputs, width)
-    sample = preprocess(train_images[:FIT_IMAGES])
+    # Evenly spaced, not the first ones: datasets often come sorted by class.
+    sample = preprocess(train_images[::max(1, len(train_images) // FIT_IMAGES)][:FIT_IMAGES])
     for layer in net.modules():
         if isinstance(layer, Whiten):
             layer.fit(sample)

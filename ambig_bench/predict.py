@@ -223,9 +223,9 @@ class Predictor:
 
     def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 N×C×H×W (training format) -> probs N×K, decision N×K, conformal N×K, ambiguity N."""
-        # Evaluated like the run's own predictions.csv (mirror-averaged when trained with flips), so the
+        # Evaluated like the run's own predictions.csv (the same test-time views when trained with augmentation), so the
         # conformal threshold calibrated on those predictions applies.
-        logits = predict_logits(self.model, images, torch.device("cpu"), bool(self.meta.get("flip", False)))
+        logits = predict_logits(self.model, images, torch.device("cpu"), bool(self.meta.get("tta", False)))
         probs = self.strategy.class_probs(logits)
         return {
             "probs": probs.numpy(),

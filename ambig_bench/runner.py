@@ -234,10 +234,10 @@ def evaluate_and_save(cfg: RunConfig, data: LabelledImages, device: torch.device
                       model: nn.Module, history: list[dict], train_seconds: float, batched_runs: int = 1) -> dict:
     """Threshold on validation, metrics on test; write every file of a finished run into `tmp`."""
     val, test = data.subset("val"), data.subset("test")
-    # Models trained with flips are evaluated on the image and its mirror (cheap, and fair to every strategy).
-    flip = use_augmentation(cfg, data.images)
-    val_logits = predict_logits(model, val.images, device, flip)
-    test_logits = predict_logits(model, test.images, device, flip)
+    # Models trained with augmentation are evaluated on mirrored and shifted views too (cheap, fair to every strategy).
+    tta = use_augmentation(cfg, data.images)
+    val_logits = predict_logits(model, val.images, device, tta)
+    test_logits = predict_logits(model, test.images, device, tta)
     threshold = choose_threshold(strategy, val_logits, val)
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),

@@ -57,20 +57,27 @@ class Preprocess(nn.Module):
         return (images.float() - self.mean) / self.std
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
-    """Random translation by up to `shift` pixels (edges mirrored) and random horizontal flip, on the device.
+def shifted(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Each image read at an offset of (dy, dx) pixels (N×1 integer tensors), edges mirrored.
 
-    Each image reads its rows and columns through shifted, mirrored indices: two gathers, no padded copy.
+    Rows and columns are gathered through shifted, mirrored indices: two gathers, no padded copy.
     """
     n, c, h, w = x.shape
 
-    def mirrored(size: int) -> torch.Tensor:
-        idx = (torch.randint(-shift, shift + 1, (n, 1), generator=gen, device=x.device)
-               + torch.arange(size, device=x.device)).abs()
+    def mirrored(offset: torch.Tensor, size: int) -> torch.Tensor:
+        idx = (offset + torch.arange(size, device=x.device)).abs()
         return torch.where(idx > size - 1, 2 * (size - 1) - idx, idx)
 
-    x = x.gather(2, mirrored(h).view(n, 1, h, 1).expand(n, c, h, w))
-    x = x.gather(3, mirrored(w).view(n, 1, 1, w).expand(n, c, h, w))
+    x = x.gather(2, mirrored(dy, h).view(n, 1, h, 1).expand(n, c, h, w))
+    return x.gather(3, mirrored(dx, w).view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
+    """Random translation by up to `shift` pixels (edges mirrored) and random horizontal flip, on the device."""
+    n = len(x)
+    dy = torch.randint(-shift, shift + 1, (n, 1), generator=gen, device=x.device)
+    dx = torch.randint(-shift, shift + 1, (n, 1), generator=gen, device=x.device)
+    x = shifted(x, dy, dx)
     flip = torch.rand(n, generator=gen, device=x.device) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
 
@@ -119,6 +126,37 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: i
         group["lr"] = cfg.lr * group["lr_scale"] * warm * (1 - progress)
 
 
+class Lookahead:
+    """airbench's lookahead: from 30% of training on, every 5 steps the weights (and BatchNorm statistics) move to a
+    slow average of themselves, from which training continues. The average's memory grows as progress³, so the
+    end of training averages most. Elementwise, so in a batched wide model each run is averaged on its own."""
+
+    EVERY, START, DECAY = 5, 0.3, 0.95
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.average: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, done: int, total: int) -> None:
+        """After optimiser step number `done` (1-based) of `total`."""
+        if done < self.START * total or done % self.EVERY:
+            return
+        if self.average is None:
+            self.average = [t.clone() for t in self.tensors]
+            return
+        keep = self.DECAY ** self.EVERY * (done / total) ** 3
+        for avg, t in zip(self.average, self.tensors, strict=True):
+            avg.lerp_(t, 1 - keep)
+            t.copy_(avg)
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        """The model leaves each epoch (and training) as the average, not as the steps since the last update."""
+        for avg, t in zip(self.average, self.tensors, strict=True) if self.average else ():
+            t.copy_(avg)
+
+
 def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunConfig, device: torch.device,
           on_epoch: EpochCallback | None = None) -> list[dict]:
     """Train `model` (already on `device`, starting with its Preprocess) on the train split of `data`."""
@@ -127,6 +165,7 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     do_augment = use_augmentation(cfg, data.images)
     optimizer = make_optimizer(model, cfg, device)
+    lookahead = Lookahead(model) if cfg.lookahead == "on" else None
     history = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -149,7 +188,11 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if lookahead:
+                lookahead.step(epoch * n_steps + step + 1, cfg.epochs * n_steps)
             loss_sum += loss.detach() * len(batch)
+        if lookahead:
+            lookahead.end_epoch()
         mean_loss = (loss_sum / len(order)).item()  # the one host sync per epoch
         if not math.isfinite(mean_loss):
             raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}; try a lower --lr")
@@ -160,21 +203,29 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, flip: bool = False,
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, tta: bool = False,
                    batch_size: int = 2048) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches.
 
-    With `flip` (models trained with flips) the logits of the image and its mirror are averaged.
+    With `tta` (models trained with augmentation) six views are averaged as airbench does: the image and its
+    mirror (1/4 each), and both of those shifted one pixel up-left and one down-right (1/8 each).
     """
     model.eval()
+
+    def mirror_mean(x: torch.Tensor) -> torch.Tensor:
+        return (model(x).float() + model(x.flip(3)).float()) / 2
+
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            logits = model(x).float()
-            if flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            if tta:
+                one = torch.ones(len(x), 1, dtype=torch.long, device=device)
+                logits = (mirror_mean(x) / 2 + mirror_mean(shifted(x, -one, -one)) / 4
+                          + mirror_mean(shifted(x, one, one)) / 4)
+            else:
+                logits = model(x).float()
         out.append(logits.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -98,6 +98,19 @@ def test_fast_cifar_checkpoint_keeps_the_fitted_stem(tmp_path):
     model = build_network("fast-cifar", data.images, 10, 4).eval()
     save_checkpoint(tmp_path, model, cfg, data, STRATEGIES.get("soft")(10, data.pairs), None)
     loaded, meta, _ = load_checkpoint(tmp_path)
-    assert meta["flip"] and torch.equal(loaded[1][0].weight, model[1][0].weight)
-    assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), flip=True),
-                       predict_logits(model, data.images, torch.device("cpu"), flip=True))
+    assert meta["tta"] and torch.equal(loaded[1][0].weight, model[1][0].weight)
+    assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), tta=True),
+                       predict_logits(model, data.images, torch.device("cpu"), tta=True))
+
+
+def test_whitening_sees_every_class_of_a_class_sorted_training_set():
+    """Datasets often come sorted by class: the stem must be fitted on a spread of them, not the first 5,000."""
+    from ambig_bench.models import FIT_IMAGES
+
+    bright = torch.full((FIT_IMAGES, 3, 8, 8), 200, dtype=torch.uint8)  # "class 0", first in the file
+    noisy = torch.randint(0, 256, (FIT_IMAGES, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([bright, noisy])
+    model = build_network("fast-cifar", images, 10, 4)
+    reference = Whiten(3)
+    reference.fit(model[0](images[::2]))  # every other image: both halves, as the stem should see them
+    assert torch.allclose(model[1][0].weight, reference.weight)

@@ -193,8 +193,8 @@ def test_conformal_summary_on_the_test_rows(trained, saved_test):
     assert summary["cp_clear_coverage"] >= marginal["cp_clear_coverage"]
 
 
-def test_models_trained_with_flips_are_predicted_as_they_were_evaluated(tmp_path):
-    """With augmentation the run evaluates each image and its mirror; predict must do the same."""
+def test_models_trained_with_augmentation_are_predicted_as_they_were_evaluated(tmp_path):
+    """With augmentation the run averages mirrored and shifted views; predict must do the same."""
     cfg = tiny_config(strategy="soft", epochs=2, augment="on")
     run_dir = run_experiment(cfg, tmp_path / "out").run_dir
     saved = pd.read_csv(run_dir / "predictions.csv").query("split == 'test'")

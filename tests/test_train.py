@@ -25,3 +25,56 @@ def test_augment_equals_mirror_pad_crop_and_flip_image_by_image(shift):
         assert torch.equal(got[i].float(), crop.flip(2) if flip[i] else crop)
     if shift:
         assert not torch.equal(got, x) and got.dtype == torch.uint8
+
+
+def test_test_time_views_match_airbench_weights():
+    """predict_logits(tta=True) = 1/2 mirror-mean of the image + 1/4 each of its one-pixel shifts (mirror-padded)."""
+    from torch import nn
+
+    from ambig_bench.train import predict_logits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 5, 4))
+    model_f = lambda t: model(t.float())  # noqa: E731
+    x = torch.randint(0, 256, (7, 3, 5, 5), dtype=torch.uint8)
+    padded = F.pad(x.float(), (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, 0:5, 0:5], padded[:, :, 2:7, 2:7]
+    mirror = lambda t: (model_f(t) + model_f(t.flip(3))) / 2  # noqa: E731
+    expected = mirror(x) / 2 + mirror(up_left) / 4 + mirror(down_right) / 4
+    got = predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu"), tta=True)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu")), model_f(x))
+
+
+class Float(torch.nn.Module):
+    def forward(self, x):
+        return x.float()
+
+
+def test_lookahead_against_a_naive_replay():
+    """Every 5th step from 30% of training: average <- keep·average + (1 - keep)·weights, weights <- average."""
+    from torch import nn
+
+    from ambig_bench.train import Lookahead
+
+    total, gen = 40, torch.Generator().manual_seed(0)
+    layer = nn.Linear(2, 2)
+    lookahead = Lookahead(layer)
+    average, expected = None, None
+    for done in range(1, total + 1):
+        with torch.no_grad():  # stands in for an optimiser step
+            layer.weight.add_(torch.randn(2, 2, generator=gen))
+        current = layer.weight.detach().clone()
+        lookahead.step(done, total)
+        if done >= 0.3 * total and done % 5 == 0:
+            if average is None:
+                average = current
+            else:
+                keep = 0.95**5 * (done / total) ** 3
+                average = keep * average + (1 - keep) * current
+            current = average.clone()
+        expected = current
+        assert torch.allclose(layer.weight, expected, atol=1e-6), done
+    layer.weight.data.add_(1.0)
+    lookahead.end_epoch()
+    assert torch.allclose(layer.weight, average, atol=1e-6)
