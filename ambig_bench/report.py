@@ -66,7 +66,8 @@ from ambig_bench.plots import (
 from ambig_bench.stats import paired_comparison
 
 CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
-TRAINING = ["epochs", "optimizer", "batch_size", "lr", "weight_decay", "augment"]  # shown in the setup table
+# shown in the setup table
+TRAINING = ["epochs", "optimizer", "batch_size", "lr", "weight_decay", "momentum", "lookahead", "augment", "translate"]
 
 
 # -- the document: a list of blocks, rendered to markdown and to HTML from the same content ------------------
