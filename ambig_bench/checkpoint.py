@@ -24,9 +24,9 @@ from ambig_bench.errors import UserError
 from ambig_bench.io import write_atomic, write_json
 from ambig_bench.models import build_model
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import Preprocess, use_augmentation
+from ambig_bench.train import Preprocess, tta_level
 
-FORMAT = "ambig-bench-model/1"
+FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
@@ -36,7 +36,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: Label
     _, channels, size, image_width = data.images.shape
     write_json(run_dir / "model.json", {
         "format": FORMAT, "model": cfg.model, "width": cfg.width, "in_channels": channels, "image_size": size,
-        "image_width": image_width, "tta": use_augmentation(cfg, data.images),
+        "image_width": image_width, "tta": tta_level(cfg, data.images),
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": dataclasses.asdict(cfg),
     })
@@ -61,6 +61,7 @@ RECIPE: dict[str, tuple[Callable[[object], bool], str]] = {
                     "a list of at least two names"),
     "pairs": (lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v),
               "a list of [a, b] pairs"),
+    "tta": (lambda v: v in (0, 1, 2) and not isinstance(v, bool), "0, 1 or 2"),
     "threshold": (lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
                   "a number or null"),
 }
@@ -79,6 +80,9 @@ def read_recipe(meta_path: Path) -> dict:
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not an ambig-bench model (a JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT:
+        if str(meta.get("format")).startswith(FORMAT.split("/")[0] + "/"):
+            raise UserError(f"{meta_path}: written by another version of ambig-bench (format {meta['format']!r}, "
+                            f"this version reads {FORMAT!r}); retrain the run with --force")
         raise UserError(f"{meta_path}: not an ambig-bench model (format {meta.get('format')!r}, expected {FORMAT!r})")
     for key, (ok, what) in RECIPE.items():
         if not ok(meta.get(key)):

@@ -255,7 +255,10 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].device)
-    use_augmentation(runs[0], cached_prepare(runs[0]).images)  # refuses a shift as large as the images
+    images = cached_prepare(runs[0]).images
+    for cfg in runs:  # a shift as large as the images is refused here (other datasets' sizes are known later)
+        if (cfg.dataset, cfg.data_dir) == (runs[0].dataset, runs[0].data_dir):
+            use_augmentation(cfg, images)
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

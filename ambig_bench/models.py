@@ -119,7 +119,8 @@ def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width
     preprocess = Preprocess.fit(train_images)
     net = build_model(name, channels, size, num_outputs, width)
     # Evenly spaced, not the first ones: datasets often come sorted by class.
-    sample = preprocess(train_images[::max(1, len(train_images) // FIT_IMAGES)][:FIT_IMAGES])
+    n, k = len(train_images), min(len(train_images), FIT_IMAGES)
+    sample = preprocess(train_images[torch.arange(k) * (n - 1) // max(k - 1, 1)])
     for layer in net.modules():
         if isinstance(layer, Whiten):
             layer.fit(sample)

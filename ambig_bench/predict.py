@@ -225,7 +225,7 @@ class Predictor:
         """uint8 N×C×H×W (training format) -> probs N×K, decision N×K, conformal N×K, ambiguity N."""
         # Evaluated like the run's own predictions.csv (the same test-time views when trained with augmentation), so the
         # conformal threshold calibrated on those predictions applies.
-        logits = predict_logits(self.model, images, torch.device("cpu"), bool(self.meta.get("tta", False)))
+        logits = predict_logits(self.model, images, torch.device("cpu"), self.meta["tta"])
         probs = self.strategy.class_probs(logits)
         return {
             "probs": probs.numpy(),

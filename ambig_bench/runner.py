@@ -47,7 +47,7 @@ from ambig_bench.locks import RunLock
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import MODELS, build_network
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import pick_device, predict_logits, train, use_augmentation
+from ambig_bench.train import pick_device, predict_logits, train, tta_level
 
 if TYPE_CHECKING:
     from ambig_bench.executors import Executor
@@ -235,7 +235,7 @@ def evaluate_and_save(cfg: RunConfig, data: LabelledImages, device: torch.device
     """Threshold on validation, metrics on test; write every file of a finished run into `tmp`."""
     val, test = data.subset("val"), data.subset("test")
     # Models trained with augmentation are evaluated on mirrored and shifted views too (cheap, fair to every strategy).
-    tta = use_augmentation(cfg, data.images)
+    tta = tta_level(cfg, data.images)
     val_logits = predict_logits(model, val.images, device, tta)
     test_logits = predict_logits(model, test.images, device, tta)
     threshold = choose_threshold(strategy, val_logits, val)

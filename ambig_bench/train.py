@@ -90,6 +90,13 @@ def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
     return on
 
 
+def tta_level(cfg: RunConfig, images: torch.Tensor) -> int:
+    """Test-time views that match training: 0 none, 1 image + mirror, 2 also one-pixel shifts (airbench's levels)."""
+    if not use_augmentation(cfg, images):
+        return 0
+    return 2 if cfg.translate > 0 else 1
+
+
 def autocast(device: torch.device):
     # bf16 on CUDA roughly doubles throughput; CPU stays fp32 so CPU results are exactly reproducible.
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -109,7 +116,7 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     groups = [{"params": params, "lr_scale": scale, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay / scale}
               for scale, params in by_scale.items() if params]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     # The fused kernel updates every parameter in one launch on CUDA.
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
@@ -203,16 +210,18 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, tta: bool = False,
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, tta: int = 0,
                    batch_size: int = 2048) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches.
 
-    With `tta` (models trained with augmentation) six views are averaged as airbench does: the image and its
-    mirror (1/4 each), and both of those shifted one pixel up-left and one down-right (1/8 each).
+    Test-time views (`tta_level`): at 1 the image and its mirror are averaged; at 2, as airbench does, the image
+    and its mirror weigh 1/4 each and both of them shifted one pixel up-left and one down-right 1/8 each.
     """
     model.eval()
 
     def mirror_mean(x: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":  # gathers and flips return NCHW tensors
+            x = x.contiguous(memory_format=torch.channels_last)
         return (model(x).float() + model(x.flip(3)).float()) / 2
 
     out = []
@@ -221,10 +230,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            if tta:
+            if tta == 2:
                 one = torch.ones(len(x), 1, dtype=torch.long, device=device)
                 logits = (mirror_mean(x) / 2 + mirror_mean(shifted(x, -one, -one)) / 4
                           + mirror_mean(shifted(x, one, one)) / 4)
+            elif tta == 1:
+                logits = mirror_mean(x)
             else:
                 logits = model(x).float()
         out.append(logits.cpu())

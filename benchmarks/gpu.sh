@@ -20,15 +20,16 @@ ab() { python3 -m ambig_bench.cli "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" || true
 python3 -c "import torch; print('torch', torch.__version__)" > "$out/torch.txt"
 
-ab bench --device cuda --json "$out/bench.json" | tee "$out/bench.md"
+ab bench --device cuda --json "$out/bench.json" | tee "$out/bench.md" || echo "bench failed" >> "$out/walls.txt"
 
 grid() {  # name, then run options: trains the grid timed, then compares it
     local name=$1; shift
     local start=$SECONDS
-    ab run --strategy all --seeds 5 --epochs 10 --device cuda --out "$out/$name" "$@" 2> "$out/$name.log"
-    echo "$name grid: $((SECONDS - start)) s wall" | tee -a "$out/walls.txt"
-    ab compare "$out/$name" 2>> "$out/$name.log"
-    cp "$out/$name/comparison.md" "$out/$name-comparison.md"
+    local status=0
+    ab run --strategy all --seeds 5 --epochs 10 --device cuda --out "$out/$name" "$@" 2> "$out/$name.log" || status=$?
+    echo "$name grid: $((SECONDS - start)) s wall, exit $status" | tee -a "$out/walls.txt"
+    # A failed run (exit 1) still leaves the others to compare; the next grid runs regardless.
+    ab compare "$out/$name" 2>> "$out/$name.log" && cp "$out/$name/comparison.md" "$out/$name-comparison.md" || true
 }
 grid cifar10 --dataset cifar10 --data-dir "$cifar" --model fast-cifar
 grid fashion --dataset fashion-mnist --data-dir "$fashion"

@@ -123,10 +123,12 @@ ROWS = [
                           ("human-pair-mass", "1.2"), ("human-second", "-0.1")]],
     pytest.param(["--blend-low", "0.7", "--blend-high", "0.6"], "0 <= low <= high <= 1", id="blend-low>high"),
     pytest.param(["--momentum", "1"], "--momentum must be in [0, 1), got 1.0", id="momentum=1"),
+    pytest.param(["--momentum", "-0.5"], "--momentum must be in [0, 1), got -0.5", id="momentum-negative"),
     pytest.param(["--momentum", "nan"], "--momentum must be in [0, 1), got nan", id="momentum=nan"),
     pytest.param(["--translate", "-1"], "--translate must be >= 0, got -1", id="translate-negative"),
     pytest.param(["--augment", "on", "--translate", "8"], "--translate 8 must be smaller than the 8x8 images",
                  id="translate-as-large-as-the-image"),
+    pytest.param(["--lookahead", "maybe"], "--lookahead must be on or off, got 'maybe'", id="bad-lookahead"),
     pytest.param(["--blend-high", "1.5"], "0 <= low <= high <= 1", id="blend-high>1"),
     pytest.param(["--blend-low", "-0.1"], "0 <= low <= high <= 1", id="blend-low<0"),
     *[pytest.param([f"--{name}", value], f"--{name} must be at least 1, got {value}", id=f"{name}={value}")

@@ -92,6 +92,9 @@ def test_safetensors_from_another_program_are_refused(run_copy):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda meta: {**meta, "format": "someone-else/2"}, "not an ambig-bench model"),
+    # Format 1 said "flip" and meant mirror views only: predicting it as this version would not match its run.
+    (lambda meta: {**meta, "format": "ambig-bench-model/1"}, "another version of ambig-bench.*--force"),
+    (lambda meta: {**meta, "tta": True}, "field 'tta' must be 0, 1 or 2"),
     (lambda meta: [meta], "not an ambig-bench model"),
     (lambda meta: {k: v for k, v in meta.items() if k != "image_size"}, "field 'image_size'"),
     (lambda meta: {**meta, "width": "wide"}, "field 'width'"),

@@ -63,6 +63,8 @@ def test_sgd_groups_frozen_weights_out_and_speeds_up_batchnorm_shifts():
     assert frozen and not frozen & optimised and optimised | frozen == {id(p) for p in model.parameters()}
     adamw = make_optimizer(model, RunConfig(model="fast-cifar", optimizer="adamw"), torch.device("cpu"))
     assert [g["lr_scale"] for g in adamw.param_groups] == [1.0]
+    plain = make_optimizer(model, RunConfig(model="fast-cifar", momentum=0.0), torch.device("cpu"))
+    assert not plain.defaults["nesterov"]  # Nesterov needs momentum; --momentum 0 is plain SGD
 
 
 def test_frozen_weights_stay_put_alone_and_batched():
@@ -98,19 +100,22 @@ def test_fast_cifar_checkpoint_keeps_the_fitted_stem(tmp_path):
     model = build_network("fast-cifar", data.images, 10, 4).eval()
     save_checkpoint(tmp_path, model, cfg, data, STRATEGIES.get("soft")(10, data.pairs), None)
     loaded, meta, _ = load_checkpoint(tmp_path)
-    assert meta["tta"] and torch.equal(loaded[1][0].weight, model[1][0].weight)
-    assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), tta=True),
-                       predict_logits(model, data.images, torch.device("cpu"), tta=True))
+    assert meta["tta"] == 2 and torch.equal(loaded[1][0].weight, model[1][0].weight)
+    assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), tta=2),
+                       predict_logits(model, data.images, torch.device("cpu"), tta=2))
 
 
 def test_whitening_sees_every_class_of_a_class_sorted_training_set():
     """Datasets often come sorted by class: the stem must be fitted on a spread of them, not the first 5,000."""
     from ambig_bench.models import FIT_IMAGES
 
-    bright = torch.full((FIT_IMAGES, 3, 8, 8), 200, dtype=torch.uint8)  # "class 0", first in the file
-    noisy = torch.randint(0, 256, (FIT_IMAGES, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    n = 7000  # between FIT_IMAGES and twice as many: a stride of N // FIT_IMAGES would still read only the start
+    bright = torch.full((n // 2, 3, 8, 8), 200, dtype=torch.uint8)  # "class 0", first in the file
+    noisy = torch.randint(0, 256, (n - n // 2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     images = torch.cat([bright, noisy])
     model = build_network("fast-cifar", images, 10, 4)
+    spread = [i * (n - 1) // (FIT_IMAGES - 1) for i in range(FIT_IMAGES)]
+    assert sum(i >= n // 2 for i in spread) == pytest.approx(FIT_IMAGES / 2, abs=1)  # half of them from each class
     reference = Whiten(3)
-    reference.fit(model[0](images[::2]))  # every other image: both halves, as the stem should see them
+    reference.fit(model[0](images[spread]))
     assert torch.allclose(model[1][0].weight, reference.weight)

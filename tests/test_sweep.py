@@ -80,3 +80,16 @@ def test_varied_model_takes_its_own_recipe_and_names_are_checked():
         sweep_points(RunConfig(), {"model": ["small-cnn", "nope"]})
     with pytest.raises(UserError, match="only the blend source"):
         sweep_points(RunConfig(between_source="human"), {"between_fraction": [0.01, 0.1]})
+
+
+def test_every_sweep_point_is_checked_against_the_image_size_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from ambig_bench.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["sweep", "--vary", "translate=1,8", "--augment", "on", "--epochs", "1",
+                                      "--width", "8", "--seeds", "1", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == ["error: --translate 8 must be smaller than the 8x8 images"]
+    assert not out.exists()

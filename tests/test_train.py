@@ -28,7 +28,7 @@ def test_augment_equals_mirror_pad_crop_and_flip_image_by_image(shift):
 
 
 def test_test_time_views_match_airbench_weights():
-    """predict_logits(tta=True) = 1/2 mirror-mean of the image + 1/4 each of its one-pixel shifts (mirror-padded)."""
+    """tta=2: 1/2 mirror-mean of the image + 1/4 each of its one-pixel shifts (mirror-padded); tta=1: mirror-mean."""
     from torch import nn
 
     from ambig_bench.train import predict_logits
@@ -41,8 +41,10 @@ def test_test_time_views_match_airbench_weights():
     up_left, down_right = padded[:, :, 0:5, 0:5], padded[:, :, 2:7, 2:7]
     mirror = lambda t: (model_f(t) + model_f(t.flip(3))) / 2  # noqa: E731
     expected = mirror(x) / 2 + mirror(up_left) / 4 + mirror(down_right) / 4
-    got = predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu"), tta=True)
+    got = predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu"), tta=2)
     assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu"), tta=1), mirror(x),
+                          atol=1e-5)
     assert torch.allclose(predict_logits(nn.Sequential(Float(), model), x, torch.device("cpu")), model_f(x))
 
 
@@ -78,3 +80,13 @@ def test_lookahead_against_a_naive_replay():
     layer.weight.data.add_(1.0)
     lookahead.end_epoch()
     assert torch.allclose(layer.weight, average, atol=1e-6)
+
+
+@pytest.mark.parametrize("augment, translate, level", [("off", 2, 0), ("on", 0, 1), ("on", 2, 2)])
+def test_test_time_views_follow_training_augmentation(augment, translate, level):
+    """Shifted views only for models trained with shifts; none without augmentation."""
+    from ambig_bench.config import RunConfig
+    from ambig_bench.train import tta_level
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    assert tta_level(RunConfig(augment=augment, translate=translate), images) == level
