@@ -240,8 +240,9 @@ def train_group(cfgs: list[RunConfig], built: list[tuple], out: str, device: tor
 
     datas, strategies, models = (list(x) for x in zip(*built, strict=True))
     if reporter:
-        reporter.start_run(f"{len(cfgs)} runs together" if len(cfgs) > 1 else runner.run_name(cfgs[0]),
-                           cfgs[0].epochs)
+        # Progress shows the first run's loss: the group's runs share every step but not their losses.
+        first = runner.run_name(cfgs[0])
+        reporter.start_run(f"{len(cfgs)} runs together, {first}" if len(cfgs) > 1 else first, cfgs[0].epochs)
     started = time.perf_counter()
     try:
         callbacks = [reporter.epoch if reporter else None] + [None] * (len(cfgs) - 1)
