@@ -4,6 +4,9 @@
 #
 # $ benchmarks/gpu.sh OUT [CIFAR10_TGZ] [FASHION_MNIST_DIR]
 #
+# On a lent machine that has neither ../shared nor Debian's dataset-fashion-mnist, copy cifar10.tgz and the four
+# Fashion-MNIST .gz files into a git-ignored folder of the checkout first, carry it, and pass both paths.
+#
 # Runs from a checkout without installing it: where `ambig_bench.strategies` is not importable yet (the package
 # maps strategies/ and datasets/ into ambig_bench/ only when installed), it links them in place.
 set -euo pipefail
