@@ -165,8 +165,6 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
             if lookahead:
                 lookahead.step(epoch * n_steps + step + 1, cfg.epochs * n_steps)
             loss_sums += losses.detach() * len(x)
-        if lookahead:
-            lookahead.end_epoch()
         means = (loss_sums / len(orders[0])).tolist()  # the one host sync per epoch
         for m, mean_loss in enumerate(means):
             if isinstance(histories[m], str):
@@ -177,6 +175,8 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
             histories[m].append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": len(orders[0])})
             if on_epoch and on_epoch[m]:
                 on_epoch[m](epoch + 1, mean_loss)
+    if lookahead:
+        lookahead.finish()
     copy_back(wide, models)
     return histories
 

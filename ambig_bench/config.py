@@ -18,15 +18,17 @@ from ambig_bench.errors import UserError
 # Per model: the optimisation recipe used unless the user sets it (batch size in images, lr per step).
 MODEL_DEFAULTS: dict[str, dict[str, object]] = {
     "small-cnn": {"optimizer": "adamw", "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4, "momentum": 0.9,
-                  "lookahead": "off"},
+                  "lookahead": "off", "schedule": "linear"},
     # airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
     "fast-cifar": {"optimizer": "sgd", "batch_size": 1024, "lr": 1.5, "weight_decay": 1.33e-3, "momentum": 0.85,
-                   "lookahead": "on"},
+                   "lookahead": "on", "schedule": "triangle"},
 }
 
 
+SCHEDULES = ("linear", "triangle")  # learning-rate shapes over training, see train.lr_factor
+
 UNSET: dict[str, object] = {"optimizer": "", "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "momentum": -1.0,
-                            "lookahead": ""}
+                            "lookahead": "", "schedule": ""}
 
 
 @dataclass
@@ -61,9 +63,10 @@ class RunConfig:
     epochs: int = 20  # passes over the training set
     optimizer: str = ""  # adamw | sgd (Nesterov) ("" = the model's default)
     batch_size: int = 0  # images per step (0 = the model's default)
-    lr: float = 0.0  # peak learning rate after a one-epoch warm-up, decayed linearly to 0 (0 = model default)
+    lr: float = 0.0  # peak learning rate, reached and left as --schedule says (0 = the model's default)
     weight_decay: float = -1.0  # weight decay (decoupled for AdamW) (-1 = the model's default)
     momentum: float = -1.0  # SGD's Nesterov momentum, in [0, 1) (-1 = the model's default; AdamW ignores it)
+    schedule: str = ""  # linear (0 -> peak in epoch 1 -> 0) | triangle (0.2 -> peak at 23% -> 0.07) ("" = model's)
     lookahead: str = ""  # on | off: average the weights late in training, airbench-style ("" = the model's default)
     augment: str = "auto"  # auto (on for RGB 32x32) | on | off: random translation + horizontal flip
     translate: int = 2  # augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)
@@ -119,6 +122,8 @@ class RunConfig:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UserError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule must be {' or '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lookahead not in ("on", "off"):
             raise UserError(f"--lookahead must be on or off, got {self.lookahead!r}")
         if self.augment not in ("auto", "on", "off"):

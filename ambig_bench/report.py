@@ -67,7 +67,8 @@ from ambig_bench.stats import paired_comparison
 
 CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
 # shown in the setup table
-TRAINING = ["epochs", "optimizer", "batch_size", "lr", "weight_decay", "momentum", "lookahead", "augment", "translate"]
+TRAINING = ["epochs", "optimizer", "batch_size", "lr", "schedule", "weight_decay", "momentum", "lookahead", "augment",
+            "translate"]
 
 
 # -- the document: a list of blocks, rendered to markdown and to HTML from the same content ------------------
@@ -190,7 +191,7 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
         ("model", ", ".join(f"{m} (width {w or 'default'})" for m, w in
                             dict.fromkeys(zip(runs.model, runs.width, strict=True)))),
         ("training", ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in TRAINING
-                               if f in runs)),
+                               if f in runs and not (f == "momentum" and (runs.optimizer == "adamw").all()))),
         ("train-size", distinct("all" if v == 0 else v for v in sorted(runs.train_size))),
         ("device", device),
         ("versions", versions),

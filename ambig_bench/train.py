@@ -121,16 +121,26 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
-    """Linear warm-up over the first epoch, then linear decay to zero.
+def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -> float:
+    """The learning rate at `step` of `epoch`, as a fraction of the peak.
 
-    The schedule is defined in epochs, so strategies with more images per epoch (duplicate) get the same
-    curve over training as the others.
+    linear: warm-up from 0 over the first epoch, then straight down to 0 (small-cnn's default).
+    triangle: airbench's: from 0.2 up to the peak at 23% of training, then down to 0.07 at the end.
+    Both are defined in epochs, so strategies with more images per epoch (duplicate) get the same curve over
+    training as the others.
     """
-    progress = (epoch + step / n_steps) / cfg.epochs
-    warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if cfg.epochs > 1 else 1.0
+    progress = (epoch + step / n_steps) / epochs
+    if schedule == "triangle":
+        rise = 0.23
+        return 0.2 + 0.8 * progress / rise if progress < rise else 1 - 0.93 * (progress - rise) / (1 - rise)
+    warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if epochs > 1 else 1.0
+    return warm * (1 - progress)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
+    factor = lr_factor(cfg.schedule, epoch, step, n_steps, cfg.epochs)
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group["lr_scale"] * warm * (1 - progress)
+        group["lr"] = cfg.lr * group["lr_scale"] * factor
 
 
 class Lookahead:
@@ -158,8 +168,9 @@ class Lookahead:
             t.copy_(avg)
 
     @torch.no_grad()
-    def end_epoch(self) -> None:
-        """The model leaves each epoch (and training) as the average, not as the steps since the last update."""
+    def finish(self) -> None:
+        """Training ends on the average, not on the (up to 4) steps taken since its last update. Only here, as in
+        airbench: resetting at every epoch's end would throw those steps away a dozen times."""
         for avg, t in zip(self.average, self.tensors, strict=True) if self.average else ():
             t.copy_(avg)
 
@@ -198,14 +209,14 @@ def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunCo
             if lookahead:
                 lookahead.step(epoch * n_steps + step + 1, cfg.epochs * n_steps)
             loss_sum += loss.detach() * len(batch)
-        if lookahead:
-            lookahead.end_epoch()
         mean_loss = (loss_sum / len(order)).item()  # the one host sync per epoch
         if not math.isfinite(mean_loss):
             raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}; try a lower --lr")
         history.append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": len(order)})
         if on_epoch:
             on_epoch(epoch + 1, mean_loss)
+    if lookahead:
+        lookahead.finish()
     return history
 
 

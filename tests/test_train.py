@@ -53,6 +53,21 @@ class Float(torch.nn.Module):
         return x.float()
 
 
+@pytest.mark.parametrize("schedule, expected", [
+    # (epoch, step) over 10 epochs of 10 steps -> fraction of the peak learning rate
+    ("linear", {(0, 0): 0.1, (0, 4): 0.5 * 0.96, (1, 0): 0.9, (5, 0): 0.5, (9, 9): 0.01}),
+    ("triangle", {(0, 0): 0.2, (1, 0): 0.2 + 0.8 * 0.1 / 0.23, (2, 3): 1.0, (6, 0): 1 - 0.93 * 0.37 / 0.77,
+                  (9, 9): 1 - 0.93 * 0.76 / 0.77}),
+])
+def test_learning_rate_schedules(schedule, expected):
+    """linear: one-epoch warm-up then down to 0; triangle (airbench): 0.2 -> 1 at 23% of training -> 0.07."""
+    from ambig_bench.train import lr_factor
+
+    for (epoch, step), value in expected.items():
+        assert lr_factor(schedule, epoch, step, 10, 10) == pytest.approx(value), (epoch, step)
+    assert lr_factor("triangle", 10, 0, 10, 10) == pytest.approx(0.07), "ends at 0.07 of the peak"
+
+
 def test_lookahead_against_a_naive_replay():
     """Every 5th step from 30% of training: average <- keep·average + (1 - keep)·weights, weights <- average."""
     from torch import nn
@@ -78,7 +93,7 @@ def test_lookahead_against_a_naive_replay():
         expected = current
         assert torch.allclose(layer.weight, expected, atol=1e-6), done
     layer.weight.data.add_(1.0)
-    lookahead.end_epoch()
+    lookahead.finish()
     assert torch.allclose(layer.weight, average, atol=1e-6)
 
 
