@@ -8,7 +8,8 @@ when trained alone (`train.train`); only floating-point summation order can diff
 
 On a GPU the sequential executor trains a grid this way by itself (`--batch-runs auto`): runs whose
 networks have the same shape and see the same number of images per epoch (the seeds of a strategy,
-and strategies such as soft, hard, reassign, multilabel and partial) share one wide model.
+and strategies such as soft, hard, reassign, multilabel and partial) share one wide model, when a few
+timed training steps show that faster than one network at a time (`group_size`).
 $ ambig-bench run --dataset fashion-mnist --strategy all --seeds 5 --device cuda     # batched
 $ ambig-bench run --dataset fashion-mnist --strategy all --seeds 5 --batch-runs off  # one at a time
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ambig_bench.config import RunConfig
@@ -182,6 +184,8 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
 
 
 MAX_GROUP = 16  # runs per wide model: beyond this the GPU is full anyway and memory grows linearly
+PROBE_WARMUP, PROBE_STEPS = 3, 5  # training steps run untimed (kernel selection, allocation), then timed
+PROBE_MARGIN = 0.9  # batch only when the wide model costs at most this share of training the runs one by one
 
 
 def batching_on(cfg: RunConfig) -> bool:
@@ -189,6 +193,55 @@ def batching_on(cfg: RunConfig) -> bool:
         return False
     return cfg.batch_runs == "on" or (cfg.batch_runs == "auto" and cfg.device != "cpu"
                                       and torch.cuda.is_available())
+
+
+def group_size(cfg: RunConfig, model: nn.Module, images_shape: tuple, num_outputs: int, n_runs: int,
+               device: torch.device) -> int:
+    """How many of `n_runs` runs of one shape to train as one wide model.
+
+    `--batch-runs on`: as many as MAX_GROUP allows. `auto`: the same, but only if a few timed training steps of
+    the wide model beat that many steps of one network alone; else 1 (one at a time). Grouped convolutions are a
+    large win for small networks and can be a loss for big ones, and where the line falls depends on the network
+    and the GPU, so it is measured here rather than guessed. Augmentation is the same work either way and is left
+    out of the timing.
+    """
+    size = min(n_runs, MAX_GROUP)
+    if cfg.batch_runs == "on" or size == 1:
+        return size
+    try:
+        alone = step_seconds(widen([model]), cfg, images_shape, num_outputs, 1, device)
+        together = step_seconds(widen([model] * size), cfg, images_shape, num_outputs, size, device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return 1
+    return size if together <= PROBE_MARGIN * size * alone else 1
+
+
+def step_seconds(wide: nn.Module, cfg: RunConfig, images_shape: tuple, num_outputs: int, m_count: int,
+                 device: torch.device) -> float:
+    """Seconds per training step of `wide` (a copy: the runs' own models are untouched) on random images."""
+    n, c, h, w = images_shape
+    batch = min(cfg.batch_size, n)
+    x = torch.randint(0, 256, (batch, m_count * c, h, w), dtype=torch.uint8, device=device)
+    y = torch.randint(0, num_outputs, (batch * m_count,), device=device)
+    if device.type == "cuda":
+        wide, x = wide.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    optimizer = make_optimizer(wide, cfg, device)
+    wide.train()
+    for step in range(PROBE_WARMUP + PROBE_STEPS):
+        if step == PROBE_WARMUP:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+        with autocast(device):
+            logits = wide(x)
+        loss = F.cross_entropy(logits.float().view(batch * m_count, -1), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / PROBE_STEPS
 
 
 def run_batched(runs: list[RunConfig], out: str, force: bool, reporter, wait: bool) -> list:
@@ -222,9 +275,10 @@ def run_batched(runs: list[RunConfig], out: str, force: bool, reporter, wait: bo
                                                    torch.Generator().manual_seed(0))[0])
             shape = (runs[i].key(), strategy.num_outputs, per_epoch, tuple(train.images.shape))
             groups.setdefault(shape, []).append(i)
-        for members in groups.values():
-            for start in range(0, len(members), MAX_GROUP):
-                chunk = members[start:start + MAX_GROUP]
+        for (_, num_outputs, _, images_shape), members in groups.items():
+            size = group_size(runs[members[0]], built[members[0]][2], images_shape, num_outputs, len(members), device)
+            for start in range(0, len(members), size):
+                chunk = members[start:start + size]
                 for i, result in zip(chunk, train_group([runs[i] for i in chunk], [built[i] for i in chunk],
                                                         out, device, reporter), strict=True):
                     results[i] = result

@@ -72,7 +72,7 @@ class RunConfig:
     translate: int = 2  # augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the model (GPU, long runs)
-    batch_runs: str = "auto"  # auto (on CUDA) | on | off: train runs of one shape together as one wide model
+    batch_runs: str = "auto"  # auto (CUDA, if timed faster) | on | off: train runs of one shape as one wide model
 
     def __post_init__(self) -> None:
         # Unset optimisation fields take the model's defaults, so a saved config always holds real values.

@@ -81,3 +81,44 @@ def test_batched_grid_writes_the_same_runs_as_sequential(tmp_path):
         p_on, p_off = pd.read_csv(on / "predictions.csv"), pd.read_csv(off / "predictions.csv")
         probs = [c for c in p_on if c.startswith("p_")]
         assert (p_on[probs] - p_off[probs]).abs().max().max() < 1e-3
+
+
+@pytest.mark.parametrize("wide_cost, expected", [(0.5, {"soft": 2, "extra-class": 2}),
+                                                 (1.0, {"soft": 1, "extra-class": 1})])
+def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monkeypatch, wide_cost, expected):
+    """--batch-runs auto trains a group together iff its wide model's timed steps beat the runs one by one.
+
+    wide_cost: seconds per step of the wide model as a share of M steps alone (the margin is 0.9)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ambig_bench import batched
+    from ambig_bench.cli import app
+
+    monkeypatch.setattr(batched, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
+    monkeypatch.setattr(batched, "step_seconds", lambda wide, cfg, shape, k, m, dev: 1.0 if m == 1 else wide_cost * m)
+    args = ["run", "--strategy", "soft,extra-class", "--seeds", "2", "--epochs", "1", "--width", "8",
+            "--test-between-per-pair", "20", "--val-between-per-pair", "10", "--device", "cpu",
+            "--batch-runs", "auto", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for run in (tmp_path / "runs").iterdir():
+        strategy = "extra-class" if run.name.startswith("extra-class") else "soft"
+        assert json.loads((run / "metrics.json").read_text())["batched_runs"] == expected[strategy], run.name
+
+
+def test_probe_times_training_steps_without_touching_the_runs_model():
+    from ambig_bench.batched import group_size, step_seconds, widen
+    from ambig_bench.config import RunConfig
+    from ambig_bench.models import build_network
+
+    images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    model = build_network("small-cnn", images, 10, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(batch_runs="auto", batch_size=32)
+    seconds = step_seconds(widen([model] * 3), cfg, tuple(images.shape), 10, 3, torch.device("cpu"))
+    assert 0 < seconds < 10
+    assert group_size(cfg, model, tuple(images.shape), 10, 3, torch.device("cpu")) in (1, 3)
+    assert group_size(RunConfig(batch_runs="on"), model, tuple(images.shape), 10, 40, torch.device("cpu")) == 16
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the probe trained a copy"
