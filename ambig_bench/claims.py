@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ambig_bench.compare import IDENTITY, Comparison
+from ambig_bench.compare import IDENTITY, Comparison, paired_cell
 from ambig_bench.config import RunConfig
 from ambig_bench.metrics import HIGHER_IS_BETTER
 from ambig_bench.stats import min_holm_p
@@ -68,14 +68,6 @@ def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
     for k, v in where.items():
         mask &= (frame[k] == v).to_numpy()
     return frame[mask]
-
-
-def diff_text(row: pd.Series) -> str:
-    """'+0.012 [+0.004, +0.020], p = 0.01' (Holm) or '..., n.s.'."""
-    p = f"p = {row.p_holm:.2g}" if row.significant else "n.s."
-    if np.isnan(row.diff_ci_low):
-        return f"{row.diff_mean:+.3f} (too few seeds)"
-    return f"{row.diff_mean:+.3f} [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}], {p}"
 
 
 def worse(row: pd.Series) -> bool:
@@ -136,7 +128,7 @@ def judge_equivalent(paired: pd.DataFrame, largest: dict, margin: float, compari
     missing = [f"{s}/{m}" for (s, m), r in tests.items() if r is None or np.isnan(r.diff_ci_low)]
     if missing:
         return "not decided", f"no paired test at {where_label(largest)} for {', '.join(missing)}"
-    shown = "; ".join(f"{s} − soft on {m}: {diff_text(r)}" for (s, m), r in tests.items())
+    shown = "; ".join(f"{s} − soft on {m}: {paired_cell(r)}" for (s, m), r in tests.items())
     if any(r.significant for r in tests.values()):
         return "contradicted", f"at {where_label(largest)}: {shown}"
     n = min(int(r.n_pairs) for r in tests.values())
@@ -153,7 +145,7 @@ def judge_efficient(paired: pd.DataFrame, smallest: dict) -> tuple[str, str]:
     tests = {s: lookup(paired, smallest, s, "between_set_acc") for s in ("reassign", "duplicate")}
     if any(r is None for r in tests.values()):
         return "not decided", f"reassign and duplicate both need runs at {where_label(smallest)}"
-    shown = "; ".join(f"{s} − soft on between_set_acc: {diff_text(r)}" for s, r in tests.items())
+    shown = "; ".join(f"{s} − soft on between_set_acc: {paired_cell(r)}" for s, r in tests.items())
     if any(r.significant and r.diff_mean > 0 for r in tests.values()):
         return "contradicted", f"at {where_label(smallest)}: {shown}"
     if all(r.significant and r.diff_mean < 0 for r in tests.values()):
@@ -175,8 +167,8 @@ def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str
             verdicts.append("supported")
         else:
             verdicts.append("not decided")
-        shown.append(f"{s} − soft on between_set_acc: {diff_text(low)} at {where_label(smallest)}, "
-                     f"{diff_text(high)} at {where_label(largest)} ({verdicts[-1]})")
+        shown.append(f"{s} − soft on between_set_acc: {paired_cell(low)} at {where_label(smallest)}, "
+                     f"{paired_cell(high)} at {where_label(largest)} ({verdicts[-1]})")
     verdict = ("contradicted" if "contradicted" in verdicts else
                "supported" if set(verdicts) == {"supported"} else "not decided")
     return verdict, "; ".join(shown)

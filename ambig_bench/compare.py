@@ -152,6 +152,7 @@ def summary_display(summary: pd.DataFrame, group_by: list[str], metrics=tuple(ME
 
 
 def paired_cell(r: pd.Series) -> str:
+    """'+0.012 [+0.004, +0.020] p=0.01' (Holm-adjusted) or '... n.s.': in tables and in the report's prose."""
     if math.isnan(r.diff_mean):
         return "–"
     if math.isnan(r.diff_ci_low):

@@ -28,7 +28,6 @@ from ambig_bench.claims import (
     Verdict,
     better,
     claim_rules,
-    diff_text,
     distinct,
     flag,
     judge_claims,
@@ -47,6 +46,7 @@ from ambig_bench.compare import (
     fmt,
     markdown_table,
     paired_all,
+    paired_cell,
     paired_display,
     summary_display,
 )
@@ -215,7 +215,7 @@ def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: 
     tests = paired_comparison(runs[["strategy", "seed", metric]], metric, baseline=leader, alpha=ALPHA)
     tests = tests.set_index("strategy").loc[ranked.strategy.iloc[1:]]
     tied = [s for s, t in tests.iterrows() if not worse(t)]
-    versus = f"{runner} − {leader}: {diff_text(tests.loc[runner])}"
+    versus = f"{runner} − {leader}: {paired_cell(tests.loc[runner])}"
     if not tied:
         return row | {"answer": f"**{leader}** is best",
                       "evidence": f"{leader} {cell}; significantly better than all {len(tests)} others; "
