@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's GPU measurements in one go (about 6 minutes on one H100): the speed benchmark, then the CIFAR-10 and
-# Fashion-MNIST grids (8 strategies x 5 seeds x 10 epochs), each timed, each compared.
+# Fashion-MNIST grids (8 strategies x 5 seeds x 10 epochs), each timed, each compared, then the airbench94
+# reference (benchmarks/airbench_reference.py) on the same CIFAR-10 images as an accuracy ceiling.
 #
 # $ benchmarks/gpu.sh OUT [CIFAR10_TGZ] [FASHION_MNIST_DIR]
 #
@@ -36,3 +37,5 @@ grid() {  # name, then run options: trains the grid timed, then compares it
 }
 grid cifar10 --dataset cifar10 --data-dir "$cifar" --model fast-cifar
 grid fashion --dataset fashion-mnist --data-dir "$fashion"
+python3 benchmarks/airbench_reference.py --data "$cifar" --device cuda > "$out/reference.txt" 2> "$out/reference.log" \
+    || echo "reference failed" >> "$out/walls.txt"

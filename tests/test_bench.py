@@ -6,6 +6,8 @@ Only that it runs and reports is checked: speed targets are met in the benchmark
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -23,3 +25,20 @@ def test_bench_smoke(tmp_path):
         assert text in result.stdout
     figures = json.loads(out.read_text())
     assert all(figures[k] > 0 for k in ("a_ambig_bench", "b_bare_loop", "c_textbook", "d_sequential", "d_batched"))
+
+
+def test_airbench_reference_runs_on_a_few_real_images():
+    """benchmarks/airbench_reference.py (the accuracy ceiling in the README) trains and prints both accuracies."""
+    import subprocess
+    import sys
+
+    from tests.conftest import shared_path
+
+    root = Path(__file__).resolve().parents[1]
+    data = shared_path("cifar10.tgz")
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "airbench_reference.py"), "--data", str(data),
+                           "--limit", "1024", "--epochs", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"1024 training images, 1\.0 epochs: test accuracy 0\.\d{4}, with test-time views 0\.\d{4}",
+                     done.stdout), done.stdout
+    assert "epoch 1: loss" in done.stderr
