@@ -35,6 +35,7 @@ CONFORMAL = {
     "thr_between_coverage": "threshold sets: A and B both in the set, in-between images",
     "thr_between_exact": "threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
 }
+ABSENT = "(absent)"  # a config field that a run written by an older version lacks
 IDENTITY = ("strategy", "seed", "device", "download", "compile", "batch_runs")  # not part of an experiment
 
 
@@ -63,7 +64,13 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
         rows.append({**read_json(run_dir / "config.json"), **row})
     if not rows:
         raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    # A run written before a config field existed lacks it: it is a different experiment from the runs that have
+    # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby).
+    for name in RUN_FIELDS:
+        if name in runs and runs[name].isna().any():
+            runs[name] = runs[name].astype(object).where(runs[name].notna(), ABSENT).astype(str)
+    return runs
 
 
 def varying_fields(runs: pd.DataFrame) -> list[str]:
@@ -219,6 +226,10 @@ def compare(results_dir: str | Path, baseline: str = "soft") -> Comparison:
         raise UserError(f"{results_dir}: results directory not found")
     runs = add_conformal(load_runs(results_dir), results_dir)
     group_by = varying_fields(runs)
+    twins = runs[runs.duplicated(group_by + ["strategy", "seed"], keep=False)]
+    if len(twins):  # e.g. a run directory copied under another name
+        raise UserError(f"{results_dir}: runs {', '.join(twins.run.head(2))} are the same strategy, seed and "
+                        "configuration; remove one")
     summary = summarise(runs, group_by)
     if baseline not in set(runs.strategy):
         baseline_note = f"baseline {baseline!r} has no runs here"

@@ -69,6 +69,37 @@ def test_comparison_files_are_written(tmp_path):
     assert (tmp_path / "paired.csv").exists() and (tmp_path / "comparison.md").exists()
 
 
+@pytest.mark.parametrize("field", ["schedule", "momentum"])
+def test_runs_of_an_older_version_lacking_a_field_are_an_experiment_of_their_own(tmp_path, field):
+    """Upgrading and re-running into the same directory: the older runs lack the new field, they are not merged."""
+    for seed in range(2):
+        fake_run(tmp_path, "soft", seed, {"clear_acc": 0.8})
+        fake_run(tmp_path, "hard", seed, {"clear_acc": 0.7})
+    for config in (tmp_path / "runs").glob("*/config.json"):  # written by the older version
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != field}))
+    for seed in range(2):
+        fake_run(tmp_path, "soft", seed, {"clear_acc": 0.9}, lr=0.001)
+        fake_run(tmp_path, "hard", seed, {"clear_acc": 0.85}, lr=0.001)
+    c = compare(tmp_path)
+    assert field in c.group_by
+    means = c.summary.set_index([field, "strategy"]).clear_acc_mean
+    new = str(getattr(RunConfig(), field))  # the older runs' rows turn the column into text
+    assert means[("(absent)", "soft")] == pytest.approx(0.8) and means[(new, "soft")] == pytest.approx(0.9)
+    assert len(c.paired[c.paired.metric == "clear_acc"]) == 2, "one soft-vs-hard test per experiment"
+
+
+def test_a_copied_run_directory_is_a_clear_error(tmp_path):
+    import shutil
+
+    from ambig_bench.errors import UserError
+
+    planted(tmp_path)
+    original = next((tmp_path / "runs").glob("soft-seed0-*"))
+    shutil.copytree(original, original.with_name(original.name + "-copy"))
+    with pytest.raises(UserError, match="are the same strategy, seed and configuration; remove one"):
+        compare(tmp_path)
+
+
 def test_groups_when_configs_differ(tmp_path):
     for fraction in (0.02, 0.1):
         for seed in range(2):
