@@ -85,8 +85,10 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
         order = torch.randperm(len(images), generator=gen, device=device)
         for start in range(0, len(order), cfg.batch_size):
             x = augment(images[order[start:start + cfg.batch_size]], gen, cfg.translate)
+            if device.type == "cuda":  # as train.train does: the same memory format on every device
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).float(),
+                loss = F.cross_entropy(model(x).float(),
                                        labels[order[start:start + cfg.batch_size]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
