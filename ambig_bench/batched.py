@@ -222,6 +222,7 @@ def step_seconds(wide: nn.Module, cfg: RunConfig, images_shape: tuple, num_outpu
     """Seconds per training step of `wide` (a copy: the runs' own models are untouched) on random images."""
     n, c, h, w = images_shape
     batch = min(cfg.batch_size, n)
+    wide = wide.to(device)  # widen builds its layers on the CPU
     x = torch.randint(0, 256, (batch, m_count * c, h, w), dtype=torch.uint8, device=device)
     y = torch.randint(0, num_outputs, (batch * m_count,), device=device)
     if device.type == "cuda":
