@@ -69,7 +69,8 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby).
     for name in RUN_FIELDS:
         if name in runs and runs[name].isna().any():
-            runs[name] = runs[name].astype(object).where(runs[name].notna(), ABSENT).astype(str)
+            kind = type(RUN_FIELDS[name].default)  # 0, not the 0.0 that pandas made of an int column with gaps
+            runs[name] = [ABSENT if pd.isna(v) else str(kind(v)) for v in runs[name]]
     return runs
 
 

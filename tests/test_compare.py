@@ -69,7 +69,7 @@ def test_comparison_files_are_written(tmp_path):
     assert (tmp_path / "paired.csv").exists() and (tmp_path / "comparison.md").exists()
 
 
-@pytest.mark.parametrize("field", ["schedule", "momentum"])
+@pytest.mark.parametrize("field", ["schedule", "momentum", "width"])
 def test_runs_of_an_older_version_lacking_a_field_are_an_experiment_of_their_own(tmp_path, field):
     """Upgrading and re-running into the same directory: the older runs lack the new field, they are not merged."""
     for seed in range(2):
