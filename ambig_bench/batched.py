@@ -36,9 +36,11 @@ from ambig_bench.train import (
     Preprocess,
     augment,
     autocast,
+    device_layout,
     labels_of,
     make_optimizer,
     set_learning_rate,
+    timed,
     use_augmentation,
 )
 
@@ -126,9 +128,7 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
                device: torch.device, on_epoch: list[EpochCallback | None] | None = None) -> list[list[dict] | str]:
     """Train M models (same architecture and optimiser settings) at once; returns each history or failure."""
     cfg, m_count = cfgs[0], len(models)
-    wide = widen(models).to(device)
-    if device.type == "cuda":
-        wide = wide.to(memory_format=torch.channels_last)
+    wide = device_layout(widen(models).to(device), device)
     trains = [d.subset("train") for d in datas]
     images = [t.images.to(device) for t in trains]
     labels = [labels_of(t, device) for t in trains]
@@ -154,9 +154,7 @@ def train_many(models: list[nn.Module], strategies: list, datas: list[LabelledIm
                 x = images[m][plans[m][0][batch]]
                 xs.append(augment(x, gens[m], cfg.translate) if do_augment else x)
                 batches.append(batch)
-            x = torch.stack(xs, 1).flatten(1, 2)  # B×(M·C)×H×W: model m reads channel block m
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = device_layout(torch.stack(xs, 1).flatten(1, 2), device)  # B×(M·C)×H×W: model m reads block m
             with autocast(device):
                 logits = wide(x).view(len(x), m_count, -1)
             losses = torch.stack([strategies[m].loss(logits[:, m], plans[m][1][batches[m]]) for m in range(m_count)])
@@ -222,27 +220,23 @@ def step_seconds(wide: nn.Module, cfg: RunConfig, images_shape: tuple, num_outpu
     """Seconds per training step of `wide` (a copy: the runs' own models are untouched) on random images."""
     n, c, h, w = images_shape
     batch = min(cfg.batch_size, n)
-    wide = wide.to(device)  # widen builds its layers on the CPU
-    x = torch.randint(0, 256, (batch, m_count * c, h, w), dtype=torch.uint8, device=device)
+    wide = device_layout(wide.to(device), device)  # widen builds its layers on the CPU
+    x = device_layout(torch.randint(0, 256, (batch, m_count * c, h, w), dtype=torch.uint8, device=device), device)
     y = torch.randint(0, num_outputs, (batch * m_count,), device=device)
-    if device.type == "cuda":
-        wide, x = wide.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(wide, cfg, device)
     wide.train()
-    for step in range(PROBE_WARMUP + PROBE_STEPS):
-        if step == PROBE_WARMUP:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-        with autocast(device):
-            logits = wide(x)
-        loss = F.cross_entropy(logits.float().view(batch * m_count, -1), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / PROBE_STEPS
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            with autocast(device):
+                logits = wide(x)
+            loss = F.cross_entropy(logits.float().view(batch * m_count, -1), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    steps(PROBE_WARMUP)
+    return timed(device, lambda: steps(PROBE_STEPS)) / PROBE_STEPS
 
 
 def run_batched(runs: list[RunConfig], out: str, force: bool, reporter, wait: bool) -> list:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, LabelledImages
 from ambig_bench.models import build_network
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import Lookahead, augment, autocast, make_optimizer, pick_device, train
+from ambig_bench.train import Lookahead, augment, autocast, device_layout, make_optimizer, pick_device, timed, train
 
 
 @dataclass
@@ -58,18 +57,7 @@ def random_data(n: int, channels: int, size: int, gen: torch.Generator) -> Label
 
 def new_model(cfg: RunConfig, data: LabelledImages, outputs: int, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    model = build_network(cfg.model, data.images, outputs, cfg.width).to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
-def timed(device: torch.device, fn) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return device_layout(build_network(cfg.model, data.images, outputs, cfg.width).to(device), device)
 
 
 def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: torch.device) -> None:
@@ -84,9 +72,7 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
     for _ in range(cfg.epochs):
         order = torch.randperm(len(images), generator=gen, device=device)
         for start in range(0, len(order), cfg.batch_size):
-            x = augment(images[order[start:start + cfg.batch_size]], gen, cfg.translate)
-            if device.type == "cuda":  # as train.train does: the same memory format on every device
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = device_layout(augment(images[order[start:start + cfg.batch_size]], gen, cfg.translate), device)
             with autocast(device):
                 loss = F.cross_entropy(model(x).float(),
                                        labels[order[start:start + cfg.batch_size]])

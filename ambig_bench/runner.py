@@ -47,7 +47,7 @@ from ambig_bench.locks import RunLock
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import MODELS, build_network
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import pick_device, predict_logits, train, tta_level
+from ambig_bench.train import device_layout, pick_device, predict_logits, train, tta_level
 
 if TYPE_CHECKING:
     from ambig_bench.executors import Executor
@@ -215,9 +215,7 @@ def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tup
     strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
     model = build_network(cfg.model, data.subset("train").images, strategy.num_outputs, cfg.width).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return strategy, model
+    return strategy, device_layout(model, device)
 
 
 def fit_and_save(cfg: RunConfig, data: LabelledImages, device: torch.device, tmp: Path,
