@@ -8,38 +8,35 @@ Nothing on disk is ever unpickled, so a checkpoint cannot run code when loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 from torch import nn
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
-from ambig_bench.io import write_atomic, write_json
-from ambig_bench.models import build_model
+from ambig_bench.models import MODELS, Preprocess, build_model
 from ambig_bench.strategies import STRATEGIES, Strategy
-from ambig_bench.train import Preprocess, tta_level
 
 FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
-                    threshold: float | None) -> None:
+def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
+                threshold: float | None, tta: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights (CPU tensors, for model.safetensors, metadata format FORMAT) and model.json of a trained run;
+    the run store writes them."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(run_dir / "model.safetensors", save(state, metadata={"format": FORMAT}))
     _, channels, size, image_width = data.images.shape
-    write_json(run_dir / "model.json", {
-        "format": FORMAT, "model": cfg.model, "width": cfg.width, "in_channels": channels, "image_size": size,
-        "image_width": image_width, "tta": tta_level(cfg, data.images),
+    return state, {
+        "format": FORMAT, "model": cfg.model.name, "width": cfg.model.width, "in_channels": channels,
+        "image_size": size, "image_width": image_width, "tta": tta,
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
-        "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": dataclasses.asdict(cfg),
-    })
+        "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": cfg.to_dict(),
+    }
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
@@ -94,7 +91,7 @@ def read_recipe(meta_path: Path) -> dict:
 
 
 def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file written by save_checkpoint; pickles are refused before parsing."""
+    """The tensors of a safetensors file written for a run (model_files); pickles are refused before parsing."""
     try:
         with weights_path.open("rb") as f:
             head = f.read(8)
@@ -129,7 +126,7 @@ def mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) 
 def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
     """Rebuild the trained model (Preprocess + network, eval mode, CPU), its recipe and its strategy.
 
-    Anything that is not exactly what save_checkpoint wrote is refused with a UserError naming the file.
+    Anything that is not exactly what a run wrote (model_files) is refused with a UserError naming the file.
     """
     run_dir = Path(run_dir)
     meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
@@ -146,7 +143,9 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
     state = read_weights(weights_path)
     try:
         strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
-        net = build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"], meta["width"])
+        # Width 0 in files of earlier versions meant the model's default width.
+        width = meta["width"] or MODELS.get(meta["model"]).recipe["width"]
+        net = build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"], width)
     except UserError as e:  # a strategy or model this version does not have
         raise UserError(f"{meta_path}: {e}") from None
     if strategy.num_outputs != meta["num_outputs"]:

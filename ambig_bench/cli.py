@@ -8,10 +8,8 @@ $ ambig-bench predict results/demo/runs/soft-seed0-<key> photos/ --format csv
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ambig_bench.config import RUN_FIELDS, ExperimentConfig, RunConfig, build_run_config, load_toml
+from ambig_bench import options as run_options
+from ambig_bench.config import ExperimentConfig, load_toml
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.strategies import STRATEGIES
@@ -53,12 +52,6 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def field_help() -> dict[str, str]:
-    """The comment after each RunConfig field is its help text (one source of truth)."""
-    source = inspect.getsource(RunConfig)
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]+#(.*?)$", source, re.M)}
-
-
 STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"
 WHERE = "Where runs train"
 # The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
@@ -82,28 +75,31 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
+PANELS = {"data": "Data options", "model": "Model and recipe", "train": "Training options",
+          "runtime": "Where runs train"}
+
+
 def with_run_options(fn: Callable) -> Callable:
-    """Add the grid options and one --option per RunConfig field (strategy and seed excepted) to a command.
+    """Add the grid options and one --option per run option (strategy and seed excepted) to a command; the help
+    is each config field's `help` metadata, grouped in panels by what reads the option.
 
     Run-option defaults are None so we can tell what the user typed: typed values override the --config file.
     """
-    helps = field_help()
     params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
     annotations = dict(fn.__annotations__)
     for name, (kind, option) in GRID_OPTIONS.items():
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
         annotations[name] = kind
-    for name in RUN_FIELDS:
-        if name in ("strategy", "seed"):
+    for name, opt in run_options.table().items():
+        if name in run_options.IDENTITY:
             continue
-        kind = type(getattr(RunConfig(), name))
         flag = f"--{name.replace('_', '-')}"
-        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
-        option = typer.Option(None, *decls, help=helps.get(name, ""), show_default=False,
-                              rich_help_panel="Run options")
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if opt.kind is bool else [flag]
+        panel = PANELS.get(opt.panel, "In-between sources")
+        option = typer.Option(None, *decls, help=opt.help, show_default=False, rich_help_panel=panel)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=kind | None))
-        annotations[name] = kind | None
+                                        annotation=opt.kind | None))
+        annotations[name] = opt.kind | None
     fn.__signature__ = inspect.Signature(params)
     fn.__annotations__ = annotations
     return fn
@@ -130,14 +126,11 @@ def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     values.update({k: v for k, v in options.items() if v is not None})
     if seed is not None:
         values["seed"] = seed
-    run = build_run_config(values)
-    from ambig_bench.runner import check_names
-
-    check_names(run)
+    run = run_options.build(values)
     if n_seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {n_seeds}")
     strategies, result_dir = strategy or file_strategies, out_dir or file_out
-    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force)
+    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
 
 
 class RichReporter:
@@ -226,7 +219,7 @@ def summarise_runs(results: list, next_step: str) -> None:
 @with_run_options
 def run(**options: Any) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.runner import grid, run_grid
+    from ambig_bench.executors import grid, run_grid
 
     exp, results = train_grid(options, grid, run_grid)
     summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
@@ -290,34 +283,6 @@ def report(
     err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
               f"figures in {results_dir / 'figures'}", highlight=False)
     print("\n".join(built.summary_lines()))
-
-
-@app.command()
-@guarded
-def bench(
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    model: str = typer.Option("fast-cifar", help="Network of measurements a-c"),
-    images: int = typer.Option(50_000, help="Random 3x32x32 training images for a-c"),
-    epochs: int = typer.Option(3, help="Timed epochs per measurement (after a one-epoch warm-up)"),
-    seeds: int = typer.Option(8, help="Runs trained together in measurement d"),
-    small_images: int = typer.Option(60_000, help="Random 1x28x28 images per run in measurement d"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model in measurement a"),
-    repeats: int = typer.Option(3, help="Timed rounds, taken in turns; each figure is its best round"),
-    json_out: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file"),
-) -> None:
-    """Measure training speed (images/s) against a bare loop and a textbook DataLoader loop."""
-    from ambig_bench.bench import BenchConfig, device_name, render
-    from ambig_bench.bench import bench as run_bench
-    from ambig_bench.io import write_json
-
-    if min(images, epochs, seeds, small_images, repeats) < 1:
-        raise UserError("--images, --epochs, --seeds, --small-images and --repeats must be at least 1")
-    bc = BenchConfig(device, model, images, epochs, seeds, small_images, compile, repeats)
-    err.print(f"benchmarking on {device_name(device)} ...", highlight=False)
-    results = run_bench(bc)
-    print(render(results, bc, device_name(device)))
-    if json_out:
-        write_json(json_out, {"device": device_name(device), "config": dataclasses.asdict(bc), **results})
 
 
 @app.command()

@@ -1,137 +1,180 @@
-"""Typed configuration: one flat dataclass per run, so every field is a CLI option and a sweep axis.
+"""Typed configuration, grouped by what reads each option; `None` means "the model's (or dataset's) default".
+
+A run's options live in small dataclasses: the data (`DataOptions`, read by the loaders), the network and
+its recipe (`ModelOptions`, defaults from the model's registry entry), the training loop (`TrainOptions`),
+where it runs (`Runtime`, never part of the experiment), and one table per in-between source, declared by
+the source's own file (`datasets/blend.py`, `datasets/natural.py`). Every leaf field has one flat name
+that is its CLI option, TOML key and sweep axis (`ambig_bench.options` builds that table); its `help`
+metadata is the CLI help.
 
 $ ambig-bench run --config exp.toml --epochs 5     # file values, then command-line overrides
+
+>>> RunConfig().train.epochs
+20
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ambig_bench.errors import UserError
 
-# Per model: the optimisation recipe used unless the user sets it (batch size in images, lr per step).
-MODEL_DEFAULTS: dict[str, dict[str, object]] = {
-    "small-cnn": {"optimizer": "adamw", "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4, "momentum": 0.9,
-                  "lookahead": "off", "schedule": "linear"},
-    # airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
-    "fast-cifar": {"optimizer": "sgd", "batch_size": 1024, "lr": 1.5, "weight_decay": 1.33e-3, "momentum": 0.85,
-                   "lookahead": "on", "schedule": "triangle"},
-}
+
+def option(default: Any, help: str, flag: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A config field with its CLI help (and its flat option name, when that is not the field's own name)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
+def check_fraction(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
+
+
+def check_at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"--{name.replace('_', '-')} must be {' or '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class DataOptions:
+    """Read by `datasets.prepare` and the loaders."""
+
+    dataset: str = option("digits", "registered dataset name")
+    data_dir: str | None = option(None, "where the dataset's files are (default: the dataset's own locations)")
+    labels: str | None = option(None, "labels CSV for the `folder` dataset (default: class = folder name)")
+    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt" (default: the dataset\'s pairs)')
+    between_source: str = option("blend", "in-between images from: blend | human | natural | auto (human if "
+                                          "votes exist)")
+    val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "
+                                       "split")
+    test_fraction: float = option(0.25, "share of images held out for testing when the dataset has no test split")
+    train_size: int | None = option(None, "clear-cut training images kept, drawn at random (default: all)")
+    human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
+    human_second: float = option(0.2, "votes: share of the second class needed for in-between")
+    human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
+    download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
+
+    def validate(self) -> None:
+        for name in ("human_pair_mass", "human_second", "val_fraction", "test_fraction"):
+            check_fraction(name, getattr(self, name))
+        if self.val_fraction + self.test_fraction >= 1:
+            raise UserError(f"--val-fraction + --test-fraction must be < 1 so training images remain, got "
+                            f"{self.val_fraction} + {self.test_fraction}")
+        if self.train_size is not None:
+            check_at_least("train_size", self.train_size, 1)
+
+
+LOOKAHEAD = ("on", "off")
+OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "triangle")  # learning-rate shapes over training, see train.lr_factor
 
-UNSET: dict[str, object] = {"optimizer": "", "batch_size": 0, "lr": 0.0, "weight_decay": -1.0, "momentum": -1.0,
-                            "lookahead": "", "schedule": ""}
+
+@dataclass
+class ModelOptions:
+    """The network and its optimisation recipe; None takes the model's default (its `models.MODELS` entry)."""
+
+    name: str = option("small-cnn", "registered model name", flag="model")
+    width: int | None = option(None, "channels of the first conv stage (default: the model's: 32 small-cnn, "
+                                     "64 fast-cifar)")
+    optimizer: str | None = option(None, "adamw | sgd (Nesterov) (default: the model's)", choices=OPTIMIZERS)
+    batch_size: int | None = option(None, "images per step (default: the model's)")
+    lr: float | None = option(None, "peak learning rate, reached and left as --schedule says (default: the "
+                                    "model's)")
+    weight_decay: float | None = option(None, "weight decay, decoupled for AdamW (default: the model's)")
+    momentum: float | None = option(None, "SGD's Nesterov momentum, in [0, 1); AdamW ignores it (default: the "
+                                          "model's)")
+    schedule: str | None = option(None, "linear (0 -> peak in epoch 1 -> 0) | triangle (0.2 -> peak at 23% -> "
+                                        "0.07) (default: the model's)", choices=SCHEDULES)
+    lookahead: str | None = option(None, "on | off: average the weights late in training, airbench-style "
+                                         "(default: the model's)", choices=LOOKAHEAD)
+
+    def validate(self) -> None:
+        """Checks the values that are set (a resolved recipe has them all)."""
+        if self.width is not None:
+            check_at_least("width", self.width, 1)
+        if self.batch_size is not None:
+            check_at_least("batch_size", self.batch_size, 1)
+        if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
+            raise UserError(f"--lr must be > 0 and finite, got {self.lr}")
+        if self.weight_decay is not None and (not math.isfinite(self.weight_decay) or self.weight_decay < 0):
+            raise UserError(f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        for name in ("optimizer", "schedule", "lookahead"):
+            if (value := getattr(self, name)) is not None:
+                check_choice(name, value, MODEL_FIELDS[name].metadata["choices"])
+
+
+MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelOptions)}
+AUGMENT = ("auto", "on", "off")
+
+
+@dataclass
+class TrainOptions:
+    """Read by the training loop."""
+
+    epochs: int = option(20, "passes over the training set")
+    augment: str = option("auto", "auto (on for RGB 24x24 and larger) | on | off: random translation + "
+                                  "horizontal flip", choices=AUGMENT)
+    translate: int = option(2, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)")
+
+    def validate(self) -> None:
+        check_at_least("epochs", self.epochs, 1)
+        check_choice("augment", self.augment, AUGMENT)
+        check_at_least("translate", self.translate, 0)
+
+
+BATCH_RUNS = ("auto", "on", "off")
+
+
+@dataclass
+class Runtime:
+    """Where and how a run executes: results do not depend on it (beyond float rounding), so it is not part of
+    the experiment."""
+
+    device: str = option("auto", "auto | cpu | cuda | cuda:N")
+    compile: bool = option(False, "torch.compile the model (GPU, long runs)")
+    batch_runs: str = option("auto", "auto (CUDA, if timed faster) | on | off: train runs of one shape as one "
+                                     "wide model", choices=BATCH_RUNS)
+
+    def validate(self) -> None:
+        check_choice("batch_runs", self.batch_runs, BATCH_RUNS)
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
 class RunConfig:
-    # what is learned
-    strategy: str = "soft"  # registered strategy name
-    seed: int = 0  # seeds the data split, the in-between draw, initialisation and batch order
-    # data
-    dataset: str = "digits"  # registered dataset name
-    data_dir: str = ""  # where the dataset's files are ("" = the dataset's default locations)
-    labels: str = ""  # labels CSV for the `folder` dataset ("" = class = folder name)
-    pairs: str = ""  # "4:9,3:8" or "T-shirt/top:Shirt" ("" = the dataset's default pairs)
-    between_source: str = "blend"  # in-between from: blend | human | natural | auto (human if votes exist)
-    between_fraction: float = 0.05  # share of the training set that is in-between, in (0, 1)
-    blend_low: float = 0.4  # blend weight λ of class A is drawn from U(blend_low, blend_high)
-    blend_high: float = 0.6  # upper end of the blend weight range
-    natural_threshold: float = 0.3  # `natural`: both pair probabilities at least this (out-of-fold)
-    natural_folds: int = 3  # `natural`: cross-validation folds of the reference model (>= 2)
-    natural_epochs: int = 4  # `natural`: training epochs of each fold's reference model
-    human_pair_mass: float = 0.9  # `human`: top-two vote share needed to call an image in-between
-    human_second: float = 0.2  # `human`: vote share of the second class needed for in-between
-    human_extra_train: bool = True  # cifar10h: add the 50,000 clear-cut CIFAR-10 training images
-    test_between_per_pair: int = 100  # in-between test images per pair (generated sources)
-    val_between_per_pair: int = 50  # in-between validation images per pair (threshold, conformal)
-    val_fraction: float = 0.15  # share of images held out for validation when the dataset has no val split
-    test_fraction: float = 0.25  # share of images held out for testing when the dataset has no test split
-    train_size: int = 0  # clear-cut training images kept, drawn at random (0 = all)
-    download: bool = False  # allow torchvision to download a dataset (needs internet)
-    # model and optimisation
-    model: str = "small-cnn"  # registered model name
-    width: int = 0  # channels of the first conv stage (0 = the model's default: 32 small-cnn, 64 fast-cifar)
-    epochs: int = 20  # passes over the training set
-    optimizer: str = ""  # adamw | sgd (Nesterov) ("" = the model's default)
-    batch_size: int = 0  # images per step (0 = the model's default)
-    lr: float = 0.0  # peak learning rate, reached and left as --schedule says (0 = the model's default)
-    weight_decay: float = -1.0  # weight decay (decoupled for AdamW) (-1 = the model's default)
-    momentum: float = -1.0  # SGD's Nesterov momentum, in [0, 1) (-1 = the model's default; AdamW ignores it)
-    schedule: str = ""  # linear (0 -> peak in epoch 1 -> 0) | triangle (0.2 -> peak at 23% -> 0.07) ("" = model's)
-    lookahead: str = ""  # on | off: average the weights late in training, airbench-style ("" = the model's default)
-    augment: str = "auto"  # auto (on for RGB 32x32) | on | off: random translation + horizontal flip
-    translate: int = 2  # augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)
-    device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False  # torch.compile the model (GPU, long runs)
-    batch_runs: str = "auto"  # auto (CUDA, if timed faster) | on | off: train runs of one shape as one wide model
+    """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's."""
 
-    def __post_init__(self) -> None:
-        # Unset optimisation fields take the model's defaults, so a saved config always holds real values.
-        for name, value in MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["small-cnn"]).items():
-            if getattr(self, name) == UNSET[name] and type(getattr(self, name)) is type(UNSET[name]):
-                setattr(self, name, value)
-
-    def key(self) -> str:
-        """Hash of everything that changes results except strategy and seed: one experiment."""
-        d = dataclasses.asdict(self)
-        # data_dir stays in: for `folder` and `npz` the directory is the dataset.
-        for k in ("strategy", "seed", "device", "download", "compile", "batch_runs"):
-            d.pop(k)
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    strategy: str = option("soft", "registered strategy name")
+    seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
+    data: DataOptions = field(default_factory=DataOptions)
+    source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    runtime: Runtime = field(default_factory=Runtime)
 
     def validate(self) -> None:
-        if not 0 < self.between_fraction < 1:
-            raise UserError(f"--between-fraction must be in (0, 1), got {self.between_fraction}")
-        if not 0 <= self.blend_low <= self.blend_high <= 1:
-            raise UserError(f"--blend-low/--blend-high must satisfy 0 <= low <= high <= 1, "
-                            f"got {self.blend_low}, {self.blend_high}")
-        for name in ("natural_threshold", "human_pair_mass", "human_second", "val_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0 < v < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {v}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise UserError(f"--val-fraction + --test-fraction must be < 1 so training images remain, got "
-                            f"{self.val_fraction} + {self.test_fraction}")
-        for name in ("epochs", "batch_size", "test_between_per_pair", "val_between_per_pair"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.natural_folds < 2:
-            raise UserError(f"--natural-folds must be at least 2, got {self.natural_folds}")
-        if self.natural_epochs < 1:
-            raise UserError(f"--natural-epochs must be at least 1, got {self.natural_epochs}")
-        if self.translate < 0:
-            raise UserError(f"--translate must be >= 0, got {self.translate}")
-        if self.width < 0:
-            raise UserError(f"--width must be >= 0, got {self.width}")
-        if self.train_size < 0:
-            raise UserError(f"--train-size must be >= 0, got {self.train_size}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise UserError(f"--lr must be > 0 and finite, got {self.lr}")
-        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise UserError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule must be {' or '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.lookahead not in ("on", "off"):
-            raise UserError(f"--lookahead must be on or off, got {self.lookahead!r}")
-        if self.augment not in ("auto", "on", "off"):
-            raise UserError(f"--augment must be auto, on or off, got {self.augment!r}")
-        if self.batch_runs not in ("auto", "on", "off"):
-            raise UserError(f"--batch-runs must be auto, on or off, got {self.batch_runs!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        for group in (self.data, self.model, self.train, self.runtime):
+            group.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+GROUPS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "train": TrainOptions, "runtime": Runtime}
 
 
 @dataclass
@@ -141,16 +184,11 @@ class ExperimentConfig:
     seeds: int = 3  # runs per strategy, seeds first_seed .. first_seed + seeds - 1
     out: str = "results/demo"  # results directory
     force: bool = False  # retrain even when a finished run exists
+    given: dict[str, Any] = field(default_factory=dict)  # the run options as given (flat names), for sweeps
 
 
-RUN_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-
-
-def coerce(name: str, value: object) -> object:
-    """Convert a TOML / command-line value to the type of RunConfig field `name`."""
-    if name not in RUN_FIELDS:
-        raise UserError(f"unknown option {name.replace('_', '-')!r}")
-    kind = type(getattr(RunConfig(), name))
+def coerce(flag: str, kind: type, value: object) -> object:
+    """A TOML or command-line value converted to `kind` (bool, int, float or str), or a one-line UserError."""
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -158,11 +196,15 @@ def coerce(name: str, value: object) -> object:
             if not isinstance(value, str) or value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(value)
             return value.lower() in ("true", "1", "yes")
-        if kind is int and isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)  # TOML `epochs = true` is not one epoch
+        if kind is not str and isinstance(value, list | dict):
+            raise ValueError(value)
+        if kind is str and not isinstance(value, str | int | float):
             raise ValueError(value)
         return kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"option {name.replace('_', '-')!r}: {value!r} is not a valid {kind.__name__}") from None
+        raise UserError(f"option {flag.replace('_', '-')!r}: {value!r} is not a valid {kind.__name__}") from None
 
 
 def load_toml(path: str | Path) -> dict[str, object]:
@@ -183,9 +225,3 @@ def load_toml(path: str | Path) -> dict[str, object]:
         raise UserError(f"{path}: [run] must be a table of run options, got {run_table!r}")
     flat = {**run_table, **raw}
     return {k.replace("-", "_"): v for k, v in flat.items()}
-
-
-def build_run_config(values: dict[str, object]) -> RunConfig:
-    cfg = RunConfig(**{k: coerce(k, v) for k, v in values.items()})
-    cfg.validate()
-    return cfg

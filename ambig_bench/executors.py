@@ -1,16 +1,15 @@
 """Where the runs of a grid are trained: here one after another, in N local processes, or as Ray tasks.
 
-Every executor trains a run with `run_experiment` (on a Ray worker too, into a scratch directory whose
-files the driver then renames into place), so a run's directory is the same whatever trained it, and
-resuming, locking and `compare` work unchanged. Runs that another invocation is training are skipped
-first and waited for at the end.
+Every executor claims and writes runs through the one run store (`store.py`): local processes train and
+write a run themselves, a Ray worker trains it and sends its record back for the driver to write. So a
+run's directory is the same whatever trained it, and resuming, locking and `compare` work unchanged.
+Runs that another invocation is training are skipped first and waited for at the end.
 
 $ ambig-bench run --strategy all --seeds 5 --jobs 2                          # two local processes
 $ ambig-bench run --strategy all --seeds 5 --executor ray                    # a local Ray instance
 $ ambig-bench run --strategy all --seeds 5 --executor ray --ray-address auto # an existing cluster
 
->>> from ambig_bench.executors import open_executor, preflight
->>> from ambig_bench.runner import grid, run_grid
+>>> from ambig_bench.executors import grid, open_executor, preflight, run_grid
 >>> with open_executor("local", jobs=2) as executor:  # doctest: +SKIP
 ...     preflight(grid(exp), executor)
 ...     results = run_grid(exp, executor=executor)
@@ -18,12 +17,11 @@ $ ambig-bench run --strategy all --seeds 5 --executor ray --ray-address auto # a
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import multiprocessing
 import os
 import signal
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,20 +30,11 @@ from typing import Protocol
 
 import torch
 
-from ambig_bench.config import RunConfig
+from ambig_bench.batched import batching_on
+from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import UserError
-from ambig_bench.io import write_atomic
-from ambig_bench.locks import RunLock
-from ambig_bench.runner import (
-    Reporter,
-    RunResult,
-    cached_prepare,
-    claim,
-    finished_metrics,
-    run_experiment,
-    run_name,
-    staged,
-)
+from ambig_bench.runner import Reporter, prepare_data, run_experiment, run_together, train_claimed
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")
@@ -68,11 +57,16 @@ class Sequential:
 
     def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
             wait: bool) -> list[RunResult]:
-        from ambig_bench.batched import batching_on, run_batched
-
         if runs and batching_on(runs[0]):
-            return run_batched(runs, out, force, reporter, wait)
+            return run_together(runs, out, force, reporter, wait)
         return [run_experiment(cfg, out, force, reporter, wait) for cfg in runs]
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity where the OS has one, e.g. Linux; all of them elsewhere)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _start_worker(threads: int) -> None:
@@ -99,7 +93,7 @@ class ProcessPool:
             wait: bool) -> list[RunResult]:
         # Share the cores: N processes each using every core would thrash. Results are bit-identical to a
         # sequential run with the same torch thread count, which env.json records.
-        threads = max(1, len(os.sched_getaffinity(0)) // self.jobs)
+        threads = max(1, cpu_count() // self.jobs)
         # Forking a process whose torch thread pools are running can deadlock; spawn starts clean.
         pool = multiprocessing.get_context("spawn").Pool(min(self.jobs, len(runs)), _start_worker, (threads,))
         results: dict[int, RunResult] = {}
@@ -107,7 +101,7 @@ class ProcessPool:
             for i, result in pool.imap_unordered(_run_indexed, [(i, cfg, out, force, wait)
                                                                 for i, cfg in enumerate(runs)]):
                 results[i] = result
-                if reporter and result.status != "busy":
+                if reporter and result.status != Status.BUSY:
                     reporter.end_run(result)
             pool.close()
         except BaseException:
@@ -120,14 +114,20 @@ class ProcessPool:
         return [results[i] for i in range(len(runs))]
 
 
-def train_remote(cfg: RunConfig) -> dict[str, bytes] | str:
-    """On a Ray worker: train one run in a scratch directory; its files, or the UserError's message."""
-    with tempfile.TemporaryDirectory(prefix="ambig-bench-") as scratch:
-        try:
-            result = run_experiment(cfg, scratch, force=True)
-        except UserError as e:  # e.g. the data are missing on this node: one clear line on the driver
-            return str(e)
-        return {path.name: path.read_bytes() for path in result.run_dir.iterdir()}
+@dataclass
+class Refused:
+    """A UserError raised on a worker (e.g. the data are missing on that node), re-raised on the driver."""
+
+    message: str
+
+
+def train_remote(claim: Claim) -> RunRecord | str | Refused:
+    """On a Ray worker: train one run the driver claimed (and holds the lock of: the claim comes without it);
+    its record, or why it failed, for the driver to write."""
+    try:
+        return train_claimed(claim)
+    except UserError as e:
+        return Refused(str(e))
 
 
 class RayExecutor:
@@ -161,7 +161,7 @@ class RayExecutor:
             raise UserError("--device cuda: the Ray cluster has no GPU")
 
     def task_resources(self, cfg: RunConfig) -> dict[str, float]:
-        if cfg.device != "cpu" and self.resources.get("GPU"):
+        if cfg.runtime.device != "cpu" and self.resources.get("GPU"):
             return {"num_gpus": 1, "num_cpus": 1}
         return {"num_cpus": 1}
 
@@ -170,18 +170,20 @@ class RayExecutor:
         remote = self.ray.remote(train_remote)
         # Claim (lock) only as many runs as can train at once, so another invocation can take the rest.
         slots = max(1, int(self.resources.get("GPU" if "num_gpus" in self.task_resources(runs[0]) else "CPU", 1)))
+        store = RunStore(out)
         results: dict[int, RunResult] = {}
-        pending: dict[object, tuple[int, RunConfig, RunLock]] = {}
+        pending: dict[object, tuple[int, Claim]] = {}
         todo = iter(enumerate(runs))
 
         def submit_next() -> bool:
             for i, cfg in todo:
-                claimed = claim(cfg, Path(out) / "runs" / run_name(cfg), force, wait)
-                if isinstance(claimed, RunLock):
-                    pending[remote.options(**self.task_resources(cfg)).remote(cfg)] = (i, cfg, claimed)
+                claimed = store.claim(cfg, force, wait)
+                if isinstance(claimed, Claim):
+                    task = remote.options(**self.task_resources(cfg)).remote(dataclasses.replace(claimed, lock=None))
+                    pending[task] = (i, claimed)
                     return True
                 results[i] = claimed
-                if reporter and claimed.status != "busy":
+                if reporter and claimed.status != Status.BUSY:
                     reporter.end_run(claimed)
             return False
 
@@ -190,16 +192,19 @@ class RayExecutor:
                 pass
             while pending:
                 [ref], _ = self.ray.wait(list(pending), num_returns=1)
-                i, cfg, lock = pending.pop(ref)
-                with lock:
-                    result = results[i] = publish(cfg, Path(out) / "runs" / run_name(cfg), self.ray.get(ref))
+                i, claimed = pending.pop(ref)
+                outcome = self.ray.get(ref)
+                if isinstance(outcome, Refused):
+                    claimed.release()
+                    raise UserError(outcome.message)
+                result = results[i] = store.save(claimed, outcome)
                 if reporter:
                     reporter.end_run(result)
                 submit_next()
         finally:
-            for ref, (_, _, lock) in pending.items():
+            for ref, (_, claimed) in pending.items():
                 self.ray.cancel(ref, force=True)
-                lock.release()
+                claimed.release()
         return [results[i] for i in range(len(runs))]
 
 
@@ -214,18 +219,6 @@ def check_reachable(address: str) -> None:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as e:
         raise UserError(f"--ray-address {address}: nothing answers at {host}:{port} ({e.strerror or e})") from None
-
-
-def publish(cfg: RunConfig, run_dir: Path, outcome: dict[str, bytes] | str) -> RunResult:
-    """Write the files a worker returned as the run directory, through the same staging as a local run."""
-    if isinstance(outcome, str):
-        raise UserError(outcome)
-    with staged(run_dir) as tmp:
-        for name, data in outcome.items():
-            write_atomic(tmp / name, data)
-    if "DONE" in outcome:
-        return RunResult(cfg, run_dir, "done", json.loads(outcome["metrics.json"]))
-    return RunResult(cfg, run_dir, "failed", error=json.loads(outcome["FAILED"])["error"])
 
 
 @contextmanager
@@ -254,10 +247,10 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
     """Refuse bad input before any file is written: every run's options, the device, the first run's data."""
     for cfg in runs:
         cfg.validate()
-    (executor or Sequential()).check_device(runs[0].device)
-    images = cached_prepare(runs[0]).images
+    (executor or Sequential()).check_device(runs[0].runtime.device)
+    images = prepare_data(runs[0]).images
     for cfg in runs:  # a shift as large as the images is refused here (other datasets' sizes are known later)
-        if (cfg.dataset, cfg.data_dir) == (runs[0].dataset, runs[0].data_dir):
+        if (cfg.data.dataset, cfg.data.data_dir) == (runs[0].data.dataset, runs[0].data.data_dir):
             use_augmentation(cfg, images)
 
 
@@ -266,15 +259,15 @@ def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporte
     """Train (or reuse) every run into `out`: first those no other process is training, then the others."""
     out = str(out)
     executor = executor or Sequential()
+    store = RunStore(out)
     results: list[RunResult | None] = [None] * len(runs)
     for i, cfg in enumerate(runs):
         cfg.validate()
-        run_dir = Path(out) / "runs" / run_name(cfg)
         # Finished runs are reused here, so resuming a finished grid starts no worker process or Ray task.
-        if not force and (metrics := finished_metrics(run_dir)) is not None:
-            results[i] = RunResult(cfg, run_dir, "reused", metrics)
+        if not force and (done := store.finished(cfg)):
+            results[i] = done
             if reporter:
-                reporter.end_run(results[i])
+                reporter.end_run(done)
     todo = [i for i, r in enumerate(results) if r is None]
     for wait in (False, True):
         # First pass: skip runs another invocation is training; second: wait for each, then reuse it
@@ -283,5 +276,17 @@ def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporte
             for i, result in zip(todo, executor.run([runs[i] for i in todo], out, force, reporter, wait),
                                  strict=True):
                 results[i] = result
-        todo = [i for i, r in enumerate(results) if r.status == "busy"]
+        todo = [i for i, r in enumerate(results) if r.status == Status.BUSY]
     return results
+
+
+def grid(exp: ExperimentConfig) -> list[RunConfig]:
+    """Seeds outer, strategies inner: the data of a seed are prepared once and shared."""
+    return [dataclasses.replace(exp.run, strategy=s, seed=exp.run.seed + i)
+            for i in range(exp.seeds) for s in exp.strategies]
+
+
+def run_grid(exp: ExperimentConfig, reporter: Reporter | None = None, executor: Executor | None = None
+             ) -> list[RunResult]:
+    """Every run of the grid, in this process or through `executor` (--jobs N, Ray)."""
+    return run_all(grid(exp), exp.out, exp.force, reporter, executor)

@@ -17,12 +17,15 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from ambig_bench.compare import IDENTITY, compare
-from ambig_bench.config import UNSET, ExperimentConfig, RunConfig, coerce
+from ambig_bench import options
+from ambig_bench.compare import compare
+from ambig_bench.config import ExperimentConfig, RunConfig, coerce
 from ambig_bench.errors import UserError
-from ambig_bench.executors import Executor, run_all
+from ambig_bench.executors import Executor, grid, run_all
 from ambig_bench.io import write_atomic
-from ambig_bench.runner import Reporter, RunResult, check_names, grid
+from ambig_bench.plots import png_bytes, sweep_curves
+from ambig_bench.runner import Reporter
+from ambig_bench.store import RunResult
 
 
 def parse_vary(specs: list[str]) -> dict[str, list]:
@@ -34,13 +37,14 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
         flag = f"--vary {spec!r}"
         if not sep or not field or not values.strip():
             raise UserError(f"{flag}: expected OPTION=V1,V2,... e.g. between-fraction=0.01,0.05")
-        if field in IDENTITY:
+        opt = options.lookup(field)
+        if opt.flag in options.IDENTITY or opt.path[0] == "runtime" or opt.flag == "download":
             # strategy and seed have their own options; the others do not change results (not in the run key)
             raise UserError(f"{flag}: {name.strip()} cannot be swept (use --strategy / --seeds, or it does not "
                             "change results)")
         if field in vary:
             raise UserError(f"{flag}: {name.strip()} is varied twice")
-        typed = [coerce(field, v.strip()) for v in values.split(",") if v.strip()]
+        typed = [coerce(field, opt.kind, v.strip()) for v in values.split(",") if v.strip()]
         if len(set(typed)) != len(typed):
             raise UserError(f"{flag}: repeated value")
         vary[field] = typed
@@ -49,18 +53,14 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
 
 def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
     """One template run per combination of the varied values (the last --vary changes fastest)."""
-    if "between_fraction" in vary and run.between_source != "blend" and "between_source" not in vary:
+    source = run.data.between_source
+    if "between_fraction" in vary and source != "blend" and "between_source" not in vary:
         raise UserError(f"--vary between-fraction: only the blend source generates in-between images by "
-                        f"fraction; with --between-source {run.between_source} the data fix them")
-    # A varied model takes its own optimisation recipe (config.MODEL_DEFAULTS) unless the recipe is varied too.
-    recipe = {k: v for k, v in UNSET.items() if "model" in vary and k not in vary}
-    points = []
-    for values in itertools.product(*vary.values()):
-        point = dataclasses.replace(run, **recipe, **dict(zip(vary, values, strict=True)))
-        point.validate()  # a bad value fails before any training, naming the option
-        check_names(point)
-        points.append(point)
-    return points
+                        f"fraction; with --between-source {source} the data fix them")
+    # A varied model takes its own recipe (its models.MODELS entry) unless the recipe is varied too; every
+    # point is built and checked here, so a bad value fails before any training, naming the option.
+    return [options.replace(run, **dict(zip(vary, values, strict=True)))
+            for values in itertools.product(*vary.values())]
 
 
 def sweep_configs(exp: ExperimentConfig, vary: dict[str, list]) -> list[RunConfig]:
@@ -87,8 +87,6 @@ def run_sweep(exp: ExperimentConfig, vary: dict[str, list], reporter: Reporter |
 
 def draw_sweep(results_dir: str | Path, fields: list[str] | None = None) -> list[Path]:
     """sweep-<field>.png per varied field: each metric against the field's value, per strategy, 95% CI bands."""
-    from ambig_bench.plots import png_bytes, sweep_curves
-
     results_dir = Path(results_dir)
     comparison = compare(results_dir)
     paths = []

@@ -3,16 +3,21 @@
 The whole training set lives on the device as uint8; batches are formed by indexing, normalised and
 augmented on the device, and the loss is only read back once per epoch (no per-step host sync).
 
->>> from ambig_bench.config import RunConfig
+One loop trains one run or several at once (the grouped wide network of `batched.py`).
+
+>>> from ambig_bench.options import build
 >>> from ambig_bench.runner import run_experiment      # the usual way in: data, training, evaluation
+>>> run_experiment(build({"strategy": "soft", "epochs": 2}), out="results/doctest")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,7 +25,8 @@ from torch import nn
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.strategies import Labels, Strategy
+from ambig_bench.models import build_network
+from ambig_bench.strategies import STRATEGIES, Labels, Strategy
 
 EpochCallback = Callable[[int, float], None]  # (epoch finished, 1-based; mean training loss)
 
@@ -39,23 +45,6 @@ def pick_device(name: str) -> torch.device:
 def labels_of(data: LabelledImages, device: torch.device) -> Labels:
     return Labels(data.label_a.to(device), data.label_b.to(device), data.share_a.float().to(device),
                   data.pair_index().to(device))
-
-
-class Preprocess(nn.Module):
-    """uint8 N×C×H×W -> normalised float, with the training set's per-channel mean and std."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.view(1, -1, 1, 1))
-        self.register_buffer("std", std.view(1, -1, 1, 1))
-
-    @classmethod
-    def fit(cls, images: torch.Tensor) -> Preprocess:
-        x = images.float().transpose(0, 1).flatten(1)  # C × (N·H·W)
-        return cls(x.mean(1), x.std(1).clamp_min(1.0))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
 
 
 def shifted(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -84,9 +73,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
 
 
 def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
-    on = cfg.augment == "on" or (cfg.augment == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
-    if on and cfg.translate >= min(images.shape[2:]):  # auto: natural RGB photos, not digits or glyphs
-        raise UserError(f"--translate {cfg.translate} must be smaller than the {images.shape[2]}x{images.shape[3]} "
+    on = cfg.train.augment == "on" or (cfg.train.augment == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
+    if on and cfg.train.translate >= min(images.shape[2:]):  # auto: natural RGB photos, not digits or glyphs
+        raise UserError(f"--translate {cfg.train.translate} must be smaller than the {images.shape[2]}x{images.shape[3]} "
                         "images")
     return on
 
@@ -95,7 +84,7 @@ def tta_level(cfg: RunConfig, images: torch.Tensor) -> int:
     """Test-time views that match training: 0 none, 1 image + mirror, 2 also one-pixel shifts (airbench's levels)."""
     if not use_augmentation(cfg, images):
         return 0
-    return 2 if cfg.translate > 0 else 1
+    return 2 if cfg.train.translate > 0 else 1
 
 
 def device_layout(t, device: torch.device):
@@ -129,14 +118,14 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     """
     by_scale: dict[float, list[nn.Parameter]] = {}
     for layer in model.modules():
-        scale = getattr(layer, "lr_scale", 1.0) if cfg.optimizer == "sgd" else 1.0
+        scale = getattr(layer, "lr_scale", 1.0) if cfg.model.optimizer == "sgd" else 1.0
         by_scale.setdefault(scale, []).extend(p for p in layer.parameters(recurse=False) if p.requires_grad)
-    groups = [{"params": params, "lr_scale": scale, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay / scale}
+    groups = [{"params": params, "lr_scale": scale, "lr": cfg.model.lr * scale, "weight_decay": cfg.model.weight_decay / scale}
               for scale, params in by_scale.items() if params]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if cfg.model.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.model.lr, momentum=cfg.model.momentum, nesterov=cfg.model.momentum > 0)
     # The fused kernel updates every parameter in one launch on CUDA.
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.model.lr, fused=device.type == "cuda")
 
 
 def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -> float:
@@ -156,9 +145,9 @@ def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
-    factor = lr_factor(cfg.schedule, epoch, step, n_steps, cfg.epochs)
+    factor = lr_factor(cfg.model.schedule, epoch, step, n_steps, cfg.train.epochs)
     for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group["lr_scale"] * factor
+        group["lr"] = cfg.model.lr * group["lr_scale"] * factor
 
 
 class Lookahead:
@@ -193,47 +182,101 @@ class Lookahead:
             t.copy_(avg)
 
 
-def train(model: nn.Module, strategy: Strategy, data: LabelledImages, cfg: RunConfig, device: torch.device,
-          on_epoch: EpochCallback | None = None) -> list[dict]:
-    """Train `model` (already on `device`, starting with its Preprocess) on the train split of `data`."""
-    images = data.images.to(device)
-    labels = labels_of(data, device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    do_augment = use_augmentation(cfg, data.images)
-    optimizer = make_optimizer(model, cfg, device)
-    lookahead = Lookahead(model) if cfg.lookahead == "on" else None
-    history = []
-    for epoch in range(cfg.epochs):
-        model.train()
+@dataclass
+class Job:
+    """One run to train: its network (already on the device), strategy, training split and seed."""
+
+    model: nn.Module
+    strategy: Strategy
+    data: LabelledImages
+    seed: int
+    on_epoch: EpochCallback | None = None
+
+
+def failure(mean_loss: float, epoch: int) -> str:
+    return f"training loss became {mean_loss} in epoch {epoch}; try a lower --lr"
+
+
+def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Module | None = None
+          ) -> list[list[dict] | str]:
+    """Train M >= 1 runs that share a recipe (cfg.model, cfg.train); each run's history, or why it failed.
+
+    M = 1 trains the run's own network. For M > 1, `module` is the runs' networks fused side by side
+    (`batched.widen`): one step feeds it every run's batch stacked along the channels, and the summed loss
+    gives each run exactly its own gradient. Each run keeps its own generator, so it sees the same batches,
+    targets and augmentations either way; only floating-point summation order can differ.
+    """
+    m_count = len(jobs)
+    module = module if module is not None else jobs[0].model
+    images = [job.data.images.to(device) for job in jobs]
+    labels = [labels_of(job.data, device) for job in jobs]
+    gens = [torch.Generator(device=device).manual_seed(job.seed) for job in jobs]
+    do_augment = use_augmentation(cfg, jobs[0].data.images)
+    optimizer = make_optimizer(module, cfg, device)
+    lookahead = Lookahead(module) if cfg.model.lookahead == "on" else None
+    batch_size, epochs = cfg.model.batch_size, cfg.train.epochs
+    histories: list[list[dict] | str] = [[] for _ in jobs]
+    for epoch in range(epochs):
+        module.train()
         # Targets are drawn per epoch (reassign redraws its labels, duplicate adds copies).
-        index, targets = strategy.epoch_targets(labels, gen)
-        order = torch.randperm(len(index), generator=gen, device=device)
-        loss_sum = torch.zeros((), device=device)
-        n_steps = math.ceil(len(order) / cfg.batch_size)
+        plans = [job.strategy.epoch_targets(lab, g) for job, lab, g in zip(jobs, labels, gens, strict=True)]
+        orders = [torch.randperm(len(index), generator=g, device=device) for (index, _), g in zip(plans, gens,
+                                                                                                  strict=True)]
+        if len({len(o) for o in orders}) != 1:
+            raise ValueError("runs see different numbers of images per epoch; they cannot share a batch")
+        n_images = len(orders[0])
+        n_steps = math.ceil(n_images / batch_size)
+        loss_sums = torch.zeros(m_count, device=device)
         for step in range(n_steps):
             set_learning_rate(optimizer, cfg, epoch, step, n_steps)
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = images[index[batch]]
-            if do_augment:
-                x = augment(x, gen, cfg.translate)
+            xs, batches = [], []
+            for m in range(m_count):
+                batch = orders[m][step * batch_size:(step + 1) * batch_size]
+                x = images[m][plans[m][0][batch]]
+                xs.append(augment(x, gens[m], cfg.train.translate) if do_augment else x)
+                batches.append(batch)
+            # B×(M·C)×H×W: run m reads channel block m (for M = 1, the batch itself).
+            x = xs[0] if m_count == 1 else torch.stack(xs, 1).flatten(1, 2)
             with autocast(device):
-                logits = model(device_layout(x, device))
-            loss = strategy.loss(logits, targets[batch])
+                logits = module(device_layout(x, device)).view(len(x), m_count, -1)
+            losses = torch.stack([jobs[m].strategy.loss(logits[:, m], plans[m][1][batches[m]])
+                                  for m in range(m_count)])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # A run whose loss went non-finite must not stop the others: its own parameters are separate.
+            losses.nan_to_num(0.0, 0.0, 0.0).sum().backward()
             optimizer.step()
             if lookahead:
-                lookahead.step(epoch * n_steps + step + 1, cfg.epochs * n_steps)
-            loss_sum += loss.detach() * len(batch)
-        mean_loss = (loss_sum / len(order)).item()  # the one host sync per epoch
-        if not math.isfinite(mean_loss):
-            raise RunFailed(f"training loss became {mean_loss} in epoch {epoch + 1}; try a lower --lr")
-        history.append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": len(order)})
-        if on_epoch:
-            on_epoch(epoch + 1, mean_loss)
+                lookahead.step(epoch * n_steps + step + 1, epochs * n_steps)
+            loss_sums += losses.detach() * len(x)
+        means = (loss_sums / n_images).tolist()  # the one host sync per epoch
+        for m, (job, mean_loss) in enumerate(zip(jobs, means, strict=True)):
+            if isinstance(histories[m], str):
+                continue
+            if not math.isfinite(mean_loss):
+                histories[m] = failure(mean_loss, epoch + 1)
+                continue
+            histories[m].append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": n_images})
+            if job.on_epoch:
+                job.on_epoch(epoch + 1, mean_loss)
+        if all(isinstance(h, str) for h in histories):
+            break
     if lookahead:
         lookahead.finish()
-    return history
+    return histories
+
+
+def fit_reference(cfg: RunConfig, device: torch.device, data: LabelledImages, seed: int, epochs: int,
+                  predict_on: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A plain cross-entropy reference network trained on `data` with the run's model and recipe for `epochs`
+    epochs; its class probabilities for each image batch in `predict_on`. The `natural` source's judge."""
+    torch.manual_seed(seed)
+    model = build_network(cfg.model.name, data.images, data.num_classes, cfg.model.width).to(device)
+    ref_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    [outcome] = train([Job(model, STRATEGIES.get("hard")(data.num_classes, data.pairs), data, seed)], ref_cfg,
+                      device)
+    if isinstance(outcome, str):
+        raise RunFailed(f"natural source's reference model: {outcome}")
+    return [predict_logits(model, images, device).softmax(1) for images in predict_on]
 
 
 @torch.no_grad()

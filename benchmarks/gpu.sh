@@ -24,7 +24,7 @@ ab() { python3 -m ambig_bench.cli "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" || true
 python3 -c "import torch; print('torch', torch.__version__)" > "$out/torch.txt"
 
-ab bench --device cuda --json "$out/bench.json" | tee "$out/bench.md" || echo "bench failed" >> "$out/walls.txt"
+python3 benchmarks/bench.py --device cuda --json "$out/bench.json" | tee "$out/bench.md" || echo "bench failed" >> "$out/walls.txt"
 
 grid() {  # name, then run options: trains the grid timed, then compares it
     local name=$1; shift

@@ -9,10 +9,17 @@ $ ambig-bench datasets
 import importlib
 import pkgutil
 
-from ambig_bench.datasets.base import BETWEEN_SOURCES, DATASETS, prepare, register_dataset, register_source
+from ambig_bench.datasets.base import (
+    BETWEEN_SOURCES,
+    DATASETS,
+    SOURCE_OPTIONS,
+    prepare,
+    register_dataset,
+    register_source,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["BETWEEN_SOURCES", "DATASETS", "prepare", "register_dataset", "register_source"]
+__all__ = ["BETWEEN_SOURCES", "DATASETS", "SOURCE_OPTIONS", "prepare", "register_dataset", "register_source"]

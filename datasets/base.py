@@ -7,7 +7,7 @@ the `human` source trains on the in-between ones; the others keep them (and the 
 
 >>> from ambig_bench.config import RunConfig
 >>> from ambig_bench.datasets import prepare
->>> data = prepare(RunConfig(dataset="digits", seed=0))
+>>> data = prepare(RunConfig(seed=0))
 >>> data.pairs
 [(4, 9), (3, 8)]
 """
@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,13 +29,40 @@ from ambig_bench.errors import UserError
 from ambig_bench.imageio import cache_dir
 from ambig_bench.registry import Registry
 
+# (training images, seed, epochs, image batches) -> class probabilities of each batch from a plain
+# cross-entropy network trained on those images; the training layer provides it (`train.fit_reference`).
+Reference = Callable[[LabelledImages, int, int, list[torch.Tensor]], list[torch.Tensor]]
+
+
+@dataclass
+class SourceContext:
+    """What an in-between source gets besides the raw images and pairs."""
+
+    cfg: RunConfig
+    options: Any  # the source's own options (its `options` dataclass, filled from cfg.source), or None
+    gen: torch.Generator  # seeded with the run's seed: draws are the same for every strategy
+    reference: Reference | None  # for sources that judge images with a trained network
+
+
 Loader = Callable[[RunConfig], RawImages]
-Source = Callable[[RawImages, list[tuple[int, int]], RunConfig, torch.Generator], LabelledImages]
+Source = Callable[[RawImages, list[tuple[int, int]], SourceContext], LabelledImages]
 
 DATASETS: Registry[Loader] = Registry("dataset")
 BETWEEN_SOURCES: Registry[Source] = Registry("between source")
+SOURCE_OPTIONS: dict[str, type] = {}  # source name -> its options dataclass (fields with `config.option`)
 register_dataset = DATASETS.register
-register_source = BETWEEN_SOURCES.register
+
+
+def register_source(name: str, options: type | None = None) -> Callable[[Source], Source]:
+    """Register an in-between source and the options it reads (a dataclass with `validate()`); each option
+    becomes a CLI flag and counts in the experiment key only for runs that use this source."""
+
+    def add(source: Source) -> Source:
+        if options is not None:
+            SOURCE_OPTIONS[name] = options
+        return BETWEEN_SOURCES.register(name)(source)
+
+    return add
 
 # What the votes say about an image (Verdict.kind).
 CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
@@ -43,33 +71,36 @@ CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
 MIN_DEFAULT_PAIR = 2
 
 
-def prepare(cfg: RunConfig) -> LabelledImages:
-    if cfg.between_source != "auto":
-        BETWEEN_SOURCES.get(cfg.between_source)  # a typo fails before a slow load
-    raw = DATASETS.get(cfg.dataset)(cfg)
-    check_raw(raw, cfg.dataset)
-    source_name = raw.default_source if cfg.between_source == "auto" else cfg.between_source
-    pair_text = cfg.pairs or raw.default_pairs
+def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
+    """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
+    if cfg.data.between_source != "auto":
+        BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
+    raw = DATASETS.get(cfg.data.dataset)(cfg)
+    check_raw(raw, cfg.data.dataset)
+    source_name = raw.default_source if cfg.data.between_source == "auto" else cfg.data.between_source
+    pair_text = cfg.data.pairs or raw.default_pairs
     if not pair_text:
-        raise UserError(f"dataset {cfg.dataset}: no pair has {MIN_DEFAULT_PAIR}+ in-between images in the data; "
+        raise UserError(f"dataset {cfg.data.dataset}: no pair has {MIN_DEFAULT_PAIR}+ in-between images in the data; "
                         f"give --pairs A:B[,C:D]")
     pairs = parse_pairs(pair_text, raw.class_names)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
-    if cfg.train_size:
+    if cfg.data.train_size is not None:
         raw = limit_train(raw, cfg, gen)
     verdict = judge_votes(raw.labels, raw.votes, cfg)
     for split in ("val", "test"):  # tiny strata round down to no image at all; thresholds need val
         if not ((raw.split == SPLITS[split]) & (verdict.kind != UNSURE_KIND)).any():
-            raise UserError(f"dataset {cfg.dataset}: no {split} image ({len(raw.labels)} images in all); add "
+            raise UserError(f"dataset {cfg.data.dataset}: no {split} image ({len(raw.labels)} images in all); add "
                             f"images, give {split} rows or folders, or raise --{split}-fraction")
     trained = (raw.split == SPLITS["train"]) & (verdict.kind == CLEAR_KIND)
     missing = sorted(set(range(len(raw.class_names))) - set(raw.labels[trained].tolist()))
     if missing:
         names = ", ".join(raw.class_names[i] for i in missing)
-        raise UserError(f"dataset {cfg.dataset}: no (clear-cut) training image for class {names}")
-    data = BETWEEN_SOURCES.get(source_name)(raw, pairs, cfg, gen)
-    data.info.update(dataset=cfg.dataset, between_source=source_name, origin=raw.source, counts=data.counts())
+        raise UserError(f"dataset {cfg.data.dataset}: no (clear-cut) training image for class {names}")
+    options_type = SOURCE_OPTIONS.get(source_name)
+    options = options_type(**cfg.source.get(source_name, {})) if options_type else None
+    data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
+    data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts())
     return data
 
 
@@ -120,8 +151,8 @@ def judge_votes(labels: torch.Tensor, votes: torch.Tensor | None, cfg: RunConfig
     s1, s2 = top.values[:, 0], top.values[:, 1]
     # "In-between" is tested first: with a low human_second both rules can hold, and then the second
     # class is, by the user's own threshold, too large to ignore.
-    between = (s1 + s2 >= cfg.human_pair_mass) & (s2 >= cfg.human_second)
-    clear = ~between & (s1 >= cfg.human_pair_mass)
+    between = (s1 + s2 >= cfg.data.human_pair_mass) & (s2 >= cfg.data.human_second)
+    clear = ~between & (s1 >= cfg.data.human_pair_mass)
     kind = torch.full((n,), UNSURE_KIND, dtype=torch.int8)
     kind[clear] = CLEAR_KIND
     kind[between] = BETWEEN_KIND
@@ -171,11 +202,11 @@ def assign_splits(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawIm
     split = raw.split.clone() if raw.split is not None else None
     groups = strata(raw.labels, raw.votes, cfg)
     if split is None:
-        part = stratified_split(groups, [cfg.test_fraction, cfg.val_fraction], gen)
+        part = stratified_split(groups, [cfg.data.test_fraction, cfg.data.val_fraction], gen)
         split = torch.tensor([SPLITS["test"], SPLITS["val"], SPLITS["train"]], dtype=torch.int8)[part.long()]
     elif not (split == SPLITS["val"]).any():
         train = (split == SPLITS["train"]).nonzero().squeeze(1)
-        part = stratified_split(groups[train], [cfg.val_fraction], gen)
+        part = stratified_split(groups[train], [cfg.data.val_fraction], gen)
         split[train[part == 0]] = SPLITS["val"]
     return dataclasses.replace(raw, split=split)
 
@@ -184,9 +215,9 @@ def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImag
     """Keep `train_size` clear-cut training images at random (stratified); in-between, val and test stay."""
     clear = judge_votes(raw.labels, raw.votes, cfg).kind == CLEAR_KIND
     train = ((raw.split == SPLITS["train"]) & clear).nonzero().squeeze(1)
-    if cfg.train_size >= len(train):
+    if cfg.data.train_size >= len(train):
         return raw
-    part = stratified_split(raw.labels[train], [cfg.train_size / len(train)], gen)
+    part = stratified_split(raw.labels[train], [cfg.data.train_size / len(train)], gen)
     keep = torch.ones(len(raw.labels), dtype=torch.bool)
     keep[train[part != 0]] = False
     return dataclasses.replace(raw, images=raw.images[keep], labels=raw.labels[keep], split=raw.split[keep],
@@ -219,7 +250,7 @@ def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConf
         info["votes"] = {"clear": int((v.kind == CLEAR_KIND).sum()), "between_pairs": int(of_pair.sum()),
                          "between_other_pairs": int((between & ~of_pair).sum()),
                          "no_majority": int((v.kind == UNSURE_KIND).sum()),
-                         "human_pair_mass": cfg.human_pair_mass, "human_second": cfg.human_second}
+                         "human_pair_mass": cfg.data.human_pair_mass, "human_second": cfg.data.human_second}
     return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info)
 
 
@@ -268,10 +299,10 @@ def between_count(n_clear_train: int, fraction: float, n_pairs: int) -> int:
 def search_roots(cfg: RunConfig, *system: str) -> list[Path]:
     """--data-dir alone when given; else $AMBIG_BENCH_DATA, ./data, ../shared/data (this project's
     development data) and the dataset's `system` locations, those that exist."""
-    if cfg.data_dir:
-        path = Path(cfg.data_dir).expanduser()
-        if not path.exists() and not cfg.download:
-            raise UserError(f"--data-dir {cfg.data_dir}: no such file or directory")
+    if cfg.data.data_dir:
+        path = Path(cfg.data.data_dir).expanduser()
+        if not path.exists() and not cfg.data.download:
+            raise UserError(f"--data-dir {cfg.data.data_dir}: no such file or directory")
         return [path]
     return default_roots(*system)
 
@@ -283,7 +314,7 @@ def default_roots(*system: str) -> list[Path]:
 
 def download_root(cfg: RunConfig) -> Path:
     """Where --download lets torchvision put files: --data-dir, else the cache directory."""
-    return Path(cfg.data_dir).expanduser() if cfg.data_dir else cache_dir() / "torchvision"
+    return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else cache_dir() / "torchvision"
 
 
 def not_found(dataset: str, what: str, roots: list[Path], hint: str) -> UserError:

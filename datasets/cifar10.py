@@ -3,12 +3,14 @@
 Reads an image-folder tree (`train/<class>/*`, `test/<class>/*`), a .tgz of one (read directly, no need
 to extract), or torchvision's `cifar-10-batches-py`; `--download` fetches the latter. Searched in
 `--data-dir`, else $AMBIG_BENCH_DATA, ./data and ../shared/data (as `cifar10/`, `cifar10.tgz` or
-`cifar-10-batches-py/`). Decoded JPEGs are cached, so only the first load is slow.
+`cifar-10-batches-py/`). Decoded JPEGs are cached, so only the first load is slow. The batches are
+pickles, so a batch file is unpickled only when its MD5 matches the official file's.
 $ ambig-bench run --dataset cifar10 --data-dir ../shared/data/cifar10.tgz --model fast-cifar --device cuda
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -25,6 +27,16 @@ from ambig_bench.imageio import is_archive
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DEFAULT_PAIRS = "cat:dog,automobile:truck,deer:horse,airplane:ship"  # the confusions people make most
 BATCHES = "cifar-10-batches-py"
+# The MD5 of each official batch file (as torchvision lists them). A batch is a pickle, and unpickling runs
+# whatever code the file names, so a file is unpickled only once its checksum matches.
+BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
 
 
 @register_dataset("cifar10")
@@ -61,7 +73,7 @@ def is_batches(path: Path) -> bool:
 
 def locate(cfg: RunConfig) -> Path:
     roots = search_roots(cfg)
-    if cfg.download:
+    if cfg.data.download:
         import torchvision
 
         root = download_root(cfg)
@@ -75,16 +87,36 @@ def locate(cfg: RunConfig) -> Path:
                     "give --data-dir or add --download")
 
 
+def read_verified(path: Path, chunk: int = 1 << 20) -> bytearray:
+    """The bytes of an official CIFAR-10 batch file, read and hashed in chunks; UserError for any other file.
+
+    What is unpickled is exactly what was hashed, so swapping the file after the check changes nothing."""
+    digest, data = hashlib.md5(usedforsecurity=False), bytearray()
+    try:
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+                data += block
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the CIFAR-10 batch ({e.strerror or e})") from None
+    if digest.hexdigest() != BATCH_MD5[path.name]:
+        raise UserError(f"{path}: its MD5 checksum does not match the official CIFAR-10 file; not "
+                        f"unpickled, because loading a pickle can run arbitrary code")
+    return data
+
+
 def read_batches(folder: Path) -> tuple[RawImages, np.ndarray]:
-    """torchvision's python pickles: data_batch_1..5 (train) and test_batch, each {data: N×3072, labels}."""
+    """torchvision's python pickles: data_batch_1..5 (train) and test_batch, each {data: N×3072, labels}.
+
+    Each file is unpickled only once its MD5 matches the official file's."""
     images, labels, split = [], [], []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    for name in BATCH_MD5:
+        data = read_verified(folder / name)
         try:
-            with (folder / name).open("rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            batch = pickle.loads(data, encoding="bytes")
             x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
+        except (EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError) as e:
             raise UserError(f"{folder / name}: unreadable or truncated CIFAR-10 batch ({e})") from None
         if len(x) != len(y):
             raise UserError(f"{folder / name}: {len(x)} images but {len(y)} labels")

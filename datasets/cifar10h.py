@@ -52,21 +52,21 @@ def cifar10h(cfg: RunConfig) -> RawImages:
     half = stratified_split(strata(labels, votes, cfg), [0.5], gen)
     split = torch.where(half == 0, SPLITS["train"], SPLITS["test"]).to(torch.int8)
     images, all_labels, all_votes, all_split = raw.images[test_t], labels, votes, split
-    if cfg.human_extra_train:
+    if cfg.data.human_extra_train:
         train = torch.from_numpy(np.flatnonzero(test_index == -1))
         extra = raw.labels[train]
         images = torch.cat([raw.images[train], images])
         all_labels = torch.cat([extra, labels])
         all_votes = torch.cat([torch.nn.functional.one_hot(extra, len(raw.class_names)).double(), votes])
         all_split = torch.cat([torch.full((len(train),), SPLITS["train"], dtype=torch.int8), split])
-    protocol = "CIFAR-10 train + CIFAR-10H half" if cfg.human_extra_train else "CIFAR-10H halves only"
+    protocol = "CIFAR-10 train + CIFAR-10H half" if cfg.data.human_extra_train else "CIFAR-10H halves only"
     return RawImages(images, all_labels, raw.class_names, all_split, all_votes, raw.default_pairs,
                      f"{raw.source} + {votes_file} ({protocol})", default_source="human")
 
 
 def locate_votes(cfg: RunConfig) -> Path:
     # Beside --data-dir first, then the default places: the votes can live apart from the images.
-    roots = search_roots(cfg) + (default_roots() if cfg.data_dir else [])
+    roots = search_roots(cfg) + (default_roots() if cfg.data.data_dir else [])
     for root in roots:
         base = root if root.is_dir() else root.parent
         for name in VOTE_FILES:

@@ -55,7 +55,7 @@ def find_file(folder: Path, stem: str) -> Path:
 
 def locate(cfg: RunConfig) -> Path:
     roots = search_roots(cfg, DEBIAN)
-    if cfg.download:
+    if cfg.data.download:
         import torchvision
 
         root = download_root(cfg)

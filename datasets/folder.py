@@ -41,12 +41,12 @@ SPLIT_DIRS = ("train", "val", "test")
 @register_dataset("folder")
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
-    if cfg.labels:
+    if cfg.data.labels:
         return from_csv(cfg)
-    if not cfg.data_dir:
+    if not cfg.data.data_dir:
         raise UserError("dataset folder: give --data-dir (a <class>/<image> tree or a .tgz of one) "
                         "and/or --labels FILE.csv")
-    raw, _ = read_image_folder(existing(cfg.data_dir, "--data-dir"))
+    raw, _ = read_image_folder(existing(cfg.data.data_dir, "--data-dir"))
     return raw
 
 
@@ -95,8 +95,8 @@ class LabelTable:
 
 
 def from_csv(cfg: RunConfig) -> RawImages:
-    csv_path = existing(cfg.labels, "--labels")
-    root = existing(cfg.data_dir, "--data-dir") if cfg.data_dir else csv_path.parent
+    csv_path = existing(cfg.data.labels, "--labels")
+    root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
     table = read_labels_csv(csv_path)
     if is_archive(root):
         decoded = decode_tree(root)

@@ -9,11 +9,9 @@ or an `npz` file's `probs`.
 $ ambig-bench run --dataset cifar10h --between-source human --strategy all --no-human-extra-train
 """
 
-import torch
-
-from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages, RawImages
 from ambig_bench.datasets.base import (
+    SourceContext,
     between_per_pair,
     labelled_by_votes,
     pair_names,
@@ -24,12 +22,12 @@ from ambig_bench.errors import UserError
 
 
 @register_source("human")
-def human(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:
+def human(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> LabelledImages:
     """Real in-between images from human votes (cifar10h, folder CSV, npz probs), with their vote split."""
     if raw.votes is None:
-        raise UserError(f"--between-source human: dataset {cfg.dataset} has no human votes; use cifar10h, "
+        raise UserError(f"--between-source human: dataset {ctx.cfg.data.dataset} has no human votes; use cifar10h, "
                         f"folder with a labels CSV (A|B labels or vote columns), or npz with probs")
-    data = labelled_by_votes(raw, pairs, cfg, keep_between=True)
+    data = labelled_by_votes(raw, pairs, ctx.cfg, keep_between=True)
     if split := split_without_between(data):
         raise UserError(f"--between-source human: no {split} image is in-between for pairs "
                         f"{','.join(pair_names(data))}; lower --human-second or --human-pair-mass, or choose other "

@@ -11,14 +11,14 @@ $ ambig-bench run --dataset fashion-mnist --between-source natural --natural-thr
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import check_at_least, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
 from ambig_bench.datasets.base import (
+    SourceContext,
     between_per_pair,
     clear_cut,
     pair_names,
@@ -27,17 +27,27 @@ from ambig_bench.datasets.base import (
     stratified_split,
 )
 from ambig_bench.errors import UserError
-from ambig_bench.models import build_network
-from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import pick_device, predict_logits, train
 
 
-@register_source("natural")
-def natural(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: torch.Generator) -> LabelledImages:
+@dataclass
+class NaturalOptions:
+    natural_threshold: float = option(0.3, "natural: both pair probabilities at least this (out-of-fold)")
+    natural_folds: int = option(3, "natural: cross-validation folds of the reference model (>= 2)")
+    natural_epochs: int = option(4, "natural: training epochs of each fold's reference model")
+
+    def validate(self) -> None:
+        check_fraction("natural_threshold", self.natural_threshold)
+        check_at_least("natural_folds", self.natural_folds, 2)
+        check_at_least("natural_epochs", self.natural_epochs, 1)
+
+
+@register_source("natural", options=NaturalOptions)
+def natural(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> LabelledImages:
     """Real images of A or B whose cross-validated p(A) and p(B) both reach --natural-threshold (0.3)."""
-    data = clear_cut(raw, pairs, cfg)
-    probs = reference_probs(data, cfg, gen)
-    t = cfg.natural_threshold
+    opts: NaturalOptions = ctx.options
+    data = clear_cut(raw, pairs, ctx.cfg)
+    probs = reference_probs(data, ctx)
+    t = opts.natural_threshold
     free = data.split != SPLITS["unsure"]
     for a, b in pairs:
         # An image can qualify for two pairs sharing a class only when t <= 1/3; the first pair keeps it.
@@ -48,32 +58,28 @@ def natural(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig, gen: t
         raise UserError(f"--between-source natural: no {split} image has p >= {t} for both classes of "
                         f"{','.join(pair_names(data))}; lower --natural-threshold or choose other --pairs")
     data.info["natural"] = {
-        "threshold": t, "folds": cfg.natural_folds, "epochs": cfg.natural_epochs, "model": cfg.model,
+        "threshold": t, "folds": opts.natural_folds, "epochs": opts.natural_epochs, "model": ctx.cfg.model.name,
         "between_per_pair": between_per_pair(data),
     }
     return data
 
 
-def reference_probs(data: LabelledImages, cfg: RunConfig, gen: torch.Generator) -> torch.Tensor:
+def reference_probs(data: LabelledImages, ctx: SourceContext) -> torch.Tensor:
     """N×K probabilities: out-of-fold for training images, the fold models' mean for val and test."""
-    device = pick_device(cfg.device)
+    if ctx.reference is None:
+        raise UserError("--between-source natural needs a reference network trainer (use runner.prepare_data)")
+    opts: NaturalOptions = ctx.options
+    folds = opts.natural_folds
     train_idx = (data.split == SPLITS["train"]).nonzero().squeeze(1)
     held_out = ((data.split == SPLITS["val"]) | (data.split == SPLITS["test"])).nonzero().squeeze(1)
-    fold = stratified_split(data.label_a[train_idx], [1 / cfg.natural_folds] * (cfg.natural_folds - 1), gen)
+    fold = stratified_split(data.label_a[train_idx], [1 / folds] * (folds - 1), ctx.gen)
     probs = torch.zeros(len(data), data.num_classes)
-    for f in range(cfg.natural_folds):
-        model = fit_reference(take(data, train_idx[fold != f]), dataclasses.replace(
-            cfg, seed=cfg.seed + f, epochs=cfg.natural_epochs), device)
-        probs[train_idx[fold == f]] = predict_logits(model, data.images[train_idx[fold == f]], device).softmax(1)
-        probs[held_out] += predict_logits(model, data.images[held_out], device).softmax(1) / cfg.natural_folds
+    for f in range(folds):
+        own, held = ctx.reference(take(data, train_idx[fold != f]), ctx.cfg.seed + f, opts.natural_epochs,
+                                  [data.images[train_idx[fold == f]], data.images[held_out]])
+        probs[train_idx[fold == f]] = own
+        probs[held_out] += held / folds
     return probs
-
-
-def fit_reference(data: LabelledImages, cfg: RunConfig, device: torch.device) -> nn.Module:
-    torch.manual_seed(cfg.seed)
-    model = build_network(cfg.model, data.images, data.num_classes, cfg.width).to(device)
-    train(model, STRATEGIES.get("hard")(data.num_classes, data.pairs), data, cfg, device)
-    return model
 
 
 def take(data: LabelledImages, idx: torch.Tensor) -> LabelledImages:

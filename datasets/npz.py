@@ -32,11 +32,11 @@ KNOWN = {"x", "y", "probs", "class_names", "split"}
 @register_dataset("npz")
 def npz(cfg: RunConfig) -> RawImages:
     """Arrays in a .npz (--data-dir FILE): x uint8 N×H×W[×C], y, optional probs N×K, class_names, split."""
-    if not cfg.data_dir:
+    if not cfg.data.data_dir:
         raise UserError("dataset npz: give --data-dir FILE.npz")
-    path = Path(cfg.data_dir).expanduser()
+    path = Path(cfg.data.data_dir).expanduser()
     if not path.is_file():
-        raise UserError(f"--data-dir {cfg.data_dir}: no such .npz file")
+        raise UserError(f"--data-dir {cfg.data.data_dir}: no such .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -44,7 +44,9 @@ class Strategy:
     """Base: softmax over the K classes, soft cross-entropy, sets decoded by a probability threshold."""
 
     name: str  # filled in by @register
+    # What a strategy is, declared so that batching and the tests read it instead of running it to find out:
     uses_threshold = True  # the predicted set is {k : score_k >= threshold}, threshold chosen on val
+    redraws_targets = False  # epoch_targets draws new targets every epoch (needs the generator)
 
     def __init__(self, num_classes: int, pairs: list[tuple[int, int]]) -> None:
         self.num_classes = num_classes
@@ -55,6 +57,11 @@ class Strategy:
         return self.num_classes
 
     # -- training -------------------------------------------------------------------------------
+    def images_per_epoch(self, between: torch.Tensor) -> int:
+        """How many (image, target) rows epoch_targets gives for a training split with these in-between flags:
+        runs that see as many can share a batched network's steps."""
+        return len(between)
+
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of the images trained on this epoch and one target row (num_outputs wide) per index."""
         return torch.arange(len(labels), device=labels.a.device), self.one_hot(labels.a)

@@ -12,6 +12,9 @@ from ambig_bench.strategies.base import Labels, Strategy, register
 class Duplicate(Strategy):
     """Each in-between image twice per epoch: once with one-hot A, once with one-hot B."""
 
+    def images_per_epoch(self, between: torch.Tensor) -> int:
+        return len(between) + int(between.sum())
+
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         everyone = torch.arange(len(labels), device=labels.a.device)
         copies = labels.between.nonzero().squeeze(1)

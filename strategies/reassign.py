@@ -13,6 +13,8 @@ from ambig_bench.strategies.base import Labels, Strategy, register
 class Reassign(Strategy):
     """Each in-between image is relabelled A or B at random (A with probability share_a) every epoch."""
 
+    redraws_targets = True
+
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         u = torch.rand(len(labels), generator=gen, device=gen.device)
         # Clear-cut images have share_a = 1, so they always keep class a.

@@ -7,28 +7,34 @@ All measurements run in one process on the same random data and network, so the 
       fp32, `.item()` every step (target: a >= 6 × c);
   (d) K runs of a small CNN on 28×28 images trained one after another vs as one batched model.
 
-$ ambig-bench bench --device cuda                     # full size (GPU)
-$ ambig-bench bench --device cpu --images 512 --epochs 1 --seeds 2 --small-images 512   # smoke test
+A developer's benchmark of the tool's training loop (not part of the tool's CLI):
+$ python benchmarks/bench.py --device cuda                     # full size (GPU)
+$ python benchmarks/bench.py --device cpu --images 512 --epochs 1 --seeds 2 --small-images 512   # smoke test
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ambig_bench.batched import train_many
-from ambig_bench.config import RunConfig
+from ambig_bench.batched import widen
+from ambig_bench.config import RunConfig, TrainOptions
 from ambig_bench.data import CLEAR, LabelledImages
 from ambig_bench.models import build_network
+from ambig_bench.options import build
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import Lookahead, augment, autocast, device_layout, make_optimizer, pick_device, timed, train
+from ambig_bench.train import Job, Lookahead, augment, autocast, device_layout, make_optimizer, pick_device, timed, train
 
 
 @dataclass
@@ -57,7 +63,7 @@ def random_data(n: int, channels: int, size: int, gen: torch.Generator) -> Label
 
 def new_model(cfg: RunConfig, data: LabelledImages, outputs: int, device: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    return device_layout(build_network(cfg.model, data.images, outputs, cfg.width).to(device), device)
+    return device_layout(build_network(cfg.model.name, data.images, outputs, cfg.model.width).to(device), device)
 
 
 def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: torch.device) -> None:
@@ -65,17 +71,17 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
     images, labels = data.images.to(device), data.label_a.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     optimizer = make_optimizer(model, cfg, device)
-    lookahead = Lookahead(model) if cfg.lookahead == "on" else None  # part of the recipe, so part of the work
-    total = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
+    lookahead = Lookahead(model) if cfg.model.lookahead == "on" else None  # part of the recipe, so part of the work
+    total = cfg.train.epochs * math.ceil(len(images) / cfg.model.batch_size)
     done = 0
     model.train()
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.train.epochs):
         order = torch.randperm(len(images), generator=gen, device=device)
-        for start in range(0, len(order), cfg.batch_size):
-            x = device_layout(augment(images[order[start:start + cfg.batch_size]], gen, cfg.translate), device)
+        for start in range(0, len(order), cfg.model.batch_size):
+            x = device_layout(augment(images[order[start:start + cfg.model.batch_size]], gen, cfg.train.translate), device)
             with autocast(device):
                 loss = F.cross_entropy(model(x).float(),
-                                       labels[order[start:start + cfg.batch_size]])
+                                       labels[order[start:start + cfg.model.batch_size]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -90,7 +96,7 @@ def textbook_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device
     loader = DataLoader(TensorDataset(x_all, data.label_a), batch_size=128, shuffle=True, num_workers=2)
     optimizer = torch.optim.SGD(model[1].parameters(), lr=0.05, momentum=0.9)
     model.train()
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.train.epochs):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model[1](x), y)
@@ -116,31 +122,34 @@ def bench(bc: BenchConfig) -> dict[str, float]:
     device = pick_device(bc.device)
     gen = torch.Generator().manual_seed(0)
     data = random_data(bc.images, 3, 32, gen)
-    cfg = RunConfig(model=bc.model, epochs=bc.epochs, device=str(device), augment="on", compile=bc.compile)
+    cfg = build({"model": bc.model, "epochs": bc.epochs, "device": str(device), "augment": "on",
+                 "compile": bc.compile})
     soft = STRATEGIES.get("soft")(10, data.pairs)
-    with_epochs = lambda e: dataclasses.replace(cfg, epochs=e or bc.epochs)  # noqa: E731
+
+    def with_epochs(c: RunConfig, e: int | None) -> RunConfig:
+        return dataclasses.replace(c, train=TrainOptions(e or bc.epochs, c.train.augment, c.train.translate))
 
     model_a = new_model(cfg, data, soft.num_outputs, device)
     trained = torch.compile(model_a) if bc.compile else model_a
     model_b, model_c = new_model(cfg, data, 10, device), new_model(cfg, data, 10, device)
     results = best_throughput(device, bc.images * bc.epochs, {
-        "a_ambig_bench": lambda e: train(trained, soft, data, with_epochs(e), device),
-        "b_bare_loop": lambda e: bare_loop(model_b, data, with_epochs(e), device),
-        "c_textbook": lambda e: textbook_loop(model_c, data, with_epochs(e), device),
+        "a_ambig_bench": lambda e: train([Job(trained, soft, data, 0)], with_epochs(cfg, e), device),
+        "b_bare_loop": lambda e: bare_loop(model_b, data, with_epochs(cfg, e), device),
+        "c_textbook": lambda e: textbook_loop(model_c, data, with_epochs(cfg, e), device),
     }, bc.repeats)
 
     small = [random_data(bc.small_images, 1, 28, torch.Generator().manual_seed(s)) for s in range(bc.seeds)]
-    small_cfgs = [RunConfig(model="small-cnn", seed=s, epochs=bc.epochs, batch_size=512, device=str(device))
-                  for s in range(bc.seeds)]
+    small_cfgs = [build({"model": "small-cnn", "seed": s, "epochs": bc.epochs, "batch_size": 512,
+                         "device": str(device)}) for s in range(bc.seeds)]
 
     def sequential(e):
         for c, d in zip(small_cfgs, small, strict=True):
-            train(new_model(c, d, 10, device), soft, d, dataclasses.replace(c, epochs=e or bc.epochs), device)
+            train([Job(new_model(c, d, 10, device), soft, d, c.seed)], with_epochs(c, e), device)
 
     def batched(e):
         models = [new_model(c, d, 10, device) for c, d in zip(small_cfgs, small, strict=True)]
-        train_many(models, [soft] * bc.seeds, small, [dataclasses.replace(c, epochs=e or bc.epochs)
-                                                     for c in small_cfgs], device)
+        jobs = [Job(m, soft, d, c.seed) for m, d, c in zip(models, small, small_cfgs, strict=True)]
+        train(jobs, with_epochs(small_cfgs[0], e), device, device_layout(widen(models).to(device), device))
 
     results |= best_throughput(device, bc.small_images * bc.epochs * bc.seeds,
                                {"d_sequential": sequential, "d_batched": batched}, bc.repeats)
@@ -172,3 +181,31 @@ def device_name(device: str) -> str:
     d = pick_device(device)
     return torch.cuda.get_device_name(d) if d.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = BenchConfig()
+    for f in dataclasses.fields(BenchConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = vars(parser.parse_args(argv))
+    json_out = args.pop("json")
+    bc = BenchConfig(**args)
+    if min(bc.images, bc.epochs, bc.seeds, bc.small_images, bc.repeats) < 1:
+        parser.error("--images, --epochs, --seeds, --small-images and --repeats must be at least 1")
+    print(f"benchmarking on {device_name(bc.device)} ...", file=sys.stderr)
+    results = bench(bc)
+    print(render(results, bc, device_name(bc.device)))
+    if json_out:
+        json_out.write_text(json.dumps({"device": device_name(bc.device), "config": dataclasses.asdict(bc),
+                                        **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
