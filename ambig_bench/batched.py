@@ -77,7 +77,7 @@ def widen_layer(models: list[nn.Module]) -> nn.Module:
     if isinstance(first, nn.Linear):
         bias = torch.stack([m.bias.detach() for m in models]) if first.bias is not None else None
         return GroupedLinear(torch.stack([m.weight.detach() for m in models]).clone(), bias)
-    if isinstance(first, ELEMENTWISE | Scale):
+    if isinstance(first, (*ELEMENTWISE, Scale)):
         return first
     raise TypeError(f"cannot batch layer {type(first).__name__}; train these runs one at a time")
 

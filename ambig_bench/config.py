@@ -42,7 +42,8 @@ def check_at_least(name: str, value: int, low: int) -> None:
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"--{name.replace('_', '-')} must be {' or '.join(choices)}, got {value!r}")
+        listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+        raise UserError(f"--{name.replace('_', '-')} must be {listed}, got {value!r}")
 
 
 @dataclass

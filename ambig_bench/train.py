@@ -73,10 +73,10 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
 
 
 def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
-    on = cfg.train.augment == "on" or (cfg.train.augment == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
-    if on and cfg.train.translate >= min(images.shape[2:]):  # auto: natural RGB photos, not digits or glyphs
-        raise UserError(f"--translate {cfg.train.translate} must be smaller than the {images.shape[2]}x{images.shape[3]} "
-                        "images")
+    augment_opt, shift = cfg.train.augment, cfg.train.translate
+    on = augment_opt == "on" or (augment_opt == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
+    if on and shift >= min(images.shape[2:]):  # auto: natural RGB photos, not digits or glyphs
+        raise UserError(f"--translate {shift} must be smaller than the {images.shape[2]}x{images.shape[3]} images")
     return on
 
 
@@ -120,8 +120,8 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     for layer in model.modules():
         scale = getattr(layer, "lr_scale", 1.0) if cfg.model.optimizer == "sgd" else 1.0
         by_scale.setdefault(scale, []).extend(p for p in layer.parameters(recurse=False) if p.requires_grad)
-    groups = [{"params": params, "lr_scale": scale, "lr": cfg.model.lr * scale, "weight_decay": cfg.model.weight_decay / scale}
-              for scale, params in by_scale.items() if params]
+    groups = [{"params": params, "lr_scale": scale, "lr": cfg.model.lr * scale,
+               "weight_decay": cfg.model.weight_decay / scale} for scale, params in by_scale.items() if params]
     if cfg.model.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.model.lr, momentum=cfg.model.momentum, nesterov=cfg.model.momentum > 0)
     # The fused kernel updates every parameter in one launch on CUDA.

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import DataOptions, RunConfig
 from ambig_bench.data import SPLITS
 from ambig_bench.datasets.cifar10 import cifar10
 
@@ -99,7 +99,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
-    raw = cifar10(RunConfig(dataset="cifar10", data_dir=args.data))
+    raw = cifar10(RunConfig(data=DataOptions(dataset="cifar10", data_dir=args.data)))
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
     split = lambda name: ((raw.images[raw.split == SPLITS[name]].to(device).float() / 255 - mean) / std,  # noqa: E731
                           raw.labels[raw.split == SPLITS[name]].to(device))

@@ -34,7 +34,17 @@ from ambig_bench.data import CLEAR, LabelledImages
 from ambig_bench.models import build_network
 from ambig_bench.options import build
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import Job, Lookahead, augment, autocast, device_layout, make_optimizer, pick_device, timed, train
+from ambig_bench.train import (
+    Job,
+    Lookahead,
+    augment,
+    autocast,
+    device_layout,
+    make_optimizer,
+    pick_device,
+    timed,
+    train,
+)
 
 
 @dataclass
@@ -77,11 +87,11 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
     model.train()
     for _ in range(cfg.train.epochs):
         order = torch.randperm(len(images), generator=gen, device=device)
-        for start in range(0, len(order), cfg.model.batch_size):
-            x = device_layout(augment(images[order[start:start + cfg.model.batch_size]], gen, cfg.train.translate), device)
+        step = cfg.model.batch_size
+        for start in range(0, len(order), step):
+            x = device_layout(augment(images[order[start:start + step]], gen, cfg.train.translate), device)
             with autocast(device):
-                loss = F.cross_entropy(model(x).float(),
-                                       labels[order[start:start + cfg.model.batch_size]])
+                loss = F.cross_entropy(model(x).float(), labels[order[start:start + step]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

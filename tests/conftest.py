@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ambig_bench.config import RunConfig
+from ambig_bench.options import build
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -19,7 +20,7 @@ def tiny_config(**overrides) -> RunConfig:
     values = dict(dataset="digits", epochs=2, width=8, batch_size=64, test_between_per_pair=20,
                   val_between_per_pair=10, device="cpu")
     values.update(overrides)
-    return RunConfig(**values)
+    return build(values)
 
 
 @pytest.fixture
@@ -31,5 +32,5 @@ def shared_path(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent (CI always has ../shared/data)")
+        pytest.skip(f"{path} is absent (the shared data folder beside the project is missing)")
     return path

@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from ambig_bench.batched import train_many, widen
-from ambig_bench.datasets import prepare
-from ambig_bench.models import build_model, build_network
+from ambig_bench.batched import copy_back, widen
+from ambig_bench.models import Preprocess, build_model, build_network
+from ambig_bench.runner import prepare_data
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import Preprocess, predict_logits, train
+from ambig_bench.train import Job, predict_logits, train
 from tests.conftest import tiny_config
 
 
 def fresh_model(cfg, data, strategy) -> nn.Module:
     torch.manual_seed(cfg.seed)
-    return build_network(cfg.model, data.subset("train").images, strategy.num_outputs, cfg.width)
+    return build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width)
 
 
 @pytest.mark.parametrize("model, channels, size", [("small-cnn", 1, 8), ("fast-cifar", 3, 32)])
@@ -35,17 +35,20 @@ def test_wide_forward_equals_each_model(model, channels, size):
         assert torch.allclose(out[:, m], single.eval()(x[:, m]), atol=1e-5)
 
 
-def test_train_many_matches_sequential_training():
+def test_one_loop_trains_a_wide_network_like_the_runs_one_by_one():
     names = ["soft", "reassign", "partial"]  # same output size and images per epoch
     cfgs = [tiny_config(strategy=n, seed=s, epochs=3) for n, s in zip(names, (0, 1, 2), strict=True)]
-    datas = [prepare(c) for c in cfgs]
+    datas = [prepare_data(c) for c in cfgs]
     strategies = [STRATEGIES.get(c.strategy)(10, d.pairs) for c, d in zip(cfgs, datas, strict=True)]
     alone = [fresh_model(c, d, s) for c, d, s in zip(cfgs, datas, strategies, strict=True)]
     together = copy.deepcopy(alone)
     device = torch.device("cpu")
-    histories = [train(m, s, d.subset("train"), c, device) for m, s, d, c in zip(alone, strategies, datas, cfgs,
-                                                                                 strict=True)]
-    batched = train_many(together, strategies, datas, cfgs, device)
+    jobs = [[Job(m, s, d.subset("train"), c.seed)] for m, s, d, c in zip(alone, strategies, datas, cfgs, strict=True)]
+    histories = [train(job, c, device)[0] for job, c in zip(jobs, cfgs, strict=True)]
+    wide = widen(together)
+    batched = train([Job(m, s, d.subset("train"), c.seed) for m, s, d, c in zip(together, strategies, datas, cfgs,
+                                                                                 strict=True)], cfgs[0], device, wide)
+    copy_back(wide, together)
     for h_alone, h_batched in zip(histories, batched, strict=True):
         # Same batches and targets; only the summation order inside the grouped kernels differs.
         assert [e["train_loss"] for e in h_alone] == pytest.approx([e["train_loss"] for e in h_batched], rel=1e-3)
@@ -93,10 +96,10 @@ def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monk
 
     from typer.testing import CliRunner
 
-    from ambig_bench import batched
+    from ambig_bench import batched, executors
     from ambig_bench.cli import app
 
-    monkeypatch.setattr(batched, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
+    monkeypatch.setattr(executors, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
     monkeypatch.setattr(batched, "step_seconds", lambda wide, cfg, shape, k, m, dev: 1.0 if m == 1 else wide_cost * m)
     args = ["run", "--strategy", "soft,extra-class", "--seeds", "2", "--epochs", "1", "--width", "8",
             "--test-between-per-pair", "20", "--val-between-per-pair", "10", "--device", "cpu",
@@ -110,15 +113,15 @@ def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monk
 
 def test_probe_times_training_steps_without_touching_the_runs_model():
     from ambig_bench.batched import group_size, step_seconds, widen
-    from ambig_bench.config import RunConfig
     from ambig_bench.models import build_network
+    from ambig_bench.options import build
 
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
     model = build_network("small-cnn", images, 10, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = RunConfig(batch_runs="auto", batch_size=32)
+    cfg = build(dict(batch_runs="auto", batch_size=32))
     seconds = step_seconds(widen([model] * 3), cfg, tuple(images.shape), 10, 3, torch.device("cpu"))
     assert 0 < seconds < 10
     assert group_size(cfg, model, tuple(images.shape), 10, 3, torch.device("cpu")) in (1, 3)
-    assert group_size(RunConfig(batch_runs="on"), model, tuple(images.shape), 10, 40, torch.device("cpu")) == 16
+    assert group_size(build(dict(batch_runs="on")), model, tuple(images.shape), 10, 40, torch.device("cpu")) == 16
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the probe trained a copy"

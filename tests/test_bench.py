@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

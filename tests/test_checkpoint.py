@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from ambig_bench.checkpoint import FORMAT, load_checkpoint
 from ambig_bench.errors import UserError
 from ambig_bench.models import build_model
-from ambig_bench.runner import cached_prepare, run_experiment
+from ambig_bench.runner import prepare_data, run_experiment
 from ambig_bench.train import predict_logits
 from tests.conftest import tiny_config
 
@@ -34,7 +34,7 @@ def run_copy(trained, tmp_path):
 def test_loaded_model_reproduces_the_saved_test_predictions(trained):
     cfg, run_dir = trained
     model, meta, strategy = load_checkpoint(run_dir)
-    test = cached_prepare(cfg).subset("test")
+    test = prepare_data(cfg).subset("test")
     probs = strategy.class_probs(predict_logits(model, test.images, torch.device("cpu")))
     saved = pd.read_csv(run_dir / "predictions.csv").query("split == 'test'")
     k = len(meta["class_names"])

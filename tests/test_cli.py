@@ -71,7 +71,7 @@ def test_run_then_compare_end_to_end(tmp_path):
                      "model.safetensors", "model.json", "DONE"):
             assert (run_dir / name).exists(), (run_dir, name)
         cfg = json.loads((run_dir / "config.json").read_text())
-        assert cfg["epochs"] == 2, "the command line overrides the config file"
+        assert cfg["train"]["epochs"] == 2, "the command line overrides the config file"
         preds = pd.read_csv(run_dir / "predictions.csv")
         assert set(preds.split) == {"val", "test"} and {"p_0", "p_9", "pred_set", "ambiguity"} <= set(preds)
     metrics = json.loads((runs[1] / "metrics.json").read_text())

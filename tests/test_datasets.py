@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
-import pickle
 import tarfile
 from pathlib import Path
 
@@ -15,11 +15,12 @@ from PIL import Image
 from ambig_bench import imageio
 from ambig_bench.data import CLEAR, SPLITS, RawImages
 from ambig_bench.datasets import DATASETS, prepare
-from ambig_bench.datasets.base import BETWEEN_KIND, CLEAR_KIND, UNSURE_KIND, judge_votes
+from ambig_bench.datasets.base import BETWEEN_KIND, CLEAR_KIND, UNSURE_KIND, SourceContext, judge_votes
 from ambig_bench.datasets.cifar10 import CLASSES as CIFAR_CLASSES
 from ambig_bench.datasets.fashion_mnist import CLASSES as FASHION_CLASSES
-from ambig_bench.datasets.natural import natural
+from ambig_bench.datasets.natural import NaturalOptions, natural
 from ambig_bench.imageio import decode_tree
+from ambig_bench.train import fit_reference
 from tests.conftest import tiny_config
 
 
@@ -223,18 +224,6 @@ def test_cifar10_tree(tmp_path):
     assert int((raw.split == SPLITS["test"]).sum()) == 20
 
 
-def test_cifar10_torchvision_batches(tmp_path):
-    batches = tmp_path / "root" / "cifar-10-batches-py"
-    batches.mkdir(parents=True)
-    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
-        labels = list(range(10))
-        data = np.stack([np.full(3 * 32 * 32, shade(y), dtype=np.uint8) for y in labels])
-        (batches / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
-    raw = DATASETS.get("cifar10")(tiny_config(dataset="cifar10", data_dir=str(tmp_path / "root")))
-    assert raw.images.shape == (60, 3, 32, 32) and int((raw.split == SPLITS["test"]).sum()) == 10
-    assert torch.equal(read_back(raw.images), raw.labels)
-
-
 def test_cifar10h_protocol_on_a_stand_in(tmp_path):
     tree = write_cifar_tree(tmp_path / "c10", per_class=8)
     n_test = 80
@@ -333,7 +322,8 @@ def test_natural_finds_the_known_confusable_images():
     split[torch.randperm(len(labels), generator=gen)[:100]] = SPLITS["test"]
     raw = RawImages(images, labels, ["0", "1", "2"], split)
     cfg = tiny_config(between_source="natural", batch_size=32, lr=1e-2)
-    data = natural(raw, [(0, 1)], cfg, torch.Generator().manual_seed(1))
+    reference = functools.partial(fit_reference, cfg, torch.device("cpu"))
+    data = natural(raw, [(0, 1)], SourceContext(cfg, NaturalOptions(), torch.Generator().manual_seed(1), reference))
     chosen = data.is_between
     precision = (chosen & confusable).sum() / chosen.sum()
     recall = (chosen & confusable).sum() / confusable.sum()

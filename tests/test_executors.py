@@ -12,9 +12,9 @@ import torch
 from ambig_bench.compare import compare
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import UserError
-from ambig_bench.executors import open_executor, preflight
+from ambig_bench.executors import grid, open_executor, preflight, run_grid
 from ambig_bench.io import read_json
-from ambig_bench.runner import RunResult, grid, run_grid
+from ambig_bench.store import RunResult
 from tests.conftest import tiny_config
 
 SAME_BYTES = ("config.json", "data.json", "history.csv", "metrics.json", "predictions.csv", "model.safetensors")

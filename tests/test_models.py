@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from ambig_bench.batched import train_many
-from ambig_bench.bench import random_data
-from ambig_bench.config import RunConfig
+from ambig_bench.batched import copy_back, widen
 from ambig_bench.models import Whiten, build_network
+from ambig_bench.options import build
 from ambig_bench.strategies import STRATEGIES
-from ambig_bench.train import make_optimizer, predict_logits, train
+from ambig_bench.train import Job, make_optimizer, predict_logits, train
+from benchmarks.bench import random_data
 
 
 def correlated_images(n: int = 200, size: int = 12) -> torch.Tensor:
@@ -51,26 +52,26 @@ def test_build_network_fits_the_stem_and_freezes_it():
 def test_sgd_groups_frozen_weights_out_and_speeds_up_batchnorm_shifts():
     images = random_data(64, 3, 32, torch.Generator().manual_seed(1)).images
     model = build_network("fast-cifar", images, 10, 8)
-    cfg = RunConfig(model="fast-cifar")
+    cfg = build(dict(model="fast-cifar"))
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     by_scale = {g["lr_scale"]: g for g in optimizer.param_groups}
     bn_shifts = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     assert {id(p) for p in by_scale[64.0]["params"]} == bn_shifts
-    assert by_scale[64.0]["lr"] == pytest.approx(64 * cfg.lr)
-    assert by_scale[64.0]["weight_decay"] == pytest.approx(cfg.weight_decay / 64)  # same decay per step
+    assert by_scale[64.0]["lr"] == pytest.approx(64 * cfg.model.lr)
+    assert by_scale[64.0]["weight_decay"] == pytest.approx(cfg.model.weight_decay / 64)  # same decay per step
     optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
     frozen = {id(p) for p in model.parameters() if not p.requires_grad}
     assert frozen and not frozen & optimised and optimised | frozen == {id(p) for p in model.parameters()}
-    adamw = make_optimizer(model, RunConfig(model="fast-cifar", optimizer="adamw"), torch.device("cpu"))
+    adamw = make_optimizer(model, build(dict(model="fast-cifar", optimizer="adamw")), torch.device("cpu"))
     assert [g["lr_scale"] for g in adamw.param_groups] == [1.0]
-    plain = make_optimizer(model, RunConfig(model="fast-cifar", momentum=0.0), torch.device("cpu"))
+    plain = make_optimizer(model, build(dict(model="fast-cifar", momentum=0.0)), torch.device("cpu"))
     assert not plain.defaults["nesterov"]  # Nesterov needs momentum; --momentum 0 is plain SGD
 
 
 def test_frozen_weights_stay_put_alone_and_batched():
     """Sequential and batched training of fast-cifar leave BN scales at 1 and the stem as fitted, and agree."""
     datas = [random_data(96, 3, 32, torch.Generator().manual_seed(s)) for s in (0, 1)]
-    cfgs = [RunConfig(model="fast-cifar", width=4, epochs=2, batch_size=32, seed=s, device="cpu", augment="on")
+    cfgs = [build(dict(model="fast-cifar", width=4, epochs=2, batch_size=32, seed=s, device="cpu", augment="on"))
             for s in (0, 1)]
     soft = STRATEGIES.get("soft")(10, datas[0].pairs)
     models = []
@@ -80,8 +81,11 @@ def test_frozen_weights_stay_put_alone_and_batched():
     stems = [m[1][0].weight.clone() for m in models]
     together = copy.deepcopy(models)
     for m, c, d in zip(models, cfgs, datas, strict=True):
-        train(m, soft, d, c, torch.device("cpu"))
-    train_many(together, [soft, soft], datas, cfgs, torch.device("cpu"))
+        train([Job(m, soft, d, c.seed)], c, torch.device("cpu"))
+    wide = widen(together)
+    train([Job(m, soft, d, c.seed) for m, d, c in zip(together, datas, cfgs, strict=True)], cfgs[0],
+          torch.device("cpu"), wide)
+    copy_back(wide, together)
     for alone, batched, stem, d in zip(models, together, stems, datas, strict=True):
         for m in (alone, batched):
             assert torch.equal(m[1][0].weight, stem)
@@ -93,12 +97,16 @@ def test_frozen_weights_stay_put_alone_and_batched():
 
 
 def test_fast_cifar_checkpoint_keeps_the_fitted_stem(tmp_path):
-    from ambig_bench.checkpoint import load_checkpoint, save_checkpoint
+    from safetensors.torch import save_file
+
+    from ambig_bench.checkpoint import FORMAT, load_checkpoint, model_files
 
     data = random_data(64, 3, 32, torch.Generator().manual_seed(2))
-    cfg = RunConfig(model="fast-cifar", width=4, augment="on")
+    cfg = build(dict(model="fast-cifar", width=4, augment="on"))
     model = build_network("fast-cifar", data.images, 10, 4).eval()
-    save_checkpoint(tmp_path, model, cfg, data, STRATEGIES.get("soft")(10, data.pairs), None)
+    weights, meta = model_files(model, cfg, data, STRATEGIES.get("soft")(10, data.pairs), None, tta=2)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": FORMAT})
+    (tmp_path / "model.json").write_text(json.dumps(meta))
     loaded, meta, _ = load_checkpoint(tmp_path)
     assert meta["tta"] == 2 and torch.equal(loaded[1][0].weight, model[1][0].weight)
     assert torch.equal(predict_logits(loaded, data.images, torch.device("cpu"), tta=2),

@@ -22,9 +22,11 @@ from ambig_bench import runner as runner_module
 from ambig_bench.cli import app
 from ambig_bench.compare import compare
 from ambig_bench.config import ExperimentConfig
+from ambig_bench.executors import grid, run_grid
 from ambig_bench.io import read_json, write_json
 from ambig_bench.locks import RunLock
-from ambig_bench.runner import grid, run_experiment, run_grid, run_name
+from ambig_bench.runner import run_experiment
+from ambig_bench.store import run_name
 from tests.conftest import tiny_config
 
 cli = CliRunner()
@@ -189,7 +191,7 @@ def test_nan_loss_is_a_failed_run_the_grid_goes_on_and_compare_shows_it(tmp_path
     shown = cli.invoke(app, ["compare", out])
     assert shown.exit_code == 0, shown.output
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    default_lr = tiny_config().lr
+    default_lr = tiny_config().model.lr
     assert sorted(zip(table.lr, table.n_failed, table.n_seeds, strict=True)) == [
         (default_lr, 0, 1), (default_lr, 0, 1), (1e9, 1, 0), (1e9, 1, 0)]
     assert "| failed |" in (tmp_path / "out" / "comparison.md").read_text()
@@ -198,10 +200,10 @@ def test_nan_loss_is_a_failed_run_the_grid_goes_on_and_compare_shows_it(tmp_path
 def test_cuda_out_of_memory_is_a_failed_run_naming_the_batch_size_to_try(tmp_path, monkeypatch):
     real_train = runner_module.train
 
-    def train_out_of_memory(model, strategy, *args, **kwargs):
-        if strategy.name == "soft":
+    def train_out_of_memory(jobs, *args, **kwargs):
+        if jobs[0].strategy.name == "soft":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_train(model, strategy, *args, **kwargs)
+        return real_train(jobs, *args, **kwargs)
 
     monkeypatch.setattr(runner_module, "train", train_out_of_memory)
     exp = ExperimentConfig(tiny_config(batch_size=64), ["soft", "hard"], 1, str(tmp_path))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+from ambig_bench.options import replace
 from ambig_bench.runner import run_experiment
+from ambig_bench.store import experiment_key
 from tests.conftest import tiny_config
 
 
@@ -22,7 +22,7 @@ def test_reuse_and_force(tmp_path):
     assert run_experiment(cfg, tmp_path).status == "reused"
     assert run_experiment(cfg, tmp_path, force=True).status == "done"
     # A different configuration is a different run, not a reuse.
-    assert run_experiment(dataclasses.replace(cfg, epochs=3), tmp_path).status == "done"
+    assert run_experiment(replace(cfg, epochs=3), tmp_path).status == "done"
 
 
 def test_threshold_recorded_only_for_threshold_strategies(tmp_path):
@@ -34,4 +34,21 @@ def test_threshold_recorded_only_for_threshold_strategies(tmp_path):
 
 def test_data_dir_is_part_of_the_experiment_key():
     """For `folder` and `npz` the directory is the dataset: another directory must not reuse old runs."""
-    assert tiny_config(data_dir="/a").key() != tiny_config(data_dir="/b").key()
+    assert experiment_key(tiny_config(data_dir="/a")) != experiment_key(tiny_config(data_dir="/b"))
+
+
+def test_an_option_the_source_does_not_read_keeps_the_key():
+    """Blend options do not change a human run's experiment (its finished runs are reused), but do a blend run's."""
+    base = experiment_key(tiny_config(between_source="human"))
+    assert experiment_key(tiny_config(between_source="human", blend_low=0.3)) == base
+    assert experiment_key(tiny_config(blend_low=0.3)) != experiment_key(tiny_config())
+    assert experiment_key(tiny_config(natural_folds=4)) == experiment_key(tiny_config())
+    assert experiment_key(tiny_config(between_source="natural", natural_folds=4)) != experiment_key(
+        tiny_config(between_source="natural"))
+
+
+def test_unset_recipe_options_take_the_models_defaults_and_key_on_the_values():
+    """None means "the model's default"; a saved config holds the value, and typing the default changes nothing."""
+    cfg = tiny_config(batch_size=None)
+    assert cfg.model.batch_size == 128 and cfg.model.width == 8
+    assert experiment_key(tiny_config(batch_size=None)) == experiment_key(tiny_config(batch_size=128))

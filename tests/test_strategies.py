@@ -39,6 +39,15 @@ def test_targets_are_valid(strategy):
     assert torch.allclose(targets[clear].sum(1), torch.ones(int(clear.sum())))
 
 
+def test_declarations_match_what_the_strategy_does(strategy):
+    """Batching groups runs by what strategies declare, so the declarations must be what they do."""
+    lab = labels()
+    draws = [strategy.epoch_targets(lab, torch.Generator().manual_seed(seed)) for seed in range(8)]
+    assert all(len(index) == strategy.images_per_epoch(lab.between) for index, _ in draws)
+    changes = any(not torch.equal(t, draws[0][1]) for _, t in draws[1:])
+    assert changes == strategy.redraws_targets
+
+
 def test_loss_is_finite_and_gradients_flow(strategy):
     lab = labels()
     index, targets = strategy.epoch_targets(lab, torch.Generator().manual_seed(0))

@@ -40,10 +40,10 @@ def test_grid_is_the_product_times_seeds_and_strategies():
     exp = ExperimentConfig(tiny_config(), ["soft", "hard"], seeds=2, out="unused")
     configs = sweep_configs(exp, parse_vary(["between-fraction=0.02,0.1", "epochs=1,2,3"]))
     assert len(configs) == 2 * 3 * 2 * 2
-    assert {(c.between_fraction, c.epochs, c.strategy, c.seed) for c in configs} == {
+    assert {(c.source["blend"]["between_fraction"], c.train.epochs, c.strategy, c.seed) for c in configs} == {
         (f, e, s, seed) for f in (0.02, 0.1) for e in (1, 2, 3) for s in ("soft", "hard") for seed in (0, 1)}
     # Everything not varied keeps the template's value.
-    assert {c.width for c in configs} == {tiny_config().width}
+    assert {c.model.width for c in configs} == {tiny_config().model.width}
 
 
 def test_bad_value_fails_before_training(tmp_path):
@@ -69,17 +69,19 @@ def test_tiny_sweep_trains_reuses_and_draws(tmp_path):
 
 
 def test_varied_model_takes_its_own_recipe_and_names_are_checked():
-    from ambig_bench.config import MODEL_DEFAULTS, RunConfig
     from ambig_bench.errors import UserError
+    from ambig_bench.models import MODELS
+    from ambig_bench.options import build
     from ambig_bench.sweep import sweep_points
 
-    points = sweep_points(RunConfig(), {"model": ["small-cnn", "fast-cifar"]})
+    points = sweep_points(build({}), {"model": ["small-cnn", "fast-cifar"]})
     for point in points:
-        assert {k: getattr(point, k) for k in MODEL_DEFAULTS[point.model]} == MODEL_DEFAULTS[point.model]
+        recipe = MODELS.get(point.model.name).recipe
+        assert {k: getattr(point.model, k) for k in recipe} == recipe
     with pytest.raises(UserError, match="unknown model 'nope'"):
-        sweep_points(RunConfig(), {"model": ["small-cnn", "nope"]})
+        sweep_points(build({}), {"model": ["small-cnn", "nope"]})
     with pytest.raises(UserError, match="only the blend source"):
-        sweep_points(RunConfig(between_source="human"), {"between_fraction": [0.01, 0.1]})
+        sweep_points(build(dict(between_source="human")), {"between_fraction": [0.01, 0.1]})
 
 
 def test_every_sweep_point_is_checked_against_the_image_size_before_training(tmp_path):
