@@ -32,6 +32,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(PY) -m pytest -q tests/test_architecture.py
 
 # The README figure: a digits sweep of between-fraction on the CPU (about 10 minutes), then its report.
 docs-figure: $(STAMP)

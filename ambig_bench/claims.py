@@ -11,15 +11,15 @@ $ ambig-bench report results/demo      # the claims appear under "The common cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ambig_bench.compare import IDENTITY, Comparison, paired_cell
-from ambig_bench.config import RunConfig
+from ambig_bench.compare import Comparison, flag, paired_cell
 from ambig_bench.metrics import HIGHER_IS_BETTER
+from ambig_bench.options import build, flat_values, outside_experiment
 from ambig_bench.stats import min_holm_p
 
 ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
@@ -42,10 +42,6 @@ class Verdict:
     verdict: str  # supported | contradicted | not decided | needs a sweep
     evidence: str
     figure: str  # file name under figures/ ("" = none)
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def where_label(where: dict) -> str:
@@ -176,16 +172,17 @@ def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str
 
 def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
     """The command that adds the sweep these claims need, keeping every other option of this directory."""
-    first, default = comparison.runs.iloc[0], RunConfig()
+    first = comparison.runs.iloc[0]
+    defaults = flat_values(build({}))  # resolved (the default model's recipe), by flat name like compare's columns
     options = []
-    for f in fields(RunConfig):
-        value = first.get(f.name, getattr(default, f.name))  # runs older than a new option lack it
-        if f.name in IDENTITY or f.name == "between_fraction" or value == getattr(default, f.name):
+    for name in comparison.options:
+        value = first[name]
+        if name in outside_experiment() or name == "between_fraction" or value is None or value == defaults.get(name):
             continue
         if isinstance(value, bool | np.bool_):  # pandas hands booleans back as numpy.bool_
-            options.append(f"--{flag(f.name)}" if value else f"--no-{flag(f.name)}")
+            options.append(f"--{flag(name)}" if value else f"--no-{flag(name)}")
         else:
-            options.append(f"--{flag(f.name)} {value}")
+            options.append(f"--{flag(name)} {value}")
     return " ".join(["ambig-bench sweep", *options, f"--strategy {','.join(CLAIM_STRATEGIES)}",
                      f"--vary between-fraction={SWEEP_FRACTIONS}", f"--seeds {seeds}",
                      f"--out results/{results_dir.name}-sweep"])

@@ -1,42 +1,39 @@
 """Compare the runs of a results directory: one row per strategy, each metric as mean and 95% CI.
 
 Against a baseline strategy (default `soft`), every metric's difference is paired by seed, with a
-bootstrap CI and a Holm-corrected paired test; a rank table shares ranks where CIs overlap.
+bootstrap CI and a Holm-corrected paired test; a rank table shares ranks where CIs overlap. comparison.md
+is a document of ambig_bench.document blocks; the report shows the same tables (`sections`).
 
 $ ambig-bench compare results/demo --baseline soft
+
+>>> c = compare("results/demo", baseline="soft")  # doctest: +SKIP
+>>> c.summary[["strategy", "n_seeds", "clear_acc_mean"]]  # doctest: +SKIP
+  strategy  n_seeds  clear_acc_mean
+0     hard        3           0.860
+1     soft        3           0.910
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ambig_bench.config import RUN_FIELDS
+from ambig_bench.calibration import conformal_summary
+from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, to_markdown
+from ambig_bench.document import markdown_table as markdown_table  # the CLI prints the summary with it
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic, write_csv
-from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
+from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
+from ambig_bench.options import outside_experiment
 from ambig_bench.stats import mean_ci, min_holm_p, paired_comparison, rank_table
 
-# Conformal set quality per run (ambig_bench.predict.conformal_summary): name -> meaning, shown in its own table.
-CONFORMAL_ALPHA = 0.1
-CONFORMAL = {
-    "cp_coverage": "conformal sets hold every true label, all test images (guaranteed >= 1 - alpha)",
-    "cp_size": "mean conformal set size, all test images",
-    "cp_clear_coverage": "coverage on clear-cut images",
-    "cp_clear_size": "mean set size on clear-cut images",
-    "cp_between_coverage": "coverage on in-between images (both A and B in the set)",
-    "cp_between_size": "mean set size on in-between images",
-    "cp_between_exact": "conformal set is exactly {A, B} on in-between images",
-    "thr_clear_size": "the strategy's own threshold sets: mean size on clear-cut images",
-    "thr_between_coverage": "threshold sets: A and B both in the set, in-between images",
-    "thr_between_exact": "threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
-}
+CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
 ABSENT = "(absent)"  # a config field that a run written by an older version lacks
-IDENTITY = ("strategy", "seed", "device", "download", "compile", "batch_runs")  # not part of an experiment
+DEFAULT = "(default)"  # a config field left unset (null): the model's or the dataset's own value
+CELLS = "Cells are mean ± 95% CI half-width over seeds (Student t); n = seeds."
 
 
 @dataclass
@@ -46,12 +43,36 @@ class Comparison:
     paired: pd.DataFrame  # one row per (group, strategy, metric): paired difference vs the baseline
     ranks: pd.DataFrame  # one row per (group, strategy): rank per metric
     group_by: list[str]  # config fields that differ between experiments in the directory
-    markdown: str
+    options: list[str]  # every config field of the runs, by its flat (option) name, in config.json's order
+    markdown: str  # comparison.md
 
 
-def load_runs(results_dir: Path) -> pd.DataFrame:
-    """Every finished or failed run below results_dir/runs; unfinished (temporary) ones are ignored."""
-    rows = []
+def flag(name: str) -> str:
+    """A config field's command-line spelling: between_fraction -> between-fraction."""
+    return name.replace("_", "-")
+
+
+def flatten_config(config: dict, within: str = "") -> dict:
+    """config.json's fields by their flat option names, whether the file is flat (older runs) or nested in groups.
+
+    A group's `name` is named after the group ("model": {"name": ...} is the option `model`).
+
+    >>> flatten_config({"strategy": "soft", "data": {"dataset": "digits"}, "model": {"name": "small-cnn", "lr": 0.1}})
+    {'strategy': 'soft', 'dataset': 'digits', 'model': 'small-cnn', 'lr': 0.1}
+    """
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, key))
+        else:
+            flat[within if key == "name" and within else key] = value
+    return flat
+
+
+def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every finished or failed run below results_dir/runs (unfinished, temporary ones are ignored), and the
+    config fields found in their config.json files."""
+    configs, rows = [], []
     for run_dir in sorted((results_dir / "runs").glob("*")):
         if run_dir.name.startswith(".") or not (run_dir / "config.json").exists():
             continue
@@ -61,35 +82,38 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
             row = {"run": run_dir.name, "status": "failed", "error": read_json(run_dir / "FAILED")["error"]}
         else:
             continue
-        rows.append({**read_json(run_dir / "config.json"), **row})
+        configs.append(flatten_config(read_json(run_dir / "config.json")))
+        rows.append(row)
     if not rows:
         raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
-    runs = pd.DataFrame(rows)
+    runs = pd.DataFrame([config | row for config, row in zip(configs, rows, strict=True)])
+    options = list(dict.fromkeys(name for config in configs for name in config))
     # A run written before a config field existed lacks it: it is a different experiment from the runs that have
-    # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby).
-    for name in RUN_FIELDS:
-        if name in runs and runs[name].isna().any():
-            kind = type(RUN_FIELDS[name].default)  # 0, not the 0.0 that pandas made of an int column with gaps
-            runs[name] = [ABSENT if pd.isna(v) else str(kind(v)) for v in runs[name]]
-    return runs
+    # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby, as a null
+    # would be; an unset field beside set ones likewise). The column becomes text, each value as written (0, not
+    # the 0.0 pandas makes of an int column with gaps).
+    for name in options:
+        unset = [config.get(name) is None for config in configs]
+        if any(unset) and not all(unset):
+            runs[name] = [ABSENT if name not in config else DEFAULT if config[name] is None else str(config[name])
+                          for config in configs]
+    return runs, options
 
 
-def varying_fields(runs: pd.DataFrame) -> list[str]:
-    fields = [f for f in RUN_FIELDS if f not in IDENTITY and f in runs]
-    return [f for f in fields if runs[f].astype(str).nunique() > 1]
+def varying_fields(runs: pd.DataFrame, options: list[str]) -> list[str]:
+    outside = outside_experiment()
+    return [f for f in options if f not in outside and runs[f].astype(str).nunique() > 1]
 
 
 def add_conformal(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
     """Per finished run, conformal sets calibrated on its validation predictions, scored on its test ones."""
-    from ambig_bench.predict import conformal_summary
-
     rows = []
     for run, status in zip(runs.run, runs.status, strict=True):
         run_dir = results_dir / "runs" / run
         ok = status == "done" and (run_dir / "predictions.csv").exists()
         rows.append(conformal_summary(run_dir, CONFORMAL_ALPHA, "lac") if ok else {})
     extra = pd.DataFrame(rows, index=runs.index)
-    return pd.concat([runs, extra[[c for c in CONFORMAL if c in extra]]], axis=1)
+    return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
 
 
 def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
@@ -98,7 +122,7 @@ def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
         done = group[group.status == "done"]
         row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
         row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
-        for m in [*METRICS, *CONFORMAL]:
+        for m in [*METRICS, *SET_METRICS]:
             values = done[m].astype(float) if m in done else pd.Series(dtype=float)
             row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_ci(values.to_numpy())
         rows.append(row)
@@ -139,13 +163,6 @@ def fmt(mean: float, low: float, high: float) -> str:
     if math.isnan(low):
         return f"{mean:.3f}"
     return f"{mean:.3f} ± {(high - low) / 2:.3f}"
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def summary_display(summary: pd.DataFrame, group_by: list[str], metrics=tuple(METRICS)) -> pd.DataFrame:
@@ -189,35 +206,53 @@ def attainable(paired: pd.DataFrame) -> str:
 
 def setup_line(runs: pd.DataFrame, group_by: list[str]) -> str:
     first = runs.iloc[0]
-    parts = [f"{f.replace('_', '-')} {first[f] or '(dataset default)'}" for f in
+    parts = [f"{flag(f)} {first[f] or '(dataset default)'}" for f in
              ("dataset", "pairs", "between_source", "between_fraction", "model", "epochs")
              if f in runs and f not in group_by]
     return " · ".join(parts)
 
 
-def render_markdown(results_dir: Path, comparison: Comparison, baseline: str) -> str:
-    g = comparison.group_by
-    lines = [f"# Comparison of strategies: {results_dir.name}", "",
-             f"Setup: {setup_line(comparison.runs, g)}. Cells are mean ± 95% CI half-width over seeds "
-             "(Student t); n = seeds.", "",
-             markdown_table(summary_display(comparison.summary, g)), ""]
+def tabulate(frame: pd.DataFrame, group_by: list[str]) -> Table:
+    """A table of the documents: swept options headed as they are typed (between-fraction), metrics as named."""
+    return Table(frame.rename(columns={g: flag(g) for g in group_by}))
+
+
+def sections(comparison: Comparison, baseline: str, level: int) -> list[Block]:
+    """The summary, paired, conformal and rank tables with what they mean: comparison.md and the report share
+    them (the report one heading level down)."""
+    g, summary = comparison.group_by, comparison.summary
+    blocks: list[Block] = [tabulate(summary_display(summary, g), g)]
     if not comparison.paired.empty:
-        lines += [f"## Paired differences against `{baseline}`", "",
-                  "Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) or "
-                  "exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
-                  f"difference at the 5% level. {attainable(comparison.paired)}", "",
-                  markdown_table(paired_display(comparison.paired, g)), ""]
-    if comparison.summary["cp_coverage_mean"].notna().any():
-        lines += [f"## Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on validation)", "",
-                  "Split-conformal sets that hold every true label of at least 1 − α of clear-cut and of in-between "
-                  "images (`ambig-bench predict` gives them per image), next to the strategy's own threshold sets.",
-                  "", markdown_table(summary_display(comparison.summary, g, tuple(CONFORMAL))), ""]
-    lines += ["## Ranks", "", "1 = best; strategies share a rank where their 95% CIs overlap.", "",
-              markdown_table(comparison.ranks), "", "## Metrics", ""]
-    better = {True: "higher is better", False: "lower is better", None: "not ranked"}
-    lines += [f"- `{m}` ({better[hib]}): {text}" for m, (hib, text) in METRICS.items()]
-    lines += [f"- `{m}`: {text}" for m, text in CONFORMAL.items()]
-    return "\n".join(lines) + "\n"
+        blocks += [Heading(f"Paired differences against `{baseline}`", level),
+                   Paragraph("Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) "
+                             "or exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
+                             f"difference at the 5% level. {attainable(comparison.paired)}"),
+                   tabulate(paired_display(comparison.paired, g), g)]
+    elif baseline not in set(comparison.runs.strategy):
+        blocks.append(Paragraph(f"_Note: baseline {baseline!r} has no runs here._"))
+    if summary["cp_coverage_mean"].notna().any():
+        blocks += [Heading(f"Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on "
+                           "validation)", level),
+                   Paragraph("Split-conformal sets that hold every true label of at least 1 − α of clear-cut and of "
+                             "in-between images (`ambig-bench predict` gives them per image), next to the "
+                             "strategy's own threshold sets."),
+                   tabulate(summary_display(summary, g, tuple(SET_METRICS)), g)]
+    return blocks + [Heading("Ranks", level),
+                     Paragraph("1 = best; strategies share a rank where their 95% CIs overlap."),
+                     tabulate(comparison.ranks, g)]
+
+
+def glossary() -> list[Block]:
+    """What every metric means and which end is better (metrics.METRICS and SET_METRICS)."""
+    return [Heading("Metrics"),
+            Bullets([f"`{name}` ({m.direction}): {m.description}" for name, m in (METRICS | SET_METRICS).items()])]
+
+
+def document(results_dir: Path, comparison: Comparison, baseline: str) -> list[Block]:
+    """comparison.md."""
+    return [Heading(f"Comparison of strategies: {results_dir.name}", 1),
+            Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
+            *sections(comparison, baseline, 2), *glossary()]
 
 
 def compare(results_dir: str | Path, baseline: str = "soft") -> Comparison:
@@ -225,21 +260,17 @@ def compare(results_dir: str | Path, baseline: str = "soft") -> Comparison:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results directory not found")
-    runs = add_conformal(load_runs(results_dir), results_dir)
-    group_by = varying_fields(runs)
+    runs, options = load_runs(results_dir)
+    runs = add_conformal(runs, results_dir)
+    group_by = varying_fields(runs, options)
     twins = runs[runs.duplicated(group_by + ["strategy", "seed"], keep=False)]
     if len(twins):  # e.g. a run directory copied under another name
         raise UserError(f"{results_dir}: runs {', '.join(twins.run.head(2))} are the same strategy, seed and "
                         "configuration; remove one")
     summary = summarise(runs, group_by)
-    if baseline not in set(runs.strategy):
-        baseline_note = f"baseline {baseline!r} has no runs here"
-        paired = pd.DataFrame()
-    else:
-        baseline_note, paired = "", paired_all(runs, group_by, baseline)
-    comparison = Comparison(runs, summary, paired, ranks_all(summary, group_by), group_by, "")
-    comparison = dataclasses.replace(comparison, markdown=render_markdown(results_dir, comparison, baseline)
-                                     + (f"\n_Note: {baseline_note}._\n" if baseline_note else ""))
+    paired = paired_all(runs, group_by, baseline) if baseline in set(runs.strategy) else pd.DataFrame()
+    comparison = Comparison(runs, summary, paired, ranks_all(summary, group_by), group_by, options, "")
+    comparison.markdown = to_markdown(document(results_dir, comparison, baseline))
     write_csv(results_dir / "comparison.csv", summary)
     write_csv(results_dir / "paired.csv", paired)
     write_atomic(results_dir / "comparison.md", comparison.markdown)

@@ -1,4 +1,5 @@
-"""Decode the image files of a folder tree, or of a .tgz / .tar of one, to uint8 arrays, through a disk cache.
+"""Read image files to uint8 arrays: whole folder trees (or a .tgz / .tar of one) for the dataset loaders, through
+a disk cache, and single files for prediction, converted to a model's input format.
 
 Decoding 60,000 small JPEGs takes seconds; the second load of the same files reads one cache file
 (`$AMBIG_BENCH_CACHE`, else `$XDG_CACHE_HOME/ambig-bench`, else `~/.cache/ambig-bench`). The cache key is
@@ -6,6 +7,10 @@ the archive's bytes, or for a folder every decoded file's path, size and modific
 file is decoded again. Images stay uint8 (N×C×H×W): grey when every image is grey, RGB otherwise.
 
 $ ambig-bench run --dataset cifar10 --data-dir ../shared/data/cifar10.tgz   # second time: cached
+
+>>> pixels, changes = read_image(find_images(["scans/"])[0], channels=1, size=8)  # doctest: +SKIP
+>>> pixels.shape, changes  # doctest: +SKIP
+((1, 8, 8), [('resized to 8×8', '28×28')])
 """
 
 from __future__ import annotations
@@ -17,12 +22,12 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ambig_bench.errors import UserError
 
@@ -176,3 +181,49 @@ def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImag
     for i, a in enumerate(arrays):
         out[i] = a.transpose(2, 0, 1) if a.ndim == 3 else a  # a grey image among RGB ones fills all 3 channels
     return DecodedImages(paths, out)
+
+
+# -- single files, for prediction ---------------------------------------------------------------------------------
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given (whatever their suffix); folders searched recursively, in sorted order, for the image
+    files the `folder` dataset reads too (PNG, JPEG, ...; hidden files skipped).
+
+    A path that does not exist is kept, so it is reported as a failed file next to the others.
+    """
+    if not inputs:
+        raise UserError("no images given: pass image files and/or folders")
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        paths += [item / name for name in sorted(walk_images(item))] if item.is_dir() else [item]
+    if not paths:
+        raise UserError(f"no PNG/JPEG images found in {', '.join(map(str, inputs))}")
+    return list(dict.fromkeys(paths))  # a file named twice (or inside a named folder) is predicted once
+
+
+Change = tuple[str, str]  # (what was done, what the image was before), e.g. ("resized to 8×8", "28×28")
+
+
+def read_image(path: Path, channels: int, size: int, width: int | None = None) -> tuple[np.ndarray, list[Change]]:
+    """uint8 C×size×width (width defaults to size) in the training input format, and what had to change."""
+    width = width or size
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)  # phone photos are stored rotated; show them upright
+            image.load()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+    changes: list[Change] = []
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        changes.append((f"converted to {'grey' if mode == 'L' else 'RGB'}", image.mode))
+        image = to_8bit(image).convert(mode)
+    if image.size != (width, size):
+        changes.append((f"resized to {width}×{size}", f"{image.width}×{image.height}"))
+        # BOX averages the pixels it shrinks (how scikit-learn's 8×8 digits were made); BICUBIC when enlarging.
+        shrink = image.width > width or image.height > size
+        image = image.resize((width, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+    pixels = np.array(image, dtype=np.uint8)
+    return np.ascontiguousarray(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)), changes

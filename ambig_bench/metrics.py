@@ -9,29 +9,76 @@ scores, and the truth), so metrics can be recomputed from a run's saved predicti
 >>> m = evaluate(probs, sets, torch.tensor([0.1, 0.5]), torch.tensor([0, 0]), torch.tensor([-1, 1]))
 >>> m["clear_acc"], m["between_set_acc"], m["between_balance"]
 (1.0, 1.0, 0.5)
+>>> METRICS["ece"].direction
+'lower is better'
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from sklearn.metrics import roc_auc_score
 
-# name: (higher is better; None when neither end is better, one-line meaning) — the order of every table
-METRICS: dict[str, tuple[bool | None, str]] = {
-    "clear_acc": (True, "clear-cut images: top-1 accuracy over the K classes"),
-    "clear_set_acc": (True, "clear-cut images: predicted set is exactly {y}"),
-    "nll": (False, "clear-cut images: negative log-likelihood of y (nats)"),
-    "ece": (False, "clear-cut images: expected calibration error of the top-1 confidence, 15 bins"),
-    "between_set_acc": (True, "in-between images: predicted set is exactly {A, B}"),
-    "between_top2": (True, "in-between images: A and B are the two most probable classes"),
-    "between_mass": (True, "in-between images: mean p_A + p_B"),
-    "between_balance": (None, "in-between images: mean p_A / (p_A + p_B); ideal = the soft share (0.5)"),
-    "between_balance_err": (False, "in-between images: mean |p_A / (p_A + p_B) - share of A|"),
-    "ambiguity_auroc": (True, "AUROC of the strategy's ambiguity score, in-between vs clear-cut"),
+
+@dataclass(frozen=True)
+class Metric:
+    """What a metric means, how to label its axis, and which end is better: the one place every table, ranking,
+    verdict and figure reads it from."""
+
+    description: str  # one line: what is measured, on which images
+    label: str  # axis label, with its unit
+    higher_is_better: bool | None  # None: neither end is better, so it is reported but never ranked
+
+    @property
+    def direction(self) -> str:
+        return {True: "higher is better", False: "lower is better", None: "not ranked"}[self.higher_is_better]
+
+
+# The metrics of `evaluate`, in the order of every table.
+METRICS: dict[str, Metric] = {
+    "clear_acc": Metric("clear-cut images: top-1 accuracy over the K classes",
+                        "clear-cut top-1 accuracy (fraction)", True),
+    "clear_set_acc": Metric("clear-cut images: predicted set is exactly {y}",
+                            "clear-cut exact-set accuracy (fraction)", True),
+    "nll": Metric("clear-cut images: negative log-likelihood of y (nats)", "clear-cut NLL (nats)", False),
+    "ece": Metric("clear-cut images: expected calibration error of the top-1 confidence, 15 bins",
+                  "clear-cut ECE (fraction)", False),
+    "between_set_acc": Metric("in-between images: predicted set is exactly {A, B}",
+                              "in-between set = {A, B} (fraction)", True),
+    "between_top2": Metric("in-between images: A and B are the two most probable classes",
+                           "in-between top-2 = {A, B} (fraction)", True),
+    "between_mass": Metric("in-between images: mean p_A + p_B", "in-between p_A + p_B (probability)", True),
+    "between_balance": Metric("in-between images: mean p_A / (p_A + p_B); ideal = the soft share (0.5)",
+                              "in-between p_A / (p_A + p_B)", None),
+    "between_balance_err": Metric("in-between images: mean |p_A / (p_A + p_B) - share of A|",
+                                  "in-between |balance − share of A|", False),
+    "ambiguity_auroc": Metric("AUROC of the strategy's ambiguity score, in-between vs clear-cut",
+                              "ambiguity AUROC (0.5 = chance)", True),
 }
-HIGHER_IS_BETTER = {name: v[0] for name, v in METRICS.items() if v[0] is not None}
+# Prediction-set quality on the test split (calibration.conformal_summary): conformal sets (cp_) next to the
+# strategy's own threshold sets (thr_). Not ranked: a conformal set's coverage is a target, not a score.
+SET_METRICS: dict[str, Metric] = {
+    "cp_coverage": Metric("conformal sets hold every true label, all test images (guaranteed >= 1 - alpha)",
+                          "conformal coverage (fraction)", None),
+    "cp_size": Metric("mean conformal set size, all test images", "conformal set size (classes)", None),
+    "cp_clear_coverage": Metric("coverage on clear-cut images", "clear-cut conformal coverage (fraction)", None),
+    "cp_clear_size": Metric("mean set size on clear-cut images", "clear-cut conformal set size (classes)", None),
+    "cp_between_coverage": Metric("coverage on in-between images (both A and B in the set)",
+                                  "in-between conformal coverage (fraction)", None),
+    "cp_between_size": Metric("mean set size on in-between images", "in-between conformal set size (classes)",
+                              None),
+    "cp_between_exact": Metric("conformal set is exactly {A, B} on in-between images",
+                               "in-between conformal set = {A, B} (fraction)", None),
+    "thr_clear_size": Metric("the strategy's own threshold sets: mean size on clear-cut images",
+                             "clear-cut threshold set size (classes)", None),
+    "thr_between_coverage": Metric("threshold sets: A and B both in the set, in-between images",
+                                   "in-between threshold coverage (fraction)", None),
+    "thr_between_exact": Metric("threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
+                                "in-between threshold set = {A, B} (fraction)", None),
+}
+HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in METRICS.items() if m.higher_is_better is not None}
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:

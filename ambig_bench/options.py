@@ -28,6 +28,8 @@ from ambig_bench.models import MODELS
 from ambig_bench.strategies import STRATEGIES
 
 IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an option of the experiment
+# Config paths that never change what a run computes (identity, where it runs, permission to download).
+OUTSIDE_EXPERIMENT = (("strategy",), ("seed",), ("runtime",), ("data", "download"))
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,24 @@ def check_names(cfg: RunConfig) -> None:
     MODELS.get(cfg.model.name)
 
 
+def in_experiment(opt: Option) -> bool:
+    return not any(opt.path[:len(p)] == p for p in OUTSIDE_EXPERIMENT)
+
+
+def outside_experiment() -> list[str]:
+    """Flat names of the options that are not part of an experiment (compare does not group by them)."""
+    return [flag for flag, opt in table().items() if not in_experiment(opt)]
+
+
 def experiment(cfg: RunConfig) -> dict[str, Any]:
-    """What makes runs comparable: everything but strategy, seed and runtime, and of the sources' options only
+    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, and of the sources' options only
     those of the source the run uses (under `auto`, of every source it may pick)."""
     d = cfg.to_dict()
-    for k in (*IDENTITY, "runtime"):
-        d.pop(k)
-    d["data"].pop("download")
+    for path in OUTSIDE_EXPERIMENT:
+        parent = d
+        for part in path[:-1]:
+            parent = parent[part]
+        parent.pop(path[-1])
     used = cfg.data.between_source
     d["source"] = {k: v for k, v in d["source"].items() if used in ("auto", k)}
     return d

@@ -3,8 +3,9 @@
 Figures are built with the object API (matplotlib.figure.Figure, rendered by Agg), never pyplot: no window,
 no global figure list to leak, safe on servers and in CI.
 
-One colour per strategy name (STRATEGY_COLORS), the same in every figure; axes carry units; the figures
-are drawn from compare's summary (mean and 95% CI over seeds) or from the runs' test predictions.
+One colour per strategy name (STRATEGY_COLORS), the same in every figure; axes carry units (each metric's
+label and direction come from metrics.METRICS); the figures are drawn from compare's summary (mean and 95% CI
+over seeds) or from the runs' test predictions.
 
 $ ambig-bench report results/demo        # draws all of them into results/demo/figures/
 
@@ -37,18 +38,6 @@ STRATEGY_COLORS = {
 }
 _SPARE = ["#17becf", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
 
-LABELS = {  # axis label with unit, per metric
-    "clear_acc": "clear-cut top-1 accuracy (fraction)",
-    "clear_set_acc": "clear-cut exact-set accuracy (fraction)",
-    "nll": "clear-cut NLL (nats)",
-    "ece": "clear-cut ECE (fraction)",
-    "between_set_acc": "in-between set = {A, B} (fraction)",
-    "between_top2": "in-between top-2 = {A, B} (fraction)",
-    "between_mass": "in-between p_A + p_B (probability)",
-    "between_balance": "in-between p_A / (p_A + p_B)",
-    "between_balance_err": "in-between |balance − share of A|",
-    "ambiguity_auroc": "ambiguity AUROC (0.5 = chance)",
-}
 FIELD_LABELS = {  # x-axis label with unit, per swept run option
     "between_fraction": "between-fraction (share of the training set)",
     "train_size": "train-size (clear-cut training images)",
@@ -80,9 +69,14 @@ def panels(n: int, ncols: int, width: float, height: float) -> tuple[Figure, lis
     return fig, axes[:n]
 
 
-def direction(metric: str) -> str:
-    better = METRICS.get(metric, (None, ""))[0]
-    return {True: " (↑ better)", False: " (↓ better)"}.get(better, "")
+def metric_title(metric: str) -> str:
+    """The metric's name and, where one end is better, which: 'ece (↓ better)'."""
+    better = METRICS[metric].higher_is_better if metric in METRICS else None
+    return metric + {True: " (↑ better)", False: " (↓ better)", None: ""}[better]
+
+
+def axis_label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
 
 
 def ci_errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
@@ -100,8 +94,8 @@ def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str) -> Figure
     colors = [strategy_color(s) for s in names]
     for ax, m in zip(axes, metrics, strict=True):
         ax.bar(names, summary[f"{m}_mean"], yerr=ci_errors(summary, m), color=colors, capsize=3)
-        ax.set_title(m + direction(m), fontsize=10)
-        ax.set_ylabel(LABELS.get(m, m), fontsize=8)
+        ax.set_title(metric_title(m), fontsize=10)
+        ax.set_ylabel(axis_label(m), fontsize=8)
         ax.tick_params(axis="x", rotation=60, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     low, high = summary.n_seeds.min(), summary.n_seeds.max()
@@ -120,8 +114,8 @@ def tradeoff_scatter(summary: pd.DataFrame, title: str) -> Figure:
                     color=strategy_color(row.strategy), label=row.strategy)
         ax.annotate(row.strategy, (row.clear_acc_mean, row.between_set_acc_mean), fontsize=8,
                     xytext=(5, 4), textcoords="offset points")
-    ax.set_xlabel(LABELS["clear_acc"])
-    ax.set_ylabel(LABELS["between_set_acc"])
+    ax.set_xlabel(METRICS["clear_acc"].label)
+    ax.set_ylabel(METRICS["between_set_acc"].label)
     ax.set_title(f"{title}: clear-cut vs in-between accuracy\n(mean, whiskers = 95% CI over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", title="strategy", title_fontsize=8)
@@ -241,8 +235,8 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
             ax.minorticks_off()
         # A tick at every swept value (the values are few), labelled as typed.
         ax.set_xticks(values if numeric else range(len(values)), [f"{v:g}" if numeric else str(v) for v in values])
-        ax.set_title(m + direction(m), fontsize=10)
-        ax.set_ylabel(LABELS.get(m, m), fontsize=8)
+        ax.set_title(metric_title(m), fontsize=10)
+        ax.set_ylabel(axis_label(m), fontsize=8)
         ax.set_xlabel(FIELD_LABELS.get(field, field.replace("_", "-")) + (", log scale" if log else ""), fontsize=8)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=strategy_color(s), marker="o", label=s) for s in pd.unique(summary.strategy)]

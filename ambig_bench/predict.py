@@ -4,7 +4,8 @@ Per image: the decision (the strategy's own set decoding at the run's validation
 class probabilities, the strategy's ambiguity score, and a split-conformal prediction set calibrated on the
 run's validation predictions (predictions.csv): for new images like the validation ones, the set holds
 *every* true label (both A and B for an in-between image) with probability at least 1 - alpha, for
-clear-cut and for in-between images each (calibrate_run explains why per kind).
+clear-cut and for in-between images each (ambig_bench.calibration.calibrate_run explains why per kind).
+Images are read by ambig_bench.imageio; `render` gives what the CLI prints (a rich table, CSV or JSON).
 
 $ ambig-bench predict results/demo/runs/soft-seed0-1a2b3c4d photo.png scans/ --format json --alpha 0.1
 
@@ -27,167 +28,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
 from rich.table import Table
 from torch import nn
 
+from ambig_bench.calibration import Calibration, calibrate_run, check_conformal_options
 from ambig_bench.checkpoint import load_checkpoint
-from ambig_bench.conformal import METHODS, calibrate, prediction_sets, set_metrics
+from ambig_bench.conformal import prediction_sets
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import to_8bit, walk_images
-from ambig_bench.metrics import label_set_mask
+from ambig_bench.imageio import Change, find_images, read_image
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
 FORMATS = ("table", "csv", "json")
 TABLE_TOP = 3  # probabilities shown per image in the table (csv and json carry all of them)
-
-
-# -- conformal calibration from a run's saved predictions ----------------------------------------------
-
-@dataclass
-class Calibration:
-    method: str  # "lac" or "aps" (ambig_bench.conformal.METHODS)
-    alpha: float  # miscoverage level: sets miss a true label for at most alpha of the images
-    per_kind: bool  # qhat is the larger of the clear-cut and the in-between quantile (see calibrate_run)
-    qhat: float  # score threshold; +inf when there are too few validation images for alpha (every class)
-    n: int  # validation images it was calibrated on
-    num_classes: int
-
-
-def check_conformal_options(alpha: float, method: str) -> None:
-    if not 0 < alpha < 1:
-        raise UserError(f"--alpha must be in (0, 1), got {alpha}")
-    if method not in METHODS:
-        raise UserError(f"--conformal must be one of {', '.join(METHODS)}, got {method!r}")
-
-
-def read_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
-    """A run's predictions.csv, checked (split, label_a, label_b, pred_set, p_0..p_{K-1}, val rows), and K."""
-    path = Path(run_dir) / "predictions.csv"
-    try:
-        frame = pd.read_csv(path, dtype={"pred_set": str})
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; conformal sets are calibrated on a finished run's predictions") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
-    k = sum(c.startswith("p_") for c in frame.columns)
-    needed = ["split", "label_a", "label_b", "pred_set"] + [f"p_{i}" for i in range(max(k, 2))]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: not an ambig-bench predictions file (missing columns {', '.join(missing)})")
-    if not (frame.split == "val").any():
-        raise UserError(f"{path}: no validation rows to calibrate conformal sets on")
-    return frame, k
-
-
-def probs_of(frame: pd.DataFrame, k: int) -> np.ndarray:
-    return frame[[f"p_{i}" for i in range(k)]].to_numpy(dtype=float)
-
-
-def truth_of(frame: pd.DataFrame, k: int) -> np.ndarray:
-    """N×K bool: {label_a}, or {label_a, label_b} for an in-between row (label_b >= 0)."""
-    return label_set_mask(torch.tensor(frame.label_a.to_numpy(np.int64)),
-                          torch.tensor(frame.label_b.to_numpy(np.int64)), k).numpy()
-
-
-def calibrate_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
-                  ) -> Calibration:
-    """qhat from the run's validation rows (predictions.csv), so predicting never reruns validation.
-
-    per_kind: calibrate the clear-cut and the in-between validation images separately and keep the larger
-    qhat. Sets only grow with qhat, so each kind is then covered with probability >= 1 - alpha on its own,
-    and so is any mix of the two. Plain (marginal) calibration covers 1 - alpha only on a mix like the
-    validation split's: in-between images, a minority there, are under-covered, and a deployment with more
-    of them than validation had gets less than 1 - alpha overall.
-    """
-    return calibrate_frame(*read_predictions(run_dir), alpha, method, per_kind)
-
-
-def calibrate_frame(frame: pd.DataFrame, k: int, alpha: float, method: str, per_kind: bool) -> Calibration:
-    check_conformal_options(alpha, method)
-    val = frame[frame.split == "val"]
-    groups = [g for _, g in val.groupby(val.label_b >= 0)] if per_kind else [val]
-    qhat = max(calibrate(probs_of(g, k), truth_of(g, k), alpha, method) for g in groups)
-    return Calibration(method, alpha, per_kind, qhat, len(val), k)
-
-
-def sets_from_column(pred_set: pd.Series, k: int) -> np.ndarray:
-    """The `pred_set` column ("4|9") as an N×K bool mask."""
-    sets = np.zeros((len(pred_set), k), dtype=bool)
-    for row, text in enumerate(pred_set.fillna("")):
-        sets[row, [int(c) for c in text.split("|") if c]] = True
-    return sets
-
-
-def conformal_summary(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
-                      ) -> dict[str, float]:
-    """Test-split set quality of the conformal sets (cp_*) and of the strategy's threshold sets (thr_*).
-
-    coverage = every true label is in the set; size = mean number of classes in the set; exact = the set is
-    exactly the true pair. cp_coverage over all test images is what the 1 - alpha guarantee is about.
-    """
-    frame, k = read_predictions(run_dir)
-    cal = calibrate_frame(frame, k, alpha, method, per_kind)
-    test = frame[frame.split == "test"]
-    truth = truth_of(test, k)
-    between = test.label_b.to_numpy() >= 0
-    decoded = {"cp": prediction_sets(probs_of(test, k), cal.qhat, method),
-               "thr": sets_from_column(test.pred_set, k)}
-    overall = set_metrics(decoded["cp"], truth)
-    summary = {"cp_coverage": overall["coverage"], "cp_size": overall["mean_size"]}
-    for name, sets in decoded.items():
-        for part, rows in (("clear", ~between), ("between", between)):
-            m = set_metrics(sets[rows], truth[rows])
-            summary[f"{name}_{part}_coverage"], summary[f"{name}_{part}_size"] = m["coverage"], m["mean_size"]
-        summary[f"{name}_between_exact"] = set_metrics(sets[between], truth[between])["exact"]
-    return summary
-
-
-# -- reading images -----------------------------------------------------------------------------------
-
-def find_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given (whatever their suffix); folders searched recursively, in sorted order, for the image
-    files the `folder` dataset reads too (PNG, JPEG, ...; hidden files skipped).
-
-    A path that does not exist is kept, so it is reported as a failed file next to the others.
-    """
-    if not inputs:
-        raise UserError("no images given: pass image files and/or folders")
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        paths += [item / name for name in sorted(walk_images(item))] if item.is_dir() else [item]
-    if not paths:
-        raise UserError(f"no PNG/JPEG images found in {', '.join(map(str, inputs))}")
-    return list(dict.fromkeys(paths))  # a file named twice (or inside a named folder) is predicted once
-
-
-Change = tuple[str, str]  # (what was done, what the image was before), e.g. ("resized to 8×8", "28×28")
-
-
-def read_image(path: Path, channels: int, size: int, width: int | None = None) -> tuple[torch.Tensor, list[Change]]:
-    """uint8 C×size×width (width defaults to size) in the training input format, and what had to change."""
-    width = width or size
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # phone photos are stored rotated; show them upright
-            image.load()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
-    changes: list[Change] = []
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
-        changes.append((f"converted to {'grey' if mode == 'L' else 'RGB'}", image.mode))
-        image = to_8bit(image).convert(mode)
-    if image.size != (width, size):
-        changes.append((f"resized to {width}×{size}", f"{image.width}×{image.height}"))
-        # BOX averages the pixels it shrinks (how scikit-learn's 8×8 digits were made); BICUBIC when enlarging.
-        shrink = image.width > width or image.height > size
-        image = image.resize((width, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-    return (pixels[None] if channels == 1 else pixels.permute(2, 0, 1)).contiguous(), changes
 
 
 # -- predicting ----------------------------------------------------------------------------------------
@@ -304,7 +157,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], alpha: floa
             results.append(result)
         if not batch:
             continue
-        out = predictor.predict(torch.stack(batch))
+        out = predictor.predict(torch.from_numpy(np.stack(batch)))
         for i, result in enumerate(readable):
             result.probs = out["probs"][i].tolist()
             result.decision = names_by_probability(out["decision"][i], out["probs"][i], predictor.class_names)

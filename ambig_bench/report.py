@@ -5,22 +5,24 @@ Writes report.md, a self-contained report.html (figures embedded as base64) and 
 means for your options" in which every sentence is backed by a paired test (nothing is called best, better
 or equivalent unless the statistics say so). The three common claims about in-between examples are judged
 on a sweep of between-fraction (see `ambig-bench sweep`) by the rules written into the report itself.
+The report is one ambig_bench.document: the markdown is rendered from its blocks, the HTML from that markdown.
 
 $ ambig-bench report results/demo
 $ ambig-bench report results/sweep --baseline soft --margin 0.02
+
+>>> built = report("results/demo")  # doctest: +SKIP
+>>> built.summary_lines()[0]  # doctest: +SKIP
+'in-between accuracy: extra-class is best'
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 
+from ambig_bench.calibration import read_predictions
 from ambig_bench.claims import (
     ALPHA,
     CLAIM_STRATEGIES,
@@ -29,9 +31,7 @@ from ambig_bench.claims import (
     better,
     claim_rules,
     distinct,
-    flag,
     judge_claims,
-    min_holm_p,
     seeds_needed,
     select,
     slug,
@@ -41,16 +41,19 @@ from ambig_bench.claims import (
     worse,
 )
 from ambig_bench.compare import (
+    CELLS,
+    DEFAULT,
     Comparison,
     compare,
+    flag,
     fmt,
-    markdown_table,
+    glossary,
     paired_all,
     paired_cell,
-    paired_display,
-    summary_display,
+    sections,
+    tabulate,
 )
-from ambig_bench.config import RunConfig
+from ambig_bench.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
@@ -63,44 +66,12 @@ from ambig_bench.plots import (
     sweep_curves,
     tradeoff_scatter,
 )
-from ambig_bench.stats import paired_comparison
+from ambig_bench.stats import min_holm_p, paired_comparison
 
 CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
 # shown in the setup table
 TRAINING = ["epochs", "optimizer", "batch_size", "lr", "schedule", "weight_decay", "momentum", "lookahead", "augment",
             "translate"]
-
-
-# -- the document: a list of blocks, rendered to markdown and to HTML from the same content ------------------
-@dataclass
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass
-class Para:
-    text: str
-
-
-@dataclass
-class Bullets:
-    items: list[str]
-
-
-@dataclass
-class TableBlock:
-    frame: pd.DataFrame
-
-
-@dataclass
-class Image:
-    name: str  # file name under figures/
-    caption: str
-    figure: Figure
-
-
-Block = Heading | Para | Bullets | TableBlock | Image
 
 
 @dataclass
@@ -164,6 +135,13 @@ def run_meta(results_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "data", "env"])
 
 
+def train_sizes(values: pd.Series) -> str:
+    """'all' where every clear-cut training image was kept (unset; 0 in older runs), the other sizes in order."""
+    numbers = sorted(v for v in values if isinstance(v, int | float) and v)
+    return distinct(["all" for v in values if v in (None, 0, DEFAULT)] + numbers
+                    + [v for v in values if isinstance(v, str) and v != DEFAULT])
+
+
 def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> pd.DataFrame:
     names = meta.data.iloc[0]["class_names"]
     pairs = distinct(", ".join(f"{d['class_names'][a]} vs {d['class_names'][b]}" for a, b in d["pairs"])
@@ -192,7 +170,7 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
                             dict.fromkeys(zip(runs.model, runs.width, strict=True)))),
         ("training", ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in TRAINING
                                if f in runs and not (f == "momentum" and (runs.optimizer == "adamw").all()))),
-        ("train-size", distinct("all" if v == 0 else v for v in sorted(runs.train_size))),
+        ("train-size", train_sizes(runs.train_size)),
         ("device", device),
         ("versions", versions),
         ("platform", distinct(e.get("platform", "?") for e in envs)),
@@ -268,8 +246,7 @@ def predictions(results_dir: Path, runs: pd.DataFrame) -> dict[str, pd.DataFrame
     """Test-split predictions per strategy, all seeds of `runs` pooled."""
     pooled = {}
     for strategy, part in runs.groupby("strategy", sort=False):
-        frames = [pd.read_csv(run_file(results_dir / "runs" / name / "predictions.csv"), keep_default_na=False,
-                              dtype={"pred_set": str}) for name in part.run]
+        frames = [read_predictions(results_dir / "runs" / name)[0] for name in part.run]
         pooled[strategy] = pd.concat([f[f.split == "test"] for f in frames], ignore_index=True)
     return pooled
 
@@ -280,11 +257,10 @@ def detail_groups(comparison: Comparison) -> list[dict]:
     return keys if len(keys) <= 2 else [keys[0], keys[-1]]
 
 
-def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> list[Image]:
-    """Every figure of the report, PNG bytes included."""
-    images = [Image(f"sweep-{flag(f)}.png", f"Every metric against {flag(f)}, per strategy: mean over seeds, "
-                                            f"band = 95% CI.", sweep_curves(comparison.summary, f, comparison.group_by))
-              for f in comparison.group_by]
+def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[str, bytes]]:
+    """Every figure of the report: its block (file name and caption) and its PNG, by file name."""
+    drawn = [(f"sweep-{flag(f)}.png", f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.",
+              sweep_curves(comparison.summary, f, comparison.group_by)) for f in comparison.group_by]
     done = comparison.runs[comparison.runs.status == "done"]
     for where in detail_groups(comparison):
         summary = select(comparison.summary, where)
@@ -295,20 +271,20 @@ def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> list[
         title, tail = where_label(where) or results_dir.name, slug(where)
         at = f" ({where_label(where)})" if where else ""
         metrics = [m for m in METRICS if summary[f"{m}_mean"].notna().any()]
-        images += [
-            Image(f"bars{tail}.png", f"Every metric per strategy{at}: mean over seeds, whiskers = 95% CI.",
-                  metric_bars(summary, metrics, title)),
-            Image(f"tradeoff{tail}.png", f"The trade-off{at}: clear-cut against in-between accuracy; up and right "
-                                         f"is better on both.", tradeoff_scatter(summary, title)),
-            Image(f"reliability{tail}.png", f"Reliability of the top-1 confidence on clear-cut test images{at}, "
-                                            f"seeds pooled.", reliability_diagrams(preds, title)),
-            Image(f"balance{tail}.png", f"How in-between test images split their probability inside the pair{at}; "
-                                        f"dashed = true share.", balance_histograms(preds, title)),
-            Image(f"confusion{tail}.png", f"Paired classes{at}: true label against predicted set, share of each "
-                                          f"true label.",
-                  pair_confusion(preds, [tuple(p) for p in data["pairs"]], data["class_names"], title)),
+        drawn += [
+            (f"bars{tail}.png", f"Every metric per strategy{at}: mean over seeds, whiskers = 95% CI.",
+             metric_bars(summary, metrics, title)),
+            (f"tradeoff{tail}.png", f"The trade-off{at}: clear-cut against in-between accuracy; up and right is "
+                                    f"better on both.", tradeoff_scatter(summary, title)),
+            (f"reliability{tail}.png", f"Reliability of the top-1 confidence on clear-cut test images{at}, seeds "
+                                       f"pooled.", reliability_diagrams(preds, title)),
+            (f"balance{tail}.png", f"How in-between test images split their probability inside the pair{at}; "
+                                   f"dashed = true share.", balance_histograms(preds, title)),
+            (f"confusion{tail}.png", f"Paired classes{at}: true label against predicted set, share of each true "
+                                     f"label.",
+             pair_confusion(preds, [tuple(p) for p in data["pairs"]], data["class_names"], title)),
         ]
-    return images
+    return [Image(name, caption) for name, caption, _ in drawn], {name: png_bytes(fig) for name, _, fig in drawn}
 
 
 # -- sections ------------------------------------------------------------------------------------------------
@@ -328,43 +304,30 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
     """'What this means for your options': only statements a paired test supports."""
     bars = next(i.name for i in images if i.name.startswith("bars"))
     tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
-    metrics = ", ".join(f"{c} = `{m}` ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)"
-                        for c, m in CRITERIA.items())
-    blocks: list[Block] = [Heading("What this means for your options"), Para(power_text(comparison)),
+    metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in CRITERIA.items())
+    blocks: list[Block] = [Heading("What this means for your options"), Paragraph(power_text(comparison)),
                            Heading("Best strategy per criterion", 3),
-                           Para(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."), TableBlock(lead_table)]
+                           Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
+                           tabulate(lead_table, comparison.group_by)]
     if not comparison.paired.empty:
         table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
         blocks += [Heading("Trade-offs", 3),
-                   Para(f"Against `{baseline}`; only significant differences (paired test, Holm) are listed, as "
+                   Paragraph(f"Against `{baseline}`; only significant differences (paired test, Holm) are listed, as "
                         f"strategy − {baseline}. Figure: [{tradeoff}](figures/{tradeoff})."), Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
-            blocks.append(TableBlock(table))
+            blocks.append(tabulate(table, comparison.group_by))
     sliced = any(v.where for v in verdicts)
     claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
                             "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
-    blocks += [Heading("The common claims", 3), TableBlock(claims)]
+    blocks += [Heading("The common claims", 3), Table(claims)]
     # The sweep command only helps where between-fraction means something: the blend source.
     if "between_fraction" not in comparison.group_by and set(comparison.runs.between_source) == {"blend"}:
         seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
-        blocks.append(Para(f"These claims need a sweep of between-fraction. This command runs one with this "
+        blocks.append(Paragraph(f"These claims need a sweep of between-fraction. This command runs one with this "
                            f"directory's other options: `{sweep_command(comparison, results_dir, seeds)}`; then "
                            f"`ambig-bench report results/{results_dir.name}-sweep`."))
     return blocks
-
-
-def comparison_section(comparison: Comparison, baseline: str) -> list[Block]:
-    g = comparison.group_by
-    blocks: list[Block] = [Heading("Comparison"), Para("Mean ± 95% CI half-width over seeds (Student t); n = seeds."),
-                           TableBlock(summary_display(comparison.summary, g))]
-    if not comparison.paired.empty:
-        blocks += [Heading(f"Paired differences against `{baseline}`", 3),
-                   Para("Per seed, strategy − baseline: mean [bootstrap 95% CI], then the Holm-adjusted p-value or "
-                        "n.s. (not significant at the 5% level)."),
-                   TableBlock(paired_display(comparison.paired, g))]
-    return blocks + [Heading("Ranks", 3), Para("1 = best; strategies share a rank where their 95% CIs overlap."),
-                     TableBlock(comparison.ranks)]
 
 
 def build(results_dir: Path, comparison: Comparison, baseline: str, margin: float) -> Report:
@@ -373,81 +336,22 @@ def build(results_dir: Path, comparison: Comparison, baseline: str, margin: floa
                    else paired_all(comparison.runs, comparison.group_by, "soft"))
     lead_table = leads(comparison)
     verdicts = judge_claims(comparison, paired_soft, margin)
-    images = draw(results_dir, comparison, meta)
-    better_text = {True: "higher is better", False: "lower is better", None: "not ranked"}
+    images, figures = draw(results_dir, comparison, meta)
     blocks: list[Block] = [
         Heading(f"Report: {results_dir.name}", 1),
-        Para("Which way of training on in-between images to choose: what differs between the strategies, by how "
-             "much, with what certainty, and where each wins or loses. Every statement in *What this means for "
-             "your options* is backed by a paired test across seeds; the rules are at the end."),
-        Heading("Setup"), TableBlock(setup_table(comparison.runs, comparison.group_by, meta)),
+        Paragraph("Which way of training on in-between images to choose: what differs between the strategies, by "
+                  "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
+                  "for your options* is backed by a paired test across seeds; the rules are at the end."),
+        Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
         *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images),
-        *comparison_section(comparison, baseline),
+        Heading("Comparison"), Paragraph(CELLS), *sections(comparison, baseline, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(claim_rules(margin)),
-        Heading("Metrics"), Bullets([f"`{m}` ({better_text[h]}): {text}" for m, (h, text) in METRICS.items()]),
+        *glossary(),
     ]
-    figures = {i.name: png_bytes(i.figure) for i in images}
-    return Report(render_markdown(blocks), render_html(blocks, figures, results_dir.name), figures, verdicts,
-                  lead_table, comparison.group_by)
-
-
-def render_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
-        elif isinstance(b, Para):
-            out.append(b.text)
-        elif isinstance(b, Bullets):
-            out.append("\n".join(f"- {item}" for item in b.items) or "- (none)")
-        elif isinstance(b, TableBlock):
-            out.append(markdown_table(b.frame.rename(columns=flag_column)))
-        else:
-            out.append(f"![{b.caption}](figures/{b.name})\n\n*{b.caption}*")
-    return "\n\n".join(out) + "\n"
-
-
-def flag_column(name: str) -> str:
-    return flag(name) if name in RunConfig.__dataclass_fields__ else name
-
-
-def inline(text: str) -> str:
-    """The inline markdown the report uses (`code`, **bold**, *italic*, links to figures) as HTML."""
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    text = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
-    return re.sub(r"\[([^\]]+)\]\(figures/([^)]+)\.png\)", r'<a href="#fig-\2">\1</a>', text)
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
-vertical-align:top}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}figcaption{color:#555}
-code{background:#f3f3f3;padding:0 3px}"""
-
-
-def render_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
-    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{STYLE}</style></head><body>"]
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{inline(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            out.append(f"<p>{inline(b.text)}</p>")
-        elif isinstance(b, Bullets):
-            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in b.items) + "</ul>")
-        elif isinstance(b, TableBlock):
-            frame = b.frame.rename(columns=flag_column)
-            head = "".join(f"<th>{inline(str(c))}</th>" for c in frame.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{inline(str(v))}</td>" for v in row) + "</tr>"
-                           for row in frame.itertuples(index=False))
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        else:
-            data = base64.b64encode(figures[b.name]).decode()
-            out.append(f"<figure id='fig-{b.name.removesuffix('.png')}'><img alt='{html.escape(b.caption)}' "
-                       f"src='data:image/png;base64,{data}'><figcaption>{inline(b.caption)}</figcaption></figure>")
-    return "\n".join(out) + "\n</body></html>\n"
+    markdown = to_markdown(blocks)
+    return Report(markdown, to_html(markdown, results_dir.name, figures), figures, verdicts, lead_table,
+                  comparison.group_by)
 
 
 def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARGIN) -> Report:

@@ -38,7 +38,7 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
         if not sep or not field or not values.strip():
             raise UserError(f"{flag}: expected OPTION=V1,V2,... e.g. between-fraction=0.01,0.05")
         opt = options.lookup(field)
-        if opt.flag in options.IDENTITY or opt.path[0] == "runtime" or opt.flag == "download":
+        if not options.in_experiment(opt):
             # strategy and seed have their own options; the others do not change results (not in the run key)
             raise UserError(f"{flag}: {name.strip()} cannot be swept (use --strategy / --seeds, or it does not "
                             "change results)")

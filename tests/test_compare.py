@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ambig_bench.compare import compare
-from ambig_bench.config import RunConfig
+from ambig_bench.compare import compare, flatten_config
+from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
+from ambig_bench.options import build, flat_values
+from tests.fake_runs import fake_run_dir
 
 GOLDEN = Path(__file__).parent / "golden" / "comparison.md"
 
 
-def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, **config) -> None:
-    cfg = dataclasses.replace(RunConfig(strategy=strategy, seed=seed), **config)
-    run_dir = out / "runs" / f"{strategy}-seed{seed}-{cfg.key()}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, nest: bool = True, **config) -> None:
+    run_dir, _ = fake_run_dir(out, strategy, seed, nest, **config)
     if metrics is None:
         (run_dir / "FAILED").write_text(json.dumps({"error": "training loss became nan in epoch 3"}))
         return
@@ -73,8 +72,8 @@ def test_comparison_files_are_written(tmp_path):
 def test_runs_of_an_older_version_lacking_a_field_are_an_experiment_of_their_own(tmp_path, field):
     """Upgrading and re-running into the same directory: the older runs lack the new field, they are not merged."""
     for seed in range(2):
-        fake_run(tmp_path, "soft", seed, {"clear_acc": 0.8})
-        fake_run(tmp_path, "hard", seed, {"clear_acc": 0.7})
+        fake_run(tmp_path, "soft", seed, {"clear_acc": 0.8}, nest=False)
+        fake_run(tmp_path, "hard", seed, {"clear_acc": 0.7}, nest=False)
     for config in (tmp_path / "runs").glob("*/config.json"):  # written by the older version
         config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != field}))
     for seed in range(2):
@@ -83,16 +82,12 @@ def test_runs_of_an_older_version_lacking_a_field_are_an_experiment_of_their_own
     c = compare(tmp_path)
     assert field in c.group_by
     means = c.summary.set_index([field, "strategy"]).clear_acc_mean
-    new = str(getattr(RunConfig(), field))  # the older runs' rows turn the column into text
+    new = str(flat_values(build({}))[field])  # the older runs' rows turn the column into text
     assert means[("(absent)", "soft")] == pytest.approx(0.8) and means[(new, "soft")] == pytest.approx(0.9)
     assert len(c.paired[c.paired.metric == "clear_acc"]) == 2, "one soft-vs-hard test per experiment"
 
 
 def test_a_copied_run_directory_is_a_clear_error(tmp_path):
-    import shutil
-
-    from ambig_bench.errors import UserError
-
     planted(tmp_path)
     original = next((tmp_path / "runs").glob("soft-seed0-*"))
     shutil.copytree(original, original.with_name(original.name + "-copy"))
@@ -116,3 +111,29 @@ def test_markdown_matches_golden_file(tmp_path):
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "report format changed: rerun with UPDATE_GOLDEN=1 and review the diff"
+
+
+def test_flat_and_nested_config_files_give_the_same_fields():
+    cfg = build({"strategy": "hard", "seed": 2, "model": "fast-cifar", "lr": 0.1, "blend_low": 0.3})
+    flat = flatten_config(cfg.to_dict())
+    assert flat == flat_values(cfg)  # every option by its flat name, e.g. "model": {"name": ...} as "model"
+    assert (flat["model"], flat["lr"], flat["blend_low"], flat["dataset"]) == ("fast-cifar", 0.1, 0.3, "digits")
+    assert flatten_config(flat) == flat  # a flat file (older runs) is read as it is
+
+
+def test_nested_config_files_compare_like_flat_ones(tmp_path):
+    """A directory of nested config.json files (this version) gives the columns, groups and markdown of flat ones."""
+    tables = {}
+    for nest in (False, True):
+        out = tmp_path / ("nested" if nest else "flat") / "same-name"
+        for fraction in (0.02, 0.1):
+            for seed in range(2):
+                fake_run(out, "soft", seed, {"clear_acc": 0.9 + fraction}, nest, between_fraction=fraction)
+                fake_run(out, "hard", seed, {"clear_acc": 0.8 + fraction}, nest, between_fraction=fraction)
+        c = compare(out)
+        assert c.group_by == ["between_fraction"]
+        assert {"dataset", "model", "lr", "between_fraction", "blend_low"} <= set(c.runs.columns)
+        tables[nest] = c
+    assert tables[True].markdown == tables[False].markdown
+    pd.testing.assert_frame_equal(tables[True].summary, tables[False].summary)
+    assert "| between-fraction | strategy |" in tables[True].markdown, "swept options headed as typed"

@@ -12,19 +12,12 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from ambig_bench.calibration import calibrate_run, conformal_summary, truth_of
 from ambig_bench.conformal import calibrate, prediction_sets, set_metrics
 from ambig_bench.errors import UserError
-from ambig_bench.predict import (
-    PredictionReport,
-    calibrate_run,
-    conformal_summary,
-    find_images,
-    predict_paths,
-    read_image,
-    render,
-    truth_of,
-)
-from ambig_bench.runner import cached_prepare, run_experiment
+from ambig_bench.imageio import find_images, read_image
+from ambig_bench.predict import PredictionReport, predict_paths, render
+from ambig_bench.runner import prepare_data, run_experiment
 from tests.conftest import tiny_config
 
 
@@ -44,7 +37,7 @@ def image_dir(trained, tmp_path_factory):
     """Test images as files: clear-cut and in-between ones as lossless 8×8 PNG (some in a subfolder), one
     enlarged RGB JPEG, a corrupt PNG, a text file named .png, and a text and a hidden file that a folder search
     skips."""
-    test = cached_prepare(trained[0]).subset("test")
+    test = prepare_data(trained[0]).subset("test")
     folder = tmp_path_factory.mktemp("images")
     (folder / "nested" / "deeper").mkdir(parents=True)
     rows = list(range(3)) + test.is_between.nonzero().squeeze(1)[:3].tolist()
@@ -112,7 +105,7 @@ def test_only_bad_files_gives_exit_code_2_and_no_files_is_an_error(trained, imag
 def test_images_are_converted_to_the_training_format_with_a_warning(trained, image_dir):
     folder, _ = image_dir
     pixels, changes = read_image(folder / "big.jpg", channels=1, size=8)
-    assert pixels.shape == (1, 8, 8) and str(pixels.dtype) == "torch.uint8"
+    assert pixels.shape == (1, 8, 8) and pixels.dtype == np.uint8
     assert changes == [("converted to grey", "RGB"), ("resized to 8×8", "40×30")]
     report = predict_paths(trained[1], [folder / "big.jpg", folder / "row0000.png"])
     warnings = report.warnings()
@@ -198,7 +191,7 @@ def test_models_trained_with_augmentation_are_predicted_as_they_were_evaluated(t
     cfg = tiny_config(strategy="soft", epochs=2, augment="on")
     run_dir = run_experiment(cfg, tmp_path / "out").run_dir
     saved = pd.read_csv(run_dir / "predictions.csv").query("split == 'test'")
-    test = cached_prepare(cfg).subset("test")
+    test = prepare_data(cfg).subset("test")
     for row in range(4):
         Image.fromarray(test.images[row, 0].numpy()).save(tmp_path / f"row{row}.png")
     results = by_name(predict_paths(run_dir, [tmp_path / f"row{row}.png" for row in range(4)]))

@@ -7,23 +7,24 @@ report's statements depend only on the planted numbers.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import re
 import zlib
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ambig_bench.claims import judge_claims, min_holm_p, seeds_needed
+from ambig_bench.claims import judge_claims, seeds_needed
 from ambig_bench.compare import compare
-from ambig_bench.config import RunConfig
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
 from ambig_bench.report import lead_row, report
+from ambig_bench.stats import min_holm_p
+from tests.fake_runs import fake_run_dir
 
 GOLDEN = Path(__file__).parent / "golden"
 CLASSES = ["cat", "dog", "car", "truck"]
@@ -66,13 +67,10 @@ def planted_predictions(strategy: str, seed: int) -> pd.DataFrame:
 
 
 def fake_run(out: Path, strategy: str, seed: int, metrics: dict, predictions: bool = True, **config) -> None:
-    cfg = dataclasses.replace(RunConfig(strategy=strategy, seed=seed), **config)
-    run_dir = out / "runs" / f"{strategy}-seed{seed}-{cfg.key()}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    counts = {"train": {"clear": 400, "between": round(400 * cfg.between_fraction)},
+    run_dir, cfg = fake_run_dir(out, strategy, seed, **config)
+    counts = {"train": {"clear": 400, "between": round(400 * cfg["between_fraction"])},
               "val": {"clear": 24, "between": 8}, "test": {"clear": 24, "between": 8}}
-    (run_dir / "data.json").write_text(json.dumps({"class_names": CLASSES, "pairs": PAIRS, "dataset": cfg.dataset,
+    (run_dir / "data.json").write_text(json.dumps({"class_names": CLASSES, "pairs": PAIRS, "dataset": cfg["dataset"],
                                                    "origin": "planted test data", "counts": counts}))
     (run_dir / "env.json").write_text(json.dumps(ENV))
     (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | metrics))
@@ -201,13 +199,48 @@ def test_report_files_and_golden(tmp_path):
     assert (out / "report.md").read_text() == built.markdown
     for link in re.findall(r"\]\((figures/[^)]+\.png)\)", built.markdown):
         assert (out / link).read_bytes()[:4] == b"\x89PNG", link
-    page = (out / "report.html").read_text()
-    # Self-contained: every figure inline, nothing fetched from elsewhere.
-    assert page.count("src='data:image/png;base64,") == len(built.figures) == 5
-    assert not re.search(r"""src=['"](?!data:)""", page) and "<link" not in page
-    first = re.search(r"base64,([^']+)'", page)[1]
-    assert base64.b64decode(first)[:4] == b"\x89PNG"
     assert "ambig-bench sweep --strategy soft,reassign,duplicate,extra-class,multilabel" in built.markdown
+
+
+class Page(HTMLParser):
+    """What report.html holds: tags counted, image sources and link targets listed, in-page ids collected."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.sources: list[str] = []
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        self.ids |= {attrs["id"]} if "id" in attrs else set()
+        if tag == "img":
+            self.sources.append(attrs["src"])
+        if tag == "a":
+            self.links.append(attrs["href"])
+
+
+def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
+    out = tmp_path / "html-demo"
+    plant_comparison(out)
+    built = report(out)
+    page = Page((out / "report.html").read_text())
+    markdown = built.markdown.splitlines()
+    assert page.tags["table"] == sum(line.startswith("|---") for line in markdown) == 8
+    for level in (1, 2, 3):
+        assert page.tags.get(f"h{level}", 0) == sum(line.startswith("#" * level + " ") for line in markdown)
+    # Self-contained: every figure inline as a PNG, nothing fetched from elsewhere.
+    assert len(page.sources) == len(built.figures) == 5
+    for src in page.sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:4] == b"\x89PNG"
+    assert "link" not in page.tags and "script" not in page.tags
+    # Links to figure files jump to the embedded figure instead.
+    assert page.links and all(link.startswith("#") and link[1:] in page.ids for link in page.links)
+    assert "<strong>extra-class</strong> is best" in built.html and "<code>clear_acc</code>" in built.html
 
 
 def test_sweep_report_golden(tmp_path):

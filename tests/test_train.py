@@ -100,8 +100,8 @@ def test_lookahead_against_a_naive_replay():
 @pytest.mark.parametrize("augment, translate, level", [("off", 2, 0), ("on", 0, 1), ("on", 2, 2)])
 def test_test_time_views_follow_training_augmentation(augment, translate, level):
     """Shifted views only for models trained with shifts; none without augmentation."""
-    from ambig_bench.config import RunConfig
+    from ambig_bench.options import build
     from ambig_bench.train import tta_level
 
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
-    assert tta_level(RunConfig(augment=augment, translate=translate), images) == level
+    assert tta_level(build(dict(augment=augment, translate=translate)), images) == level

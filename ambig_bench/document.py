@@ -1,0 +1,133 @@
+"""One document model for comparison.md and report.md: a list of blocks, rendered to markdown, and to a
+self-contained HTML page from that same markdown (markdown-it), figures embedded as data URIs.
+
+The HTML is the markdown's own rendering, so the two never say different things; only figure files are
+swapped for their bytes, and links to them for in-page anchors.
+
+>>> import pandas as pd
+>>> text = to_markdown([Heading("Demo", 1), Table(pd.DataFrame({"strategy": ["soft"], "n": [3]}))])
+>>> print(text)
+# Demo
+<BLANKLINE>
+| strategy | n |
+|---|---|
+| soft | 3 |
+<BLANKLINE>
+>>> "<table>" in to_html(text, "demo", {})
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import pandas as pd
+from markdown_it import MarkdownIt
+
+FIGURES = "figures/"  # where figures are written, relative to the document
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Paragraph:
+    text: str  # inline markdown: `code`, **bold**, *italic*, [links](figures/x.png)
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    frame: pd.DataFrame  # shown as is: column names and cell text
+
+
+@dataclass
+class Image:
+    name: str  # file name under figures/
+    caption: str
+
+
+Block = Heading | Paragraph | Bullets | Table | Image
+
+
+def cell(value: object) -> str:
+    # A "|" would end the cell and a newline the row: both would tear the table apart in markdown and HTML.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(cell, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def block_markdown(block: Block) -> str:
+    if isinstance(block, Heading):
+        return f"{'#' * block.level} {block.text}"
+    if isinstance(block, Paragraph):
+        return block.text
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {item}" for item in block.items) or "- (none)"
+    if isinstance(block, Table):
+        return markdown_table(block.frame)
+    return f"![{block.caption}]({FIGURES}{block.name})\n\n*{block.caption}*"
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    return "\n\n".join(map(block_markdown, blocks)) + "\n"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
+vertical-align:top}th{background:#f3f3f3}img{max-width:100%;margin-top:1.5em}p>em:only-child{color:#555}
+code{background:#f3f3f3;padding:0 3px}"""
+
+
+def anchor(name: str) -> str:
+    return "fig-" + name.removesuffix(".png")
+
+
+def figure_name(url: str) -> str:
+    # markdown-it percent-encodes URLs as it parses them ("a b.png" -> "a%20b.png"); figures are keyed by file name.
+    return unquote(url).removeprefix(FIGURES)
+
+
+def embed_image(self, tokens, idx, options, env) -> str:
+    """A figure's file swapped for its PNG bytes, with an id that links to it can jump to."""
+    token = tokens[idx]
+    name = figure_name(token.attrGet("src"))
+    if name in env["figures"]:
+        token.attrSet("src", "data:image/png;base64," + base64.b64encode(env["figures"][name]).decode())
+        token.attrSet("id", anchor(name))
+    return self.image(tokens, idx, options, env)
+
+
+def link_in_page(self, tokens, idx, options, env) -> str:
+    """A link to a figure file points at the embedded figure instead: the page has no files beside it."""
+    token = tokens[idx]
+    name = figure_name(token.attrGet("href"))
+    if name in env["figures"]:
+        token.attrSet("href", "#" + anchor(name))
+    return self.renderToken(tokens, idx, options, env)
+
+
+def to_html(markdown: str, title: str, figures: dict[str, bytes]) -> str:
+    """A self-contained page from `markdown`; `figures` maps each file name under figures/ to its PNG."""
+    # Raw HTML off: a strategy or dataset name is shown as text, never interpreted as markup.
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("image", embed_image)
+    md.add_render_rule("link_open", link_in_page)
+    body = md.render(markdown, {"figures": figures})
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")

@@ -1,0 +1,26 @@
+"""Run directories written by hand for compare and report tests: config.json only, no training.
+
+The config is what a run of this version saves (options.build, nested), or the same fields flat, as runs of
+older versions saved them: compare must read both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ambig_bench.compare import flatten_config
+from ambig_bench.options import build
+
+
+def fake_run_dir(out: Path, strategy: str, seed: int, nest: bool = True, **options) -> tuple[Path, dict]:
+    """A run directory holding config.json only (nested, or flat with nest=False), and the flat config."""
+    config = build({"strategy": strategy, "seed": seed, **options}).to_dict()
+    flat = flatten_config(config)
+    experiment = {k: v for k, v in flat.items() if k not in ("strategy", "seed")}
+    key = hashlib.sha1(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:8]
+    run_dir = out / "runs" / f"{strategy}-seed{seed}-{key}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config if nest else flat))
+    return run_dir, flat
