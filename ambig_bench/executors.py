@@ -33,7 +33,7 @@ import torch
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import UserError
-from ambig_bench.runner import Reporter, prepare_data, run_experiment, run_together, train_claimed
+from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
@@ -177,14 +177,13 @@ class RayExecutor:
 
         def submit_next() -> bool:
             for i, cfg in todo:
-                claimed = store.claim(cfg, force, wait)
-                if isinstance(claimed, Claim):
-                    task = remote.options(**self.task_resources(cfg)).remote(dataclasses.replace(claimed, lock=None))
-                    pending[task] = (i, claimed)
-                    return True
-                results[i] = claimed
-                if reporter and claimed.status != Status.BUSY:
-                    reporter.end_run(claimed)
+                claimed = claim(store, cfg, force, wait, reporter)
+                if isinstance(claimed, RunResult):
+                    results[i] = claimed
+                    continue
+                task = remote.options(**self.task_resources(cfg)).remote(dataclasses.replace(claimed, lock=None))
+                pending[task] = (i, claimed)
+                return True
             return False
 
         try:

@@ -202,6 +202,14 @@ def train_claimed(claim: Claim, reporter: Reporter | None = None) -> RunRecord |
     return outcome
 
 
+def claim(store: RunStore, cfg: RunConfig, force: bool, wait: bool, reporter: Reporter | None) -> Claim | RunResult:
+    """The store's claim; a run that needs no training is reported at once (a busy one later, when it is done)."""
+    claimed = store.claim(cfg, force, wait)
+    if isinstance(claimed, RunResult) and reporter and claimed.status != Status.BUSY:
+        reporter.end_run(claimed)
+    return claimed
+
+
 def finish(store: RunStore, claim: Claim, outcome: RunRecord | str, reporter: Reporter | None) -> RunResult:
     result = store.save(claim, outcome)
     if reporter:
@@ -218,10 +226,8 @@ def run_experiment(cfg: RunConfig, out: str | Path = "results/demo", force: bool
     """
     cfg.validate()
     store = RunStore(out)
-    claimed = store.claim(cfg, force, wait)
+    claimed = claim(store, cfg, force, wait, reporter)
     if isinstance(claimed, RunResult):
-        if reporter and claimed.status != Status.BUSY:
-            reporter.end_run(claimed)
         return claimed
     try:
         outcome = train_claimed(claimed, reporter)
@@ -243,11 +249,9 @@ def run_together(runs: list[RunConfig], out: str, force: bool, reporter: Reporte
         groups: dict[tuple, list[int]] = {}
         for i, cfg in enumerate(runs):
             cfg.validate()
-            claimed = store.claim(cfg, force, wait)
+            claimed = claim(store, cfg, force, wait, reporter)
             if isinstance(claimed, RunResult):
                 results[i] = claimed
-                if reporter and claimed.status != Status.BUSY:
-                    reporter.end_run(claimed)
                 continue
             data = prepare_data(cfg)
             strategy, model = build_run(cfg, data, device)
