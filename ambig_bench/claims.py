@@ -11,6 +11,7 @@ $ ambig-bench report results/demo      # the claims appear under "The common cla
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def where_label(where: dict) -> str:
 
 
 def slug(where: dict) -> str:
-    return "".join(f"-{flag(k)}-{v}" for k, v in where.items())
+    """A file-name part for a slice: user values (pairs, paths) reduced to characters safe in a name and a link."""
+    return re.sub(r"[^0-9A-Za-z.=+-]+", "_", "".join(f"-{flag(k)}-{v}" for k, v in where.items()))
 
 
 def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ambig_bench import options as run_options
 from ambig_bench.config import ExperimentConfig, load_toml
@@ -32,22 +35,43 @@ err = Console(stderr=True, soft_wrap=True)  # a long path stays on one line in l
 out = Console()
 
 
+def say(label: str, style: str, message: object) -> None:
+    """One line on stderr: a coloured label, then `message` as plain text (file names may hold `[/x]`)."""
+    err.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a job scheduler's stop): handled like Ctrl-C, so workers are stopped and nothing is lost."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def guarded(fn: Callable) -> Callable:
-    """Bad input -> one line on stderr and exit 2; a failed run -> exit 1; Ctrl-C keeps finished runs."""
+    """Bad input -> one line on stderr and exit 2; a failed run or an OS error (disk full) -> exit 1; Ctrl-C
+    and SIGTERM keep finished runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            say("error:", "red", e)
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {e}", highlight=False, soft_wrap=True)
+            say("run failed:", "red", e)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
+        except OSError as e:  # disk full, permissions changed underneath us, a drive unplugged
+            where = f"{e.filename}: " if e.filename else ""
+            say("error:", "red", f"{where}{e.strerror or e}; every file is written whole or not at all, so finished "
+                                 f"work is kept: free the space (or fix the cause) and run the same command again")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
     return wrapper
 
@@ -153,7 +177,7 @@ class RichReporter:
             self.current = None
         self.progress.advance(self.grid)
         if result.status == "failed":
-            self.progress.console.print(f"[red]failed[/red] {result.run_dir.name}: {result.error}")
+            self.progress.console.print(Text.assemble(("failed", "red"), f" {result.run_dir.name}: {result.error}"))
 
 
 class LogReporter:
@@ -209,7 +233,7 @@ def summarise_runs(results: list, next_step: str) -> None:
     failed = sum(r.status == "failed" for r in results)
     reused = sum(r.status == "reused" for r in results)
     err.print(f"{len(results) - failed} runs finished ({reused} reused), {failed} failed; {next_step}",
-              highlight=False)
+              markup=False, highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -237,15 +261,15 @@ def compare(
 
     comparison = do_compare(results_dir, baseline)
     shown = summary_display(comparison.summary, comparison.group_by)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False)
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", markup=False, highlight=False)
     if not out.is_terminal:  # piped: plain markdown, the same table as comparison.md
         print(markdown_table(shown))
         return
-    table = Table(title=f"{results_dir}: mean ± 95% CI over seeds")
+    table = Table(title=Text(f"{results_dir}: mean ± 95% CI over seeds"))
     for col in shown.columns:
-        table.add_column(col, no_wrap=True)
+        table.add_column(Text(str(col)), no_wrap=True)
     for row in shown.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(Text(str(v)) for v in row))  # Text: a "[bold]" in a class name is shown, not applied
     out.print(table)
 
 
@@ -281,7 +305,7 @@ def report(
 
     built = write_report(results_dir, baseline, margin)
     err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
-              f"figures in {results_dir / 'figures'}", highlight=False)
+              f"figures in {results_dir / 'figures'}", markup=False, highlight=False)
     print("\n".join(built.summary_lines()))
 
 
@@ -306,9 +330,9 @@ def predict(
     check_format(fmt)
     report = predict_paths(run_dir, images, alpha, conformal, per_kind)
     for line in report.warnings():
-        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+        say("warning:", "yellow", line)
     for failed in report.failed:
-        err.print(f"[red]error:[/red] {failed.path}: {failed.error}", highlight=False, soft_wrap=True)
+        say("error:", "red", f"{failed.path}: {failed.error}")
     shown = render(report, fmt)
     if isinstance(shown, str):
         print(shown, end="")

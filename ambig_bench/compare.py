@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ambig_bench.calibration import conformal_summary
-from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, to_markdown
+from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, code, escape, to_markdown
 from ambig_bench.document import markdown_table as markdown_table  # the CLI prints the summary with it
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic, write_csv
@@ -206,15 +206,16 @@ def attainable(paired: pd.DataFrame) -> str:
 
 def setup_line(runs: pd.DataFrame, group_by: list[str]) -> str:
     first = runs.iloc[0]
-    parts = [f"{flag(f)} {first[f] or '(dataset default)'}" for f in
+    parts = [f"{flag(f)} {escape(first[f]) if first[f] else '(dataset default)'}" for f in
              ("dataset", "pairs", "between_source", "between_fraction", "model", "epochs")
              if f in runs and f not in group_by]
     return " · ".join(parts)
 
 
-def tabulate(frame: pd.DataFrame, group_by: list[str]) -> Table:
-    """A table of the documents: swept options headed as they are typed (between-fraction), metrics as named."""
-    return Table(frame.rename(columns={g: flag(g) for g in group_by}))
+def tabulate(frame: pd.DataFrame, group_by: list[str], markdown: tuple[str, ...] = ()) -> Table:
+    """A table of the documents: swept options headed as they are typed (between-fraction), metrics as named;
+    cells are text except in the `markdown` columns."""
+    return Table(frame.rename(columns={g: flag(g) for g in group_by}), markdown)
 
 
 def sections(comparison: Comparison, baseline: str, level: int) -> list[Block]:
@@ -223,13 +224,13 @@ def sections(comparison: Comparison, baseline: str, level: int) -> list[Block]:
     g, summary = comparison.group_by, comparison.summary
     blocks: list[Block] = [tabulate(summary_display(summary, g), g)]
     if not comparison.paired.empty:
-        blocks += [Heading(f"Paired differences against `{baseline}`", level),
+        blocks += [Heading(f"Paired differences against {code(baseline)}", level),
                    Paragraph("Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) "
                              "or exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
                              f"difference at the 5% level. {attainable(comparison.paired)}"),
                    tabulate(paired_display(comparison.paired, g), g)]
     elif baseline not in set(comparison.runs.strategy):
-        blocks.append(Paragraph(f"_Note: baseline {baseline!r} has no runs here._"))
+        blocks.append(Paragraph(f"_Note: baseline {code(baseline)} has no runs here._"))
     if summary["cp_coverage_mean"].notna().any():
         blocks += [Heading(f"Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on "
                            "validation)", level),
@@ -250,7 +251,7 @@ def glossary() -> list[Block]:
 
 def document(results_dir: Path, comparison: Comparison, baseline: str) -> list[Block]:
     """comparison.md."""
-    return [Heading(f"Comparison of strategies: {results_dir.name}", 1),
+    return [Heading(f"Comparison of strategies: {escape(results_dir.name)}", 1),
             Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
             *sections(comparison, baseline, 2), *glossary()]
 

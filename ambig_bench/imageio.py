@@ -20,7 +20,6 @@ import io
 import os
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ambig_bench.errors import UserError
+from ambig_bench.io import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -116,17 +116,10 @@ def cached(key: str, decode: Callable[[], DecodedImages]) -> DecodedImages:
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # absent or unreadable (e.g. damaged on disk): decode again and overwrite it
     decoded = decode()
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".images-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images)
-        os.replace(tmp, path)  # whole or absent: a concurrent reader never sees half a file
+    try:  # whole or absent: a concurrent reader never sees half a file
+        write_atomic(path, lambda f: np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images))
     except OSError as e:  # a read-only home or a full disk must not stop a run; it only costs the speed-up
         print(f"warning: could not write the image cache {path}: {e}", file=sys.stderr)
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
     return decoded
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
 from ambig_bench.calibration import Calibration, calibrate_run, check_conformal_options
@@ -218,20 +219,23 @@ def to_csv(report: PredictionReport) -> str:
 
 
 def to_table(report: PredictionReport) -> Table:
+    """A Rich table; every cell is a `Text`, so file and class names are shown exactly, never read as markup."""
     cal = report.calibration
     threshold = "" if report.threshold is None else f", threshold {report.threshold:g}"
     per = "of clear-cut and of in-between images" if cal.per_kind else "on average"
-    table = Table(title=f"{report.run_dir.name} ({report.strategy}{threshold}); conformal {cal.method.upper()} sets "
-                        f"cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} validation images)")
+    table = Table(title=Text(f"{report.run_dir.name} ({report.strategy}{threshold}); conformal "
+                             f"{cal.method.upper()} sets cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} "
+                             f"validation images)"))
     for column in ("image", "decision", f"top {TABLE_TOP} probabilities", "ambiguity", "conformal set"):
         table.add_column(column, overflow="fold")
     for r in report.images:
         if r.error:
-            table.add_row(r.path, f"[red]error: {r.error}[/red]", "", "", "")
+            table.add_row(Text(str(r.path)), Text(f"error: {r.error}", style="red"), "", "", "")
             continue
         top = ranked(report, r)[:TABLE_TOP]
-        table.add_row(r.path, decision_text(r.decision), "  ".join(f"{n} {p:.2f}" for n, p in top),
-                      f"{r.ambiguity:.2f}", "{" + ", ".join(r.conformal) + "}")
+        table.add_row(Text(str(r.path)), Text(decision_text(r.decision)),
+                      Text("  ".join(f"{n} {p:.2f}" for n, p in top)), f"{r.ambiguity:.2f}",
+                      Text("{" + ", ".join(r.conformal) + "}"))
     return table
 
 

@@ -53,7 +53,18 @@ from ambig_bench.compare import (
     sections,
     tabulate,
 )
-from ambig_bench.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
+from ambig_bench.document import (
+    Block,
+    Bullets,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    code,
+    escape,
+    to_html,
+    to_markdown,
+)
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
@@ -224,7 +235,7 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
     kinds: dict[str, list[str]] = {"winning": [], "losing": [], "same": []}
     for key, part in ranked.groupby(group_by + ["strategy"], sort=False):
         where = dict(zip(group_by, key[:-1], strict=True))
-        name = key[-1] + (f" ({where_label(where)})" if where else "")
+        name = key[-1] + (f" ({escape(where_label(where))})" if where else "")
         wins = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if better(r)]
         losses = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if worse(r)]
         rows.append(where | {"strategy": key[-1], f"better than {baseline} on": ", ".join(wins) or "–",
@@ -308,25 +319,27 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
     blocks: list[Block] = [Heading("What this means for your options"), Paragraph(power_text(comparison)),
                            Heading("Best strategy per criterion", 3),
                            Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
-                           tabulate(lead_table, comparison.group_by)]
+                           tabulate(lead_table, comparison.group_by, markdown=("answer",))]
     if not comparison.paired.empty:
         table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
         blocks += [Heading("Trade-offs", 3),
-                   Paragraph(f"Against `{baseline}`; only significant differences (paired test, Holm) are listed, as "
-                        f"strategy − {baseline}. Figure: [{tradeoff}](figures/{tradeoff})."), Bullets(lines)]
+                   Paragraph(f"Against {code(baseline)}; only significant differences (paired test, Holm) are listed, "
+                             f"as strategy − {escape(baseline)}. Figure: [{tradeoff}](figures/{tradeoff})."),
+                   Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
             blocks.append(tabulate(table, comparison.group_by))
     sliced = any(v.where for v in verdicts)
     claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
-                            "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
-    blocks += [Heading("The common claims", 3), Table(claims)]
+                            "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"}
+                           for v in verdicts])
+    blocks += [Heading("The common claims", 3), Table(claims, markdown=("verdict", "figure"))]
     # The sweep command only helps where between-fraction means something: the blend source.
     if "between_fraction" not in comparison.group_by and set(comparison.runs.between_source) == {"blend"}:
         seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
         blocks.append(Paragraph(f"These claims need a sweep of between-fraction. This command runs one with this "
-                           f"directory's other options: `{sweep_command(comparison, results_dir, seeds)}`; then "
-                           f"`ambig-bench report results/{results_dir.name}-sweep`."))
+                           f"directory's other options: {code(sweep_command(comparison, results_dir, seeds))}; then "
+                           f"{code(f'ambig-bench report results/{results_dir.name}-sweep')}."))
     return blocks
 
 
@@ -338,7 +351,7 @@ def build(results_dir: Path, comparison: Comparison, baseline: str, margin: floa
     verdicts = judge_claims(comparison, paired_soft, margin)
     images, figures = draw(results_dir, comparison, meta)
     blocks: list[Block] = [
-        Heading(f"Report: {results_dir.name}", 1),
+        Heading(f"Report: {escape(results_dir.name)}", 1),
         Paragraph("Which way of training on in-between images to choose: what differs between the strategies, by "
                   "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
                   "for your options* is backed by a paired test across seeds; the rules are at the end."),
