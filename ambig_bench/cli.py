@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ambig_bench import options as run_options
-from ambig_bench.config import ExperimentConfig, load_toml
+from ambig_bench.config import MAX_SEEDS, ExperimentConfig, check_between, load_toml
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.strategies import STRATEGIES
@@ -151,8 +151,7 @@ def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     if seed is not None:
         values["seed"] = seed
     run = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    check_between("seeds", n_seeds, 1, MAX_SEEDS)
     strategies, result_dir = strategy or file_strategies, out_dir or file_out
     return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
 

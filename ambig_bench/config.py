@@ -30,6 +30,15 @@ def option(default: Any, help: str, flag: str = "", choices: tuple[str, ...] = (
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
+# Bounds that keep a typo from allocating beyond any machine (each refused in one line naming its option).
+MAX_WIDTH = 1024  # channels of a model's first stage (small-cnn: 1024/2048/4096 channels, ~1 GB of weights)
+MAX_BATCH = 65536  # images per step
+MAX_COUNT = 100_000  # generated images per pair and split (blend sources)
+MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
+MAX_SEEDS = 10_000  # runs per strategy and grid point
+MAX_SIDE = 8192  # pixels along an image side (model.json's image_size)
+
+
 def check_fraction(name: str, value: float) -> None:
     if not 0 < value < 1:
         raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
@@ -38,6 +47,12 @@ def check_fraction(name: str, value: float) -> None:
 def check_at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def check_between(name: str, value: int, low: int, high: int) -> None:
+    check_at_least(name, value, low)
+    if value > high:
+        raise UserError(f"--{name.replace('_', '-')} must be at most {high}, got {value}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -102,9 +117,9 @@ class ModelOptions:
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
         if self.width is not None:
-            check_at_least("width", self.width, 1)
+            check_between("width", self.width, 1, MAX_WIDTH)
         if self.batch_size is not None:
-            check_at_least("batch_size", self.batch_size, 1)
+            check_between("batch_size", self.batch_size, 1, MAX_BATCH)
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
             raise UserError(f"--lr must be > 0 and finite, got {self.lr}")
         if self.weight_decay is not None and (not math.isfinite(self.weight_decay) or self.weight_decay < 0):
@@ -168,6 +183,7 @@ class RunConfig:
     runtime: Runtime = field(default_factory=Runtime)
 
     def validate(self) -> None:
+        check_between("seed", self.seed, 0, MAX_SEED)
         for group in (self.data, self.model, self.train, self.runtime):
             group.validate()
 

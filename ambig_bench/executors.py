@@ -32,7 +32,9 @@ import torch
 
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
+from ambig_bench.datasets import load_raw, pairs_of
 from ambig_bench.errors import UserError
+from ambig_bench.imageio import fingerprint
 from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
@@ -243,14 +245,21 @@ def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> 
 
 
 def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
-    """Refuse bad input before any file is written: every run's options, the device, the first run's data."""
+    """Refuse bad input before any file is written: every run's options, the device, the first run's data in
+    full, and for every other data setting of the grid (sweep points) its files, class pairs and image size."""
+    fingerprint.cache_clear()  # the data files as they are now key this command's runs
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)
-    images = prepare_data(runs[0]).images
-    for cfg in runs:  # a shift as large as the images is refused here (other datasets' sizes are known later)
-        if (cfg.data.dataset, cfg.data.data_dir) == (runs[0].data.dataset, runs[0].data.data_dir):
-            use_augmentation(cfg, images)
+    prepare_data(runs[0])
+    loads: dict[str, list[RunConfig]] = {}  # runs by what their loader reads (all data options but the pairs)
+    for cfg in runs:
+        loads.setdefault(repr({**dataclasses.asdict(cfg.data), "pairs": None}), []).append(cfg)
+    for group in loads.values():
+        raw = load_raw(group[0])  # decoded images come from the cache after the first load
+        for cfg in group:
+            pairs_of(raw, cfg)
+            use_augmentation(cfg, raw.images)  # a shift as large as the images is refused here
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

@@ -15,11 +15,14 @@ $ ambig-bench run --dataset cifar10 --data-dir ../shared/data/cifar10.tgz   # se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import stat
 import sys
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +36,9 @@ from ambig_bench.io import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
-CACHE_VERSION = "1"  # part of every cache key: bump it when decoding changes so old files are not reused
+CACHE_VERSION = "2"  # part of every cache key: bump it when decoding changes so old files are not reused (2: EXIF)
+MAX_PIXELS = 40_000_000  # per image (a 7300×5500 photo): a larger header is refused before decoding
+MAX_FILE_BYTES = 256 << 20  # per image file: what is read of it at most
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -92,11 +97,7 @@ def walk_images(root: Path) -> Iterator[str]:
 
 
 def archive_key(path: Path) -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0archive\0".encode())
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_key(path, "archive")
 
 
 def folder_key(root: Path, names: list[str]) -> str:
@@ -105,6 +106,27 @@ def folder_key(root: Path, names: list[str]) -> str:
     for name in names:
         st = os.stat(os.path.join(top, name))
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def fingerprint(path: str) -> str:
+    """What a file or folder holds, for the experiment key: a folder's images by path, size and modification time
+    (the decode cache's key), a file by its bytes ("" when absent: the loader reports that). Cached for the
+    process: `fingerprint.cache_clear()` before checking a new command's data."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        return folder_key(source, sorted(walk_images(source)))
+    if source.is_file():
+        return file_key(source)
+    return ""
+
+
+def file_key(path: Path, kind: str = "file") -> str:
+    digest = hashlib.sha1(f"{CACHE_VERSION}\0{kind}\0".encode())
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -130,8 +152,12 @@ def decode_archive(path: Path) -> DecodedImages:
             for member in tar:
                 name = clean_member(member.name)
                 if member.isfile() and is_image_name(name):
+                    where = f"{path}:{name}"
+                    if member.size > MAX_FILE_BYTES:
+                        raise UserError(f"{where}: {member.size} bytes, more than an image file may have "
+                                        f"({MAX_FILE_BYTES >> 20} MiB)")
                     paths.append(name)
-                    arrays.append(decode_one(tar.extractfile(member).read(), f"{path}:{name}"))
+                    arrays.append(decode_one(tar.extractfile(member).read(), where))
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{path}: unreadable archive ({e})") from None
     order = sorted(range(len(paths)), key=paths.__getitem__)
@@ -139,7 +165,45 @@ def decode_archive(path: Path) -> DecodedImages:
 
 
 def decode_files(root: Path, names: list[str]) -> DecodedImages:
-    return stack(names, [decode_one((root / n).read_bytes(), str(root / n)) for n in names], str(root))
+    inside = root.resolve()
+    return stack(names, [decode_one(read_file(root / n, inside), str(root / n)) for n in names], str(root))
+
+
+def read_file(path: Path, inside: Path | None = None) -> bytes:
+    """An image file's bytes, if it is a regular file (not a FIFO that would block, not a device that never ends)
+    of at most MAX_FILE_BYTES, and, given `inside`, not a link to something outside that folder."""
+    try:
+        st = os.stat(path)  # follows links: what would be read
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); only image files are read")
+    if inside is not None and not path.resolve().is_relative_to(inside):
+        raise UserError(f"{path}: a link to {path.resolve()}, outside the data folder {inside}; copy the file in")
+    if st.st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {st.st_size} bytes, more than an image file may have ({MAX_FILE_BYTES >> 20} MiB)")
+    with path.open("rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
+
+
+def load_image(data: bytes, where: str) -> Image.Image:
+    """The decoded image, turned upright as its EXIF orientation says (phone photos are stored rotated), for
+    training and prediction alike. Its header is checked before any pixel is decoded (at most MAX_PIXELS); a
+    broken file is a UserError naming it, and the imaging library's warnings become one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise UserError(f"{where}: {opened.width}×{opened.height} pixels, more than the {MAX_PIXELS:,} "
+                                    f"an image may have; shrink it first")
+                image = ImageOps.exif_transpose(opened)
+                image.load()  # decodes now, so truncation is detected here rather than half-silently later
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise UserError(f"{where}: unreadable or truncated image ({e})") from None
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        print(f"warning: {where}: {message}", file=sys.stderr)
+    return image
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -150,15 +214,11 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 
 def decode_one(data: bytes, where: str) -> np.ndarray:
-    """H×W (grey) or H×W×3 uint8; a broken or truncated file is a UserError naming it."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # decodes now, so truncation is detected here rather than half-silently later
-            if im.mode in GREY_MODES:
-                return np.asarray(to_8bit(im).convert("L"))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{where}: unreadable or truncated image ({e})") from None
+    """H×W (grey) or H×W×3 uint8."""
+    image = load_image(data, where)
+    if image.mode in GREY_MODES:
+        return np.asarray(to_8bit(image).convert("L"))
+    return np.asarray(image.convert("RGB"))
 
 
 def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImages:
@@ -200,14 +260,7 @@ Change = tuple[str, str]  # (what was done, what the image was before), e.g. ("r
 def read_image(path: Path, channels: int, size: int, width: int | None = None) -> tuple[np.ndarray, list[Change]]:
     """uint8 C×size×width (width defaults to size) in the training input format, and what had to change."""
     width = width or size
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # phone photos are stored rotated; show them upright
-            image.load()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    image = load_image(read_file(path), str(path))  # decoded exactly as the training images were
     changes: list[Change] = []
     mode = "L" if channels == 1 else "RGB"
     if image.mode != mode:

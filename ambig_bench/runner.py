@@ -35,7 +35,7 @@ from ambig_bench.datasets import prepare
 from ambig_bench.errors import RunFailed
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_network
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, experiment_key
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, data_fingerprint, experiment_key
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import Job, device_layout, fit_reference, pick_device, predict_logits, train, tta_level
 
@@ -56,7 +56,8 @@ def prepare_data(cfg: RunConfig) -> LabelledImages:
 
     The `natural` source judges images with a reference network trained here (`train.fit_reference`).
     """
-    key = (cfg.seed, repr({k: v for k, v in cfg.to_dict().items() if k not in ("strategy", "runtime")}))
+    key = (cfg.seed, repr({k: v for k, v in cfg.to_dict().items() if k not in ("strategy", "runtime")}),
+           repr(data_fingerprint(cfg)))
     if key not in _data_cache:
         _data_cache.clear()  # keep one dataset in memory at a time
         reference = functools.partial(fit_reference, cfg, pick_device(cfg.runtime.device))

@@ -32,6 +32,7 @@ import pandas as pd
 from safetensors.torch import save
 
 from ambig_bench.config import RunConfig
+from ambig_bench.imageio import fingerprint
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
 from ambig_bench.options import experiment
@@ -71,9 +72,19 @@ class RunRecord:
     weights_format: str  # the safetensors metadata "format" that the checkpoint reader expects
 
 
+def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
+    """What the user's data files hold (--data-dir, --labels): relabelled or edited data make a new experiment,
+    whose runs sit next to the old ones instead of being mistaken for them."""
+    given = {"data_dir": cfg.data.data_dir, "labels": cfg.data.labels}
+    return {name: fingerprint(path) for name, path in given.items() if path}
+
+
 def experiment_key(cfg: RunConfig) -> str:
-    """Hash of what makes runs comparable (`options.experiment`): one experiment."""
-    return hashlib.sha1(json.dumps(experiment(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """Hash of what makes runs comparable (`options.experiment`) and of the data files: one experiment."""
+    content = experiment(cfg)
+    if files := data_fingerprint(cfg):
+        content["files"] = files
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_name(cfg: RunConfig) -> str:

@@ -71,18 +71,29 @@ CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
 MIN_DEFAULT_PAIR = 2
 
 
-def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
-    """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
+def load_raw(cfg: RunConfig) -> RawImages:
+    """The dataset's images and labels, checked (before they are split and labelled)."""
     if cfg.data.between_source != "auto":
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
     raw = DATASETS.get(cfg.data.dataset)(cfg)
     check_raw(raw, cfg.data.dataset)
-    source_name = raw.default_source if cfg.data.between_source == "auto" else cfg.data.between_source
+    return raw
+
+
+def pairs_of(raw: RawImages, cfg: RunConfig) -> list[tuple[int, int]]:
+    """The run's pairs as class indices: --pairs, else the dataset's own; a name not among its classes fails."""
     pair_text = cfg.data.pairs or raw.default_pairs
     if not pair_text:
         raise UserError(f"dataset {cfg.data.dataset}: no pair has {MIN_DEFAULT_PAIR}+ in-between images in the data; "
                         f"give --pairs A:B[,C:D]")
-    pairs = parse_pairs(pair_text, raw.class_names)
+    return parse_pairs(pair_text, raw.class_names)
+
+
+def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
+    """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
+    raw = load_raw(cfg)
+    source_name = raw.default_source if cfg.data.between_source == "auto" else cfg.data.between_source
+    pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
     if cfg.data.train_size is not None:

@@ -89,7 +89,7 @@ def test_folders_are_searched_recursively_and_bad_files_become_error_rows(traine
                                                                   "missing.png"}
     assert {name for name, r in results.items() if r.error} == {"corrupt.png", "text.png", "missing.png"}
     assert results["missing.png"].error == "no such file"
-    assert "not a readable image" in results["text.png"].error
+    assert "unreadable or truncated image" in results["text.png"].error
     assert report.exit_code == 1
     assert all(r.decision for r in report.images if not r.error), "the readable files are still predicted"
 
@@ -137,7 +137,7 @@ def test_csv_json_and_table_formats(trained, image_dir):
     console.print(render(report, "table"))
     text = console.export_text()
     assert all(r.path in text for r in report.images)
-    assert "error: not a readable image" in text
+    assert "error: unreadable or truncated image" in text
 
     with pytest.raises(UserError, match="--format must be one of"):
         render(report, "xml")
