@@ -217,6 +217,8 @@ def coerce(flag: str, kind: type, value: object) -> object:
             raise ValueError(value)  # TOML `epochs = true` is not one epoch
         if kind is not str and isinstance(value, list | dict):
             raise ValueError(value)
+        if kind is str and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # TOML `pairs = ["4:9", "3:8"]` means --pairs 4:9,3:8
         if kind is str and not isinstance(value, str | int | float):
             raise ValueError(value)
         return kind(value)

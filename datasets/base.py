@@ -134,9 +134,10 @@ def check_votes(votes: torch.Tensor, num_classes: int, where: str, row_name: Cal
     if votes.dim() != 2 or votes.shape[1] != num_classes:
         raise UserError(f"{where}: votes must have one column per class ({num_classes}), "
                         f"got shape {tuple(votes.shape)}")
-    bad = ~torch.isfinite(votes).all(1) | (votes < 0).any(1)
+    # A finite row can still sum to inf (1e308 + 1e308): its shares would be NaN and the image silently unsure.
+    bad = ~torch.isfinite(votes.sum(1)) | (votes < 0).any(1)
     if bad.any():
-        raise UserError(f"{row_name(int(bad.nonzero()[0]))}: votes must be finite numbers >= 0")
+        raise UserError(f"{row_name(int(bad.nonzero()[0]))}: votes must be numbers >= 0 that sum to a finite number")
     empty = votes.sum(1) <= 0
     if empty.any():
         raise UserError(f"{row_name(int(empty.nonzero()[0]))}: the votes sum to 0")
