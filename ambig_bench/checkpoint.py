@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ambig_bench.config import MAX_SIDE, RunConfig
+from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS, Preprocess, build_model
@@ -49,7 +49,7 @@ def _count(v: object, low: int) -> bool:
 # What load_checkpoint needs from model.json: field -> (check, what the error says it must be).
 RECIPE: dict[str, tuple[Callable[[object], bool], str]] = {
     "model": (lambda v: isinstance(v, str), "a model name"),
-    "width": (lambda v: _count(v, 0), "an integer >= 0"),
+    "width": (lambda v: _count(v, 0) and v <= MAX_WIDTH, f"an integer in 0..{MAX_WIDTH}"),
     "in_channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
     "image_size": (lambda v: _count(v, 1) and v <= MAX_SIDE, f"an integer in 1..{MAX_SIDE}"),
     "strategy": (lambda v: isinstance(v, str), "a strategy name"),

@@ -73,9 +73,12 @@ class RunRecord:
 
 
 def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
-    """What the user's data files hold (--data-dir, --labels): relabelled or edited data make a new experiment,
-    whose runs sit next to the old ones instead of being mistaken for them."""
-    given = {"data_dir": cfg.data.data_dir, "labels": cfg.data.labels}
+    """What the user's data files hold: the labels CSV's bytes, and the images under --data-dir (by default the
+    CSV's folder) by path, size and modification time. Relabelled or edited data make a new experiment, whose
+    runs sit next to the old ones instead of being mistaken for them."""
+    labels = cfg.data.labels
+    root = cfg.data.data_dir or (str(Path(labels).expanduser().parent) if labels else None)
+    given = {"data_dir": root, "labels": labels}
     return {name: fingerprint(path) for name, path in given.items() if path}
 
 
