@@ -199,6 +199,8 @@ def load_image(data: bytes, where: str) -> Image.Image:
                                     f"an image may have; shrink it first")
                 image = ImageOps.exif_transpose(opened)
                 image.load()  # decodes now, so truncation is detected here rather than half-silently later
+        except UserError:
+            raise
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{where}: unreadable or truncated image ({e})") from None
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
