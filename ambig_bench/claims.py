@@ -179,7 +179,8 @@ def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
     options = []
     for name in comparison.options:
         value = first[name]
-        if name in outside_experiment() or name == "between_fraction" or value is None or value == defaults.get(name):
+        if (name not in defaults or name in outside_experiment() or name == "between_fraction" or value is None
+                or value == defaults.get(name)):  # not a run option (data_version), or one the sweep sets itself
             continue
         if isinstance(value, bool | np.bool_):  # pandas hands booleans back as numpy.bool_
             options.append(f"--{flag(name)}" if value else f"--no-{flag(name)}")

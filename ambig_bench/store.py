@@ -82,6 +82,13 @@ def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
     return {name: fingerprint(path) for name, path in given.items() if path}
 
 
+def data_version(cfg: RunConfig) -> dict[str, str]:
+    """config.json's record of the data files' fingerprint ({} for built-in datasets): compare tells runs on
+    relabelled or edited data apart by it."""
+    files = data_fingerprint(cfg)
+    return {"data_version": hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]} if files else {}
+
+
 def experiment_key(cfg: RunConfig) -> str:
     """Hash of what makes runs comparable (`options.experiment`) and of the data files: one experiment."""
     content = experiment(cfg)
@@ -146,7 +153,7 @@ class RunStore:
         """Write a trained run (or, given a string, a failed one) and release its lock."""
         try:
             with self.staged(claim.run_dir) as tmp:
-                write_json(tmp / "config.json", claim.config.to_dict())
+                write_json(tmp / "config.json", claim.config.to_dict() | data_version(claim.config))
                 if isinstance(outcome, str):
                     write_json(tmp / "FAILED", {"error": outcome})
                     result = RunResult(claim.config, claim.run_dir, Status.FAILED, error=outcome)

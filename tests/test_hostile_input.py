@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from markdown_it import MarkdownIt
 from PIL import Image
@@ -193,6 +194,12 @@ def test_relabelled_or_edited_data_give_new_runs_and_keep_the_old(tmp_path, monk
     os.utime(image, ns=(time.time_ns() + 10**9,) * 2)
     edited = cli.invoke(app, args)
     assert "(0 reused)" in edited.stderr and len(run_names(out)) == 3, edited.stderr
+
+    compared = cli.invoke(app, ["compare", str(out)])  # the three versions of the data, told apart
+    assert compared.exit_code == 0, compared.output
+    assert (pd.read_csv(out / "comparison.csv").data_version.nunique()) == 3
+    reported = cli.invoke(app, ["report", str(out)])
+    assert reported.exit_code == 0 and "data-version" in (out / "report.md").read_text(), reported.output
 
 
 def test_every_sweep_point_is_checked_before_the_first_run(tmp_path):
