@@ -136,6 +136,9 @@ ROWS = [
     pytest.param(["--pairs", "cat:dog"], "unknown class 'cat'", id="pair-unknown-name"),
     pytest.param(["--pairs", "4:9,9:4"], "given twice", id="pair-twice"),
     pytest.param(["--pairs", "²:1"], "unknown class '²'", id="pair-superscript-digit"),
+    pytest.param(["--pairs", "[/x]:[bold]"], "unknown class '[/x]'", id="pair-rich-markup"),  # shown, not parsed
+    pytest.param(lambda d: ["--labels", str(d / "[/x]" / "[bold]l.csv"), "--dataset", "folder"],
+                 ("--labels ", "/[/x]/[bold]l.csv: no such file"), id="labels-path-rich-markup"),
     # -- fractions, thresholds and counts out of range
     *[pytest.param([f"--{name}", value], f"--{name} must be in (0, 1), got {value}", id=f"{name}={value}")
       for name, value in [("between-fraction", "0"), ("between-fraction", "1"), ("between-fraction", "-0.1"),

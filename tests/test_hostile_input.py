@@ -222,6 +222,14 @@ def test_toml_pairs_as_a_list(tmp_path):
     assert json.loads((run / "config.json").read_text())["data"]["pairs"] == "4:9,3:8"
 
 
+def test_toml_true_is_not_one_epoch(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text("epochs = true\n")
+    result = cli.invoke(app, ["run", "--config", str(config), "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "'epochs': True is not a valid int" in result.stderr, result.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained")
