@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from rich.text import Text
 from ambig_bench import options as run_options
 from ambig_bench.config import MAX_SEEDS, ExperimentConfig, check_between, load_toml
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
-from ambig_bench.errors import RunFailed, UserError
+from ambig_bench.errors import TERMINATED, RunFailed, UserError, stop_on_sigterm
 from ambig_bench.strategies import STRATEGIES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -40,22 +38,14 @@ def say(label: str, style: str, message: object) -> None:
     err.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, a job scheduler's stop): handled like Ctrl-C, so workers are stopped and nothing is lost."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def guarded(fn: Callable) -> Callable:
     """Bad input -> one line on stderr and exit 2; a failed run or an OS error (disk full) -> exit 1; Ctrl-C
     and SIGTERM keep finished runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, raise_terminated)
+        TERMINATED.clear()
+        stop_on_sigterm()
         try:
             return fn(*args, **kwargs)
         except UserError as e:
@@ -69,9 +59,9 @@ def guarded(fn: Callable) -> Callable:
             say("error:", "red", f"{where}{e.strerror or e}; every file is written whole or not at all, so finished "
                                  f"work is kept: free the space (or fix the cause) and run the same command again")
             raise typer.Exit(1) from None
-        except KeyboardInterrupt as e:
+        except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
-            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+            raise typer.Exit(143 if TERMINATED.is_set() else 130) from None
 
     return wrapper
 

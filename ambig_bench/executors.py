@@ -33,7 +33,7 @@ import torch
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.datasets import load_raw, pairs_of
-from ambig_bench.errors import UserError
+from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
 from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
@@ -150,6 +150,7 @@ class RayExecutor:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UserError(f"--ray-address {address or '(local)'}: cannot start or reach Ray ({first})") \
                     from None
+            stop_on_sigterm()  # ray.init replaces our SIGTERM handler with one that aborts, leaving tasks running
         self.resources = ray.cluster_resources()
 
     def close(self) -> None:

@@ -321,6 +321,23 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def descendants(pid: int) -> set[int]:
+    found = set()
+    try:
+        for child in children(pid):
+            found |= {child, *descendants(child)}
+    except FileNotFoundError:  # exited meanwhile
+        pass
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -328,24 +345,47 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
-def test_sigterm_stops_the_jobs_workers_and_keeps_finished_runs(tmp_path):
-    out = tmp_path / "out"
+def grid_process(tmp_path: Path, *where: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "AMBIG_BENCH_CACHE": str(tmp_path / "cache")}
-    grid = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "ambig_bench.cli", "run", "--epochs", "200", "--width", "8", "--device", "cpu",
-         "--strategy", "soft,hard", "--seeds", "2", "--jobs", "2", "--out", str(out)],
+         "--strategy", "soft,hard", "--seeds", "2", *where, "--out", str(tmp_path / "out")],
         env=env, stderr=subprocess.PIPE, text=True)
+
+
+def terminate_and_check(grid: subprocess.Popen, workers: set[int]) -> None:
+    """SIGTERM: exit 143 with the interruption line, and none of `workers` still running shortly after."""
+    grid.send_signal(signal.SIGTERM)
+    _, stderr = grid.communicate(timeout=120)
+    assert grid.returncode == 143, stderr
+    assert "interrupted: finished runs are kept" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.5)
+    assert workers and not [cmdline(w) for w in workers if alive(w)], "no worker keeps training after SIGTERM"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+def test_sigterm_stops_the_jobs_workers_and_keeps_finished_runs(tmp_path):
+    grid = grid_process(tmp_path, "--jobs", "2")
     workers: set[int] = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(workers) < 2:  # the two pool workers (spawn adds a tracker too)
         time.sleep(0.5)
         workers = children(grid.pid)
     time.sleep(3)  # the workers are training now
-    grid.send_signal(signal.SIGTERM)
-    _, stderr = grid.communicate(timeout=120)
-    assert grid.returncode == 143, stderr
-    assert "interrupted: finished runs are kept" in stderr and "Traceback" not in stderr
-    time.sleep(1)
-    assert workers and not [w for w in workers if alive(w)], "no worker keeps training after SIGTERM"
+    terminate_and_check(grid, workers)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+def test_sigterm_stops_the_ray_tasks(tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'ambig-bench[ray]'); CI installs it")
+    grid = grid_process(tmp_path, "--executor", "ray")
+    tasks: set[int] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not tasks:  # a Ray worker process running one of the runs
+        time.sleep(1)
+        tasks = {p for p in descendants(grid.pid) if "train_remote" in cmdline(p)}
+    assert tasks, "no Ray task started"
+    terminate_and_check(grid, descendants(grid.pid))
