@@ -20,13 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ambig_bench import options as run_options
+from ambig_bench.catalogue import catalogue
 from ambig_bench.config import ExperimentConfig, load_toml
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.strategies import STRATEGIES
+from ambig_bench.registry import parse_names
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# Only light modules are imported here: --help, the listings and argument errors answer without torch, pandas or
+# matplotlib (the catalogue describes the registries); each command imports what its work needs.
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark training strategies for images that sit between two classes.")
 err = Console(stderr=True, soft_wrap=True)  # a long path stays on one line in logs
 out = Console()
@@ -52,7 +53,9 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"
+STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(catalogue()['strategies'])}"
+IDENTITY = ("strategy", "seed")  # options of their own below (--strategy is a list, --seed the first of --seeds)
+KINDS = {"bool": bool, "int": int, "float": float, "str": str}
 WHERE = "Where runs train"
 # The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
 GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -60,7 +63,7 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seeds": (int | None, typer.Option(None, help="Runs per strategy (and grid point), seeds --seed .. "
                                                   "--seed + seeds - 1 (default 3)")),
     "seed": (int | None, typer.Option(None, help="First seed (default 0)")),
-    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/demo)")),
+    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/DATASET)")),
     "config": (Path | None, typer.Option(None, "--config", help="TOML experiment file; command-line options "
                                                                 "override it")),
     "force": (bool, typer.Option(False, "--force", help="Retrain runs that already finished")),
@@ -90,16 +93,16 @@ def with_run_options(fn: Callable) -> Callable:
     for name, (kind, option) in GRID_OPTIONS.items():
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
         annotations[name] = kind
-    for name, opt in run_options.table().items():
-        if name in run_options.IDENTITY:
+    for opt in catalogue()["options"]:
+        name, kind = opt["flag"], KINDS[opt["kind"]]
+        if name in IDENTITY:
             continue
         flag = f"--{name.replace('_', '-')}"
-        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if opt.kind is bool else [flag]
-        panel = PANELS.get(opt.panel, "In-between sources")
-        option = typer.Option(None, *decls, help=opt.help, show_default=False, rich_help_panel=panel)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=opt.kind | None))
-        annotations[name] = opt.kind | None
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+        panel = PANELS.get(opt["panel"], "In-between sources")
+        option = typer.Option(None, *decls, help=opt["help"], show_default=False, rich_help_panel=panel)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
+        annotations[name] = kind | None
     fn.__signature__ = inspect.Signature(params)
     fn.__annotations__ = annotations
     return fn
@@ -117,20 +120,24 @@ def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
         file_strategies = ",".join(file_strategies)
     if not isinstance(file_strategies, str):
         raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
+    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", None)
     if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
         raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if not isinstance(file_out, str):
+    if file_out is not None and not isinstance(file_out, str):
         raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
     n_seeds = seeds if seeds is not None else file_seeds
+    if n_seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
+    strategies = parse_names(strategy or file_strategies, list(catalogue()["strategies"]), "strategy")
     values.update({k: v for k, v in options.items() if v is not None})
     if seed is not None:
         values["seed"] = seed
-    run = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    strategies, result_dir = strategy or file_strategies, out_dir or file_out
-    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
+    from ambig_bench.options import build  # imports the registries, and with them torch
+
+    run = build(values)
+    # Each dataset gets its own results directory by default, so a quick run never mixes with the demo's.
+    result_dir = out_dir or file_out or f"results/{run.data.dataset}"
+    return ExperimentConfig(run, strategies, n_seeds, result_dir, force, values)
 
 
 class RichReporter:
@@ -181,17 +188,17 @@ def progress_bars() -> Progress:
                     console=err, transient=False)
 
 
-def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -> tuple[ExperimentConfig, Any]:
+def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfig, Any]:
     """Build the experiment, check everything, then train its runs on the chosen executor with progress bars.
 
-    `configs_of(exp)` lists the runs (checked before anything is written); `train(exp, reporter, executor)`
-    trains them and returns its result.
+    `plan(exp)` gives the runs (checked before anything is written) and `train(reporter, executor)`, which trains
+    them and returns its result. Options are checked first, so a typo is reported before torch is imported.
     """
-    from ambig_bench.executors import open_executor, preflight
-
     where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
     exp = experiment_from(options)
-    configs = configs_of(exp)
+    from ambig_bench.executors import open_executor, preflight
+
+    configs, train = plan(exp)
     with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
         preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
         try:
@@ -199,9 +206,9 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
         if not err.is_terminal:
-            return exp, train(exp, LogReporter(len(configs)), runs_on)
+            return exp, train(LogReporter(len(configs)), runs_on)
         with progress_bars() as progress:
-            return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
+            return exp, train(RichReporter(progress, len(configs)), runs_on)
 
 
 def summarise_runs(results: list, next_step: str) -> None:
@@ -219,9 +226,14 @@ def summarise_runs(results: list, next_step: str) -> None:
 @with_run_options
 def run(**options: Any) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.executors import grid, run_grid
 
-    exp, results = train_grid(options, grid, run_grid)
+    def plan(exp: ExperimentConfig) -> tuple[list, Callable]:
+        from ambig_bench.executors import grid, run_grid
+
+        return grid(exp), functools.partial(run_grid, exp)
+
+    exp, results = train_grid(options, plan)
+    err.print(f"results go to {exp.out}", highlight=False, markup=False)
     summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
 
 
@@ -262,8 +274,8 @@ def sweep(
 
     vary_values = parse_vary(vary)
     # Every grid point is validated (sweep_configs) before anything is written.
-    exp, result = train_grid(options, lambda exp: sweep_configs(exp, vary_values),
-                             lambda exp, reporter, runs_on: run_sweep(exp, vary_values, reporter, runs_on))
+    exp, result = train_grid(options, lambda exp: (sweep_configs(exp, vary_values),
+                                                   functools.partial(run_sweep, exp, vary_values)))
     figures = ", ".join(str(p) for p in result.figures) or "none"
     summarise_runs(result.runs, f"figures: {figures}. Next: ambig-bench report {exp.out}")
 
@@ -327,14 +339,14 @@ def listing(title: str, items: dict[str, str]) -> None:
 @app.command()
 def strategies() -> None:
     """List the registered strategies."""
-    listing("strategies (--strategy)", STRATEGIES.describe())
+    listing("strategies (--strategy)", catalogue()["strategies"])
 
 
 @app.command()
 def datasets() -> None:
     """List the registered datasets and in-between sources."""
-    listing("datasets (--dataset)", DATASETS.describe())
-    listing("in-between sources (--between-source)", BETWEEN_SOURCES.describe())
+    listing("datasets (--dataset)", catalogue()["datasets"])
+    listing("in-between sources (--between-source)", catalogue()["sources"])
 
 
 def main() -> None:
