@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -241,24 +243,33 @@ def run(**options: Any) -> None:
 @guarded
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences", show_default="soft"),
+    wide: bool = typer.Option(False, "--wide", help="Print every metric with its 95% CI (the files always have them)"),
 ) -> None:
-    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the table."""
+    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the main table."""
+    from ambig_bench.compare import BETTER, WORSE, headline, markdown_table, summary_display
     from ambig_bench.compare import compare as do_compare
-    from ambig_bench.compare import markdown_table, summary_display
 
     comparison = do_compare(results_dir, baseline)
-    shown = summary_display(comparison.summary, comparison.group_by)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False)
-    if not out.is_terminal:  # piped: plain markdown, the same table as comparison.md
-        print(markdown_table(shown))
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    if wide:  # every metric with its CI is wider than any terminal: markdown, which wraps without losing cells
+        print(markdown_table(summary_display(comparison.summary, comparison.group_by)))
         return
-    table = Table(title=f"{results_dir}: mean ± 95% CI over seeds")
-    for col in shown.columns:
-        table.add_column(col, no_wrap=True)
-    for row in shown.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    out.print(table)
+    table, lines = headline(comparison)
+    legend = (f"{BETTER} / {WORSE}: significantly better / worse than {comparison.baseline} (paired test across "
+              "seeds, Holm, 5%); means over seeds, 95% CIs in comparison.md")
+    if not out.is_terminal:  # piped: plain markdown
+        print(markdown_table(table) + "\n\n" + "\n".join([legend, *lines]))
+        return
+    shown = Table(title=f"{results_dir}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in table.columns:
+        # Two-line headers keep the table inside 80 columns: "between_set_acc" -> "between / set_acc".
+        shown.add_column(escape(col.replace("_", "\n", 1)), overflow="fold")
+    for row in table.itertuples(index=False):
+        shown.add_row(*(escape(str(v)) for v in row))
+    out.print(shown)
+    for line in [legend, *lines]:
+        out.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -284,7 +295,8 @@ def sweep(
 @guarded
 def report(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run` or `ambig-bench sweep`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences and trade-offs"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences and trade-offs",
+                                 show_default="soft"),
     margin: float = typer.Option(0.02, help="Equivalence margin (accuracy, absolute) for the "
                                  "'equivalent asymptotically' claim"),
 ) -> None:
