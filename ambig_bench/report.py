@@ -86,11 +86,13 @@ class Report:
     paths: list[Path] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
-        """The answers in one line each, for the terminal: best per criterion, then the claims."""
+        """The answers in one line each, for the terminal: best per criterion (decided ones first), then the
+        claims."""
         lines = []
         for _, row in self.leads.iterrows():
             where = where_label({g: row[g] for g in self.group_by})
             lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
+        lines.sort(key=lambda line: not line.endswith(" is best"))  # stable: a supported answer leads
         return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
 
 
