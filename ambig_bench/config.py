@@ -157,12 +157,14 @@ class Runtime:
 @dataclass
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's."""
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
+    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loader: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     runtime: Runtime = field(default_factory=Runtime)
