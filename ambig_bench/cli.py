@@ -17,11 +17,12 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ambig_bench import options as run_options
-from ambig_bench.config import ExperimentConfig, load_toml
+from ambig_bench.config import ExperimentConfig
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.strategies import STRATEGIES
@@ -40,10 +41,10 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps [mlflow]
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]run failed:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
@@ -72,6 +73,11 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ray_address": (str, typer.Option("", "--ray-address", rich_help_panel=WHERE,
                                       show_default="start a local Ray instance",
                                       help="Ray cluster to join, e.g. auto or ray://head:10001")),
+    "track": (str, typer.Option("", "--track", rich_help_panel=WHERE, show_default=False,
+                                help="Log each run trained now to mlflow ($MLFLOW_TRACKING_URI, default "
+                                     "sqlite:///OUT/mlflow.db) and/or tensorboard (OUT/tensorboard/), e.g. "
+                                     "--track mlflow,tensorboard (pip install 'ambig-bench\\[mlflow]' or "
+                                     "'ambig-bench\\[tensorboard]')")),
 }
 
 
@@ -107,30 +113,11 @@ def with_run_options(fn: Callable) -> Callable:
 
 def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     """Merge defaults < --config file < command line into an ExperimentConfig (grid options popped)."""
-    config, strategy, seeds, seed = (options.pop(k) for k in ("config", "strategy", "seeds", "seed"))
-    out_dir, force = options.pop("out_dir"), options.pop("force")
-    values = load_toml(config) if config else {}
-    where = f"{config}: " if config else ""
-    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
-    values.pop("strategy", None)
-    if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
-        file_strategies = ",".join(file_strategies)
-    if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
-    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if not isinstance(file_out, str):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
-    n_seeds = seeds if seeds is not None else file_seeds
-    values.update({k: v for k, v in options.items() if v is not None})
-    if seed is not None:
-        values["seed"] = seed
-    run = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    strategies, result_dir = strategy or file_strategies, out_dir or file_out
-    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
+    from ambig_bench.api import experiment
+
+    grid_options = {k: options.pop(k) for k in ("config", "strategy", "seeds", "seed", "out_dir", "force")}
+    return experiment(grid_options["config"], strategies=grid_options["strategy"], seeds=grid_options["seeds"],
+                      seed=grid_options["seed"], out=grid_options["out_dir"], force=grid_options["force"], **options)
 
 
 class RichReporter:
@@ -187,21 +174,17 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
     `configs_of(exp)` lists the runs (checked before anything is written); `train(exp, reporter, executor)`
     trains them and returns its result.
     """
-    from ambig_bench.executors import open_executor, preflight
+    from ambig_bench.api import session
 
-    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
+    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address", "track")}
     exp = experiment_from(options)
     configs = configs_of(exp)
-    with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
-        try:
-            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+    # Bad options, device, data or tracker fail here, before any progress bar or file.
+    with session(exp, configs, **where) as s:
         if not err.is_terminal:
-            return exp, train(exp, LogReporter(len(configs)), runs_on)
+            return exp, train(exp, s.reporter(LogReporter(len(configs))), s.executor)
         with progress_bars() as progress:
-            return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
+            return exp, train(exp, s.reporter(RichReporter(progress, len(configs))), s.executor)
 
 
 def summarise_runs(results: list, next_step: str) -> None:
@@ -230,14 +213,20 @@ def run(**options: Any) -> None:
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
     baseline: str = typer.Option("soft", help="Reference strategy for the paired differences"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json: the summary, paired tests and ranks "
+                            "as JSON on stdout"),
 ) -> None:
     """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the table."""
+    from ambig_bench.compare import check_compare_format, comparison_json, markdown_table, summary_display
     from ambig_bench.compare import compare as do_compare
-    from ambig_bench.compare import markdown_table, summary_display
 
+    check_compare_format(fmt)
     comparison = do_compare(results_dir, baseline)
-    shown = summary_display(comparison.summary, comparison.group_by)
     err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False)
+    if fmt == "json":
+        print(comparison_json(comparison, baseline), end="")
+        return
+    shown = summary_display(comparison.summary, comparison.group_by)
     if not out.is_terminal:  # piped: plain markdown, the same table as comparison.md
         print(markdown_table(shown))
         return
