@@ -86,8 +86,10 @@ def get(cfg: RunConfig, flag: str) -> Any:
 
 
 def flat_values(cfg: RunConfig) -> dict[str, Any]:
-    """Every option of `cfg` by flat name (unset ones as None)."""
-    return {flag: get(cfg, flag) for flag in table()}
+    """Every option of `cfg` by flat name (unset ones as None), as its config.json holds them: of the datasets'
+    options, only its own dataset's."""
+    return {flag: get(cfg, flag) for flag, opt in table().items()
+            if opt.path[0] != "loader" or opt.path[1] == cfg.data.dataset}
 
 
 def build(values: dict[str, Any]) -> RunConfig:

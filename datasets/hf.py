@@ -29,7 +29,7 @@ from ambig_bench.data import SPLITS, RawImages
 from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
 from ambig_bench.datasets.folder import label_votes
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import decode_one, stack
+from ambig_bench.imageio import cache_dir, decode_one, stack
 
 # A dataset's split names -> ours; a DatasetDict with other names is refused, naming them.
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
@@ -82,7 +82,8 @@ def load_splits(lib: ModuleType, cfg: RunConfig) -> dict[str, Any]:
         if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
             loaded = lib.load_from_disk(str(path))
         elif path.is_dir():
-            loaded = lib.load_dataset("imagefolder", data_dir=str(path))
+            # The library converts the folder to Arrow files once; they go where ambig-bench caches decoded images.
+            loaded = lib.load_dataset("imagefolder", data_dir=str(path), cache_dir=str(cache_dir() / "huggingface"))
         elif path.exists():
             raise UserError(f"--data-dir {where}: a file; give the folder save_to_disk wrote, or an image folder")
         elif not cfg.data.download:

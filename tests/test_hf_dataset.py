@@ -142,3 +142,16 @@ def test_bad_datasets_are_one_line_errors(lib, tmp_path, make, overrides, messag
     with pytest.raises(UserError, match=message) as e:
         hf(config(path, **overrides))
     assert "\n" not in str(e.value)
+
+
+def test_an_image_folder_is_read_by_the_library_with_its_splits(lib, tmp_path, monkeypatch):
+    monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))  # the library's Arrow copy goes there
+    for split, n in (("train", 6), ("test", 3)):
+        for label, name in enumerate(CLASSES):
+            for i in range(n):
+                (tmp_path / "photos" / split / name).mkdir(parents=True, exist_ok=True)
+                picture(label, i).save(tmp_path / "photos" / split / name / f"{i}.png")
+    raw = hf(config(tmp_path / "photos"))
+    assert raw.class_names == CLASSES and raw.images.shape == (27, 1, 8, 8) and raw.votes is None
+    assert raw.split.tolist() == [SPLITS["train"]] * 18 + [SPLITS["test"]] * 9
+    assert (tmp_path / "cache" / "huggingface").is_dir()
