@@ -63,7 +63,8 @@ class DataOptions:
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
-    download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
+    download: bool = option(False, "allow downloading a dataset: torchvision's, or a Hugging Face Hub name for "
+                                   "--dataset hf (needs internet)")
 
     def validate(self) -> None:
         for name in ("human_pair_mass", "human_second", "val_fraction", "test_fraction"):
