@@ -46,3 +46,11 @@ def test_the_package_exports_the_api_lazily():
     code = "import sys, ambig_bench; assert 'torch' not in sys.modules and 'ambig_bench.api' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT).returncode == 0
+
+
+def test_a_sweep_from_python(tmp_path):
+    exp = ambig_bench.experiment(strategies="soft", seeds=1, out=tmp_path, epochs=1, width=8, device="cpu",
+                                 test_between_per_pair=20, val_between_per_pair=10)
+    swept = ambig_bench.run_sweep({"between_fraction": [0.02, 0.2]}, exp)
+    assert [r.config.source["blend"]["between_fraction"] for r in swept.runs] == [0.02, 0.2]
+    assert [p.name for p in swept.figures] == ["sweep-between-fraction.png"]

@@ -105,3 +105,11 @@ def test_a_missing_extra_is_one_line_before_anything_is_written(tmp_path, monkey
 def test_an_unknown_tracker_is_refused(tmp_path):
     with pytest.raises(UserError, match="unknown tracker 'wandb'; choose from: mlflow, tensorboard"):
         api.run(experiment(tmp_path), track="wandb")
+
+
+@needs_tensorboard
+def test_runs_trained_in_worker_processes_are_tracked_by_the_driver(tmp_path):
+    results = api.run(experiment(tmp_path), jobs=2, track="tensorboard")
+    assert {r.status for r in results} == {"done"}
+    assert sorted(p.parent.name for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*")) == \
+        sorted(r.run_dir.name for r in results)
