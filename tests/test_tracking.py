@@ -36,9 +36,10 @@ def test_mlflow_gets_params_metrics_tags_and_files_and_reuse_adds_nothing(tmp_pa
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "digits-test")
-    results = api.run(experiment(tmp_path / "out"), track="mlflow")
     client = MlflowClient(uri)
-    exp_id = client.get_experiment_by_name("digits-test").experiment_id
+    # An existing experiment is used as it is (else MLflow would put its artifacts in ./mlruns, as it does).
+    exp_id = client.create_experiment("digits-test", (tmp_path / "artifacts").as_uri())
+    results = api.run(experiment(tmp_path / "out"), track="mlflow")
     runs = {r.info.run_name: r for r in client.search_runs([exp_id])}
     assert set(runs) == {r.run_dir.name for r in results}
     for result in results:
