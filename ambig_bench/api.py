@@ -23,14 +23,14 @@ from ambig_bench import sweep as sweeps
 from ambig_bench.calibration import Calibration, calibrate_run, conformal_summary
 from ambig_bench.compare import Comparison, comparison_json, flatten_config
 from ambig_bench.compare import compare as compare_results
-from ambig_bench.config import ExperimentConfig, RunConfig, load_toml
+from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
+from ambig_bench.experiments import experiment
 from ambig_bench.io import read_json
 from ambig_bench.predict import PredictionReport, Predictor, predict_paths
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
-from ambig_bench.strategies import STRATEGIES
 from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
 from ambig_bench.tracking import Tracker, open_trackers, tracked
 
@@ -39,38 +39,6 @@ __all__ = [
     "RunResult", "SweepResult", "UserError", "calibrate_run", "compare_results", "comparison_json",
     "conformal_summary", "experiment", "load_results", "load_run", "predict_images", "run", "run_sweep",
 ]
-
-
-def experiment(config: str | Path | dict | None = None, *, strategies: str | Sequence[str] | None = None,
-               seeds: int | None = None, seed: int | None = None, out: str | Path | None = None,
-               force: bool = False, **options: Any) -> ExperimentConfig:
-    """A checked experiment: defaults < `config` (a TOML file, as `--config`, or a dict of the same keys) <
-    keyword options (flat run-option names: epochs=5, between_fraction=0.1, model="fast-cifar")."""
-    values = dict(config) if isinstance(config, dict) else load_toml(config) if config else {}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    where = f"{config}: " if config and not isinstance(config, dict) else ""
-    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
-    values.pop("strategy", None)
-    if isinstance(file_strategies, list | tuple) and all(isinstance(s, str) for s in file_strategies):
-        file_strategies = ",".join(file_strategies)
-    if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
-    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if not isinstance(file_out, str | Path):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
-    n_seeds = seeds if seeds is not None else file_seeds
-    values.update({k: v for k, v in options.items() if v is not None})
-    if seed is not None:
-        values["seed"] = seed
-    run_config = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    if strategies is not None and not isinstance(strategies, str):
-        strategies = ",".join(strategies)
-    return ExperimentConfig(run_config, STRATEGIES.parse_list(strategies or file_strategies), n_seeds,
-                            str(out or file_out), force, values)
 
 
 @dataclass

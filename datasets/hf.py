@@ -29,7 +29,8 @@ from ambig_bench.data import SPLITS, RawImages
 from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
 from ambig_bench.datasets.folder import label_votes
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import cache_dir, decode_one, stack
+from ambig_bench.imageio import decode_one, stack
+from ambig_bench.paths import cache_dir
 
 # A dataset's split names -> ours; a DatasetDict with other names is refused, naming them.
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
