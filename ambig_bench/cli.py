@@ -23,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ambig_bench.catalogue import catalogue
-from ambig_bench.config import ExperimentConfig, load_toml
+from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.registry import parse_names
+from ambig_bench.experiments import experiment
 
 # Only light modules are imported here: --help, the listings and argument errors answer without torch, pandas or
 # matplotlib (the catalogue describes the registries); each command imports what its work needs.
@@ -43,10 +43,10 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps [mlflow]
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]run failed:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
@@ -77,6 +77,11 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ray_address": (str, typer.Option("", "--ray-address", rich_help_panel=WHERE,
                                       show_default="start a local Ray instance",
                                       help="Ray cluster to join, e.g. auto or ray://head:10001")),
+    "track": (str, typer.Option("", "--track", rich_help_panel=WHERE, show_default=False,
+                                help="Log each run trained now to mlflow ($MLFLOW_TRACKING_URI, default "
+                                     "sqlite:///OUT/mlflow.db) and/or tensorboard (OUT/tensorboard/), e.g. "
+                                     "--track mlflow,tensorboard (pip install 'ambig-bench\\[mlflow]' or "
+                                     "'ambig-bench\\[tensorboard]')")),
 }
 
 
@@ -112,34 +117,9 @@ def with_run_options(fn: Callable) -> Callable:
 
 def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     """Merge defaults < --config file < command line into an ExperimentConfig (grid options popped)."""
-    config, strategy, seeds, seed = (options.pop(k) for k in ("config", "strategy", "seeds", "seed"))
-    out_dir, force = options.pop("out_dir"), options.pop("force")
-    values = load_toml(config) if config else {}
-    where = f"{config}: " if config else ""
-    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
-    values.pop("strategy", None)
-    if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
-        file_strategies = ",".join(file_strategies)
-    if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", None)
-    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if file_out is not None and not isinstance(file_out, str):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
-    n_seeds = seeds if seeds is not None else file_seeds
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    strategies = parse_names(strategy or file_strategies, list(catalogue()["strategies"]), "strategy")
-    values.update({k: v for k, v in options.items() if v is not None})
-    if seed is not None:
-        values["seed"] = seed
-    from ambig_bench.options import build  # imports the registries, and with them torch
-
-    run = build(values)
-    # Each dataset gets its own results directory by default, so a quick run never mixes with the demo's.
-    result_dir = out_dir or file_out or f"results/{run.data.dataset}"
-    return ExperimentConfig(run, strategies, n_seeds, result_dir, force, values)
+    grid_options = {k: options.pop(k) for k in ("config", "strategy", "seeds", "seed", "out_dir", "force")}
+    return experiment(grid_options["config"], strategies=grid_options["strategy"], seeds=grid_options["seeds"],
+                      seed=grid_options["seed"], out=grid_options["out_dir"], force=grid_options["force"], **options)
 
 
 class RichReporter:
@@ -196,21 +176,17 @@ def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfi
     `plan(exp)` gives the runs (checked before anything is written) and `train(reporter, executor)`, which trains
     them and returns its result. Options are checked first, so a typo is reported before torch is imported.
     """
-    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
+    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address", "track")}
     exp = experiment_from(options)
-    from ambig_bench.executors import open_executor, preflight
+    from ambig_bench.api import session
 
     configs, train = plan(exp)
-    with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
-        try:
-            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+    # Bad options, device, data or trackers fail here, before any progress bar or file.
+    with session(exp, configs, **where) as s:
         if not err.is_terminal:
-            return exp, train(LogReporter(len(configs)), runs_on)
+            return exp, train(s.reporter(LogReporter(len(configs))), s.executor)
         with progress_bars() as progress:
-            return exp, train(RichReporter(progress, len(configs)), runs_on)
+            return exp, train(s.reporter(RichReporter(progress, len(configs))), s.executor)
 
 
 def summarise_runs(results: list, next_step: str) -> None:
@@ -245,13 +221,27 @@ def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
     baseline: str = typer.Option(None, help="Reference strategy for the paired differences", show_default="soft"),
     wide: bool = typer.Option(False, "--wide", help="Print every metric with its 95% CI (the files always have them)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json: the summary, paired tests and ranks "
+                            "as JSON on stdout"),
 ) -> None:
     """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the main table."""
-    from ambig_bench.compare import BETTER, WORSE, headline, markdown_table, summary_display
+    from ambig_bench.compare import (
+        BETTER,
+        WORSE,
+        check_compare_format,
+        comparison_json,
+        headline,
+        markdown_table,
+        summary_display,
+    )
     from ambig_bench.compare import compare as do_compare
 
+    check_compare_format(fmt)
     comparison = do_compare(results_dir, baseline)
     err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    if fmt == "json":
+        print(comparison_json(comparison), end="")
+        return
     if wide:  # every metric with its CI is wider than any terminal: markdown, which wraps without losing cells
         print(markdown_table(summary_display(comparison.summary, comparison.group_by)))
         return

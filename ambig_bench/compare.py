@@ -15,6 +15,7 @@ $ ambig-bench compare results/demo --baseline soft
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,31 @@ def document(results_dir: Path, comparison: Comparison, baseline: str) -> list[B
     return [Heading(f"Comparison of strategies: {results_dir.name}", 1),
             Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
             *sections(comparison, baseline, 2), *glossary()]
+
+
+FORMATS = ("table", "json")  # what `ambig-bench compare --format` prints
+
+
+def check_compare_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """A DataFrame as JSON-ready rows: NaN (no CI with one seed, a metric a strategy lacks) becomes null."""
+    return json.loads(frame.to_json(orient="records", double_precision=15)) if len(frame.columns) else []
+
+
+def comparison_json(comparison: Comparison) -> str:
+    """The comparison as JSON, for other tools: the summary (comparison.csv), the paired tests against the baseline
+    (paired.csv) and the ranks, with the metrics' meanings and which options tell the experiments apart."""
+    return json.dumps({
+        "baseline": comparison.baseline, "group_by": comparison.group_by,
+        "metrics": {name: {"description": m.description, "direction": m.direction}
+                    for name, m in (METRICS | SET_METRICS).items()},
+        "summary": records(comparison.summary), "paired": records(comparison.paired),
+        "ranks": records(comparison.ranks), "runs": records(comparison.runs),
+    }, indent=2) + "\n"
 
 
 def compare(results_dir: str | Path, baseline: str | None = None) -> Comparison:
