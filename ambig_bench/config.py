@@ -78,7 +78,8 @@ class DataOptions:
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
-    download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
+    download: bool = option(False, "allow downloading a dataset: torchvision's, or a Hugging Face Hub name for "
+                                   "--dataset hf (needs internet)")
 
     def validate(self) -> None:
         for name in ("human_pair_mass", "human_second", "val_fraction", "test_fraction"):
@@ -172,12 +173,14 @@ class Runtime:
 @dataclass
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's."""
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
+    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loader: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     runtime: Runtime = field(default_factory=Runtime)

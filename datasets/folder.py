@@ -24,14 +24,7 @@ import torch
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import (
-    BETWEEN_KIND,
-    check_class_names,
-    check_votes,
-    judge_votes,
-    pairs_in_votes,
-    register_dataset,
-)
+from ambig_bench.datasets.base import check_class_names, check_votes, register_dataset, voted_images
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
@@ -110,16 +103,9 @@ def from_csv(cfg: RunConfig) -> RawImages:
         if gone is not None:
             raise UserError(f"{csv_path} line {table.lines[gone]}: file {root / table.files[gone]} not found")
         images = decode_listed(root, table.files).images
-    votes = torch.from_numpy(table.votes)
-    # The most-voted class is the label; ties (as in `A|B`) go to the first class in class order.
-    labels = votes.argmax(1)
-    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
-    return RawImages(
-        torch.from_numpy(images), labels, table.class_names,
-        torch.from_numpy(table.split) if table.split is not None else None, votes,
-        default_pairs=pairs_in_votes(labels, votes, table.class_names, cfg),
-        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend",
-    )
+    split = torch.from_numpy(table.split) if table.split is not None else None
+    return voted_images(torch.from_numpy(images), torch.from_numpy(table.votes), table.class_names, split, cfg,
+                        f"{csv_path} ({root})")
 
 
 def read_labels_csv(path: Path) -> LabelTable:

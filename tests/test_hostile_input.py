@@ -129,7 +129,7 @@ def test_hostile_names_through_run_compare_report_and_predict(tmp_path, monkeypa
     terminal = Console(file=io.StringIO(), force_terminal=True, width=400)
     monkeypatch.setattr(cli_module, "out", terminal)
     assert cli.invoke(app, ["compare", str(out)]).exit_code == 0
-    assert f"{out}: mean ± 95% CI" in terminal.file.getvalue()  # the title shown exactly, [/x] included
+    assert "/out [/x] <i>|" in terminal.file.getvalue()  # the title shown exactly (wrapped to the table)
 
     # report: markdown (rendered as GitHub would, raw HTML on) and the self-contained HTML page
     reported = cli.invoke(app, ["report", str(out)])
