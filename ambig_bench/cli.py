@@ -76,7 +76,7 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 PANELS = {"data": "Data options", "model": "Model and recipe", "train": "Training options",
-          "runtime": "Where runs train"}
+          "strategy_options": "Strategy options", "runtime": "Where runs train"}
 
 
 def with_run_options(fn: Callable) -> Callable:

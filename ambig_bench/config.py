@@ -157,12 +157,16 @@ class Runtime:
 @dataclass
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's."""
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `strategy_options`
+    does the same for strategies (`strategies.STRATEGY_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each strategy's options by strategy name, declared by the strategy's file (`strategies.STRATEGY_OPTIONS`);
+    # a run reads only its own strategy's, and they name its variant (`options.strategy_label`).
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     runtime: Runtime = field(default_factory=Runtime)

@@ -35,6 +35,7 @@ from ambig_bench.datasets import prepare
 from ambig_bench.errors import RunFailed
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_network
+from ambig_bench.options import strategy_options
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, experiment_key
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import Job, device_layout, fit_reference, pick_device, predict_logits, train, tta_level
@@ -120,7 +121,7 @@ class Built:
 
 def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tuple[Strategy, nn.Module]:
     """The run's strategy and its untrained model (Preprocess fitted on the training images + network)."""
-    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
+    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs, strategy_options(cfg))
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
     model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width)
     return strategy, device_layout(model.to(device), device)

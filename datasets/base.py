@@ -251,7 +251,9 @@ def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConf
                          "between_other_pairs": int((between & ~of_pair).sum()),
                          "no_majority": int((v.kind == UNSURE_KIND).sum()),
                          "human_pair_mass": cfg.data.human_pair_mass, "human_second": cfg.data.human_second}
-    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info)
+    # Only images kept as themselves carry their votes: a generated source relabels or adds images.
+    votes = v.shares.float() if keep_between and v.shares is not None else None
+    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info, votes)
 
 
 def clear_cut(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig) -> LabelledImages:
