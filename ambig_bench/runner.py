@@ -139,7 +139,7 @@ def evaluate_run(built: Built, model: nn.Module, device: torch.device, history: 
     threshold = choose_threshold(strategy, val_logits, val)
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
-                       test.label_a, test.label_b, test.share_a)
+                       test.label_a, test.label_b, test.share_a, test.votes)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
                    batched_runs=batched_runs)
     weights, meta = model_files(getattr(model, "_orig_mod", model), cfg, data, strategy, threshold, tta)

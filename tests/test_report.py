@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import zlib
@@ -73,7 +74,8 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict, predictions: bo
     (run_dir / "data.json").write_text(json.dumps({"class_names": CLASSES, "pairs": PAIRS, "dataset": cfg["dataset"],
                                                    "origin": "planted test data", "counts": counts}))
     (run_dir / "env.json").write_text(json.dumps(ENV))
-    (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | metrics))
+    # human_ce is NaN, as in a run on images without votes.
+    (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics))
     if predictions:
         planted_predictions(strategy, seed).to_csv(run_dir / "predictions.csv", index=False)
     (run_dir / "DONE").write_text("")
