@@ -292,7 +292,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
-    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps"),
+    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
     per_kind: bool = typer.Option(True, "--per-kind/--marginal",
                                   help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
                                        "or only on average over the validation mix"),
