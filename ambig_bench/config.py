@@ -46,6 +46,9 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be {listed}, got {value!r}")
 
 
+CROWD_METHODS = ("shares", "dawid-skene")  # how long-form crowd votes become an image's votes (datasets/crowd.py)
+
+
 @dataclass
 class DataOptions:
     """Read by `datasets.prepare` and the loaders."""
@@ -63,6 +66,8 @@ class DataOptions:
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
+    crowd_method: str = option("shares", "long-form crowd labels (file,worker,label): shares (each class's share of "
+                                         "an image's votes) | dawid-skene (needs crowd-kit)", choices=CROWD_METHODS)
     download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
 
     def validate(self) -> None:
@@ -73,6 +78,7 @@ class DataOptions:
                             f"{self.val_fraction} + {self.test_fraction}")
         if self.train_size is not None:
             check_at_least("train_size", self.train_size, 1)
+        check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
 
 
 LOOKAHEAD = ("on", "off")

@@ -5,7 +5,8 @@ Tree (`--data-dir DIR`, a folder or a .tgz/.tar of one): `DIR/<class>/<image>`, 
 
 Labels CSV (`--labels FILE`): lists every image used; `file` paths are relative to `--data-dir` (default:
 the CSV's folder). Either a `label` column (`cat`, or `cat|dog` for an image between cat and dog), or one
-column per class holding vote counts or probabilities. An optional `split` column (train/val/test) fixes
+column per class holding vote counts or probabilities, or crowd votes in long form, one row per vote
+(`file,worker,label`; see `crowd.py`). An optional `split` column (train/val/test) fixes
 the splits; otherwise they are drawn per seed.
 
 $ ambig-bench run --dataset folder --data-dir photos --labels photos/labels.csv --between-source human
@@ -32,6 +33,7 @@ from ambig_bench.datasets.base import (
     pairs_in_votes,
     register_dataset,
 )
+from ambig_bench.datasets.crowd import aggregate_votes, is_long_form
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
@@ -97,7 +99,7 @@ class LabelTable:
 def from_csv(cfg: RunConfig) -> RawImages:
     csv_path = existing(cfg.data.labels, "--labels")
     root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
-    table = read_labels_csv(csv_path)
+    table = read_labels_csv(csv_path, cfg.data.crowd_method)
     if is_archive(root):
         decoded = decode_tree(root)
         row = {p: i for i, p in enumerate(decoded.paths)}
@@ -122,7 +124,7 @@ def from_csv(cfg: RunConfig) -> RawImages:
     )
 
 
-def read_labels_csv(path: Path) -> LabelTable:
+def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -146,9 +148,9 @@ def read_labels_csv(path: Path) -> LabelTable:
     for line, row in body:
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
-    files = normalised_files(path, body, file_col)
-    lines = [line for line, _ in body]
-    if "label" in lower:
+    if is_long_form(header):  # one row per vote (file,worker,label): crowd.py makes one row of votes per image
+        body, class_names, votes = aggregate_votes(path, header, body, crowd_method)
+    elif "label" in lower:
         extra = [h for i, h in enumerate(header) if i not in (file_col, split_col, lower.index("label"))]
         if extra:
             raise UserError(f"{path}: unexpected column {extra[0]!r} next to 'label' (allowed: file, label, split)")
@@ -160,6 +162,8 @@ def read_labels_csv(path: Path) -> LabelTable:
         class_names = [header[i] for i in class_cols]
         check_class_names(class_names, str(path))
         votes = vote_columns(path, body, class_cols, header)
+    files = normalised_files(path, body, file_col)
+    lines = [line for line, _ in body]
     check_votes(torch.from_numpy(votes), len(class_names), str(path), lambda i: f"{path} line {lines[i]}")
     split = read_split(path, body, split_col) if split_col is not None else None
     return LabelTable(files, lines, class_names, votes, split)
