@@ -227,6 +227,24 @@ def run(**options: Any) -> None:
 
 @app.command()
 @guarded
+@with_run_options
+def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them all)"), **options: Any) -> None:
+    """Find the confusable class pairs: from votes when the data have them, else from a reference network's
+    out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out."""
+    from ambig_bench.document import markdown_table
+    from ambig_bench.pairs import find, shown
+
+    for grid_only in ("executor", "jobs", "ray_address"):
+        options.pop(grid_only)
+    exp = experiment_from(options)
+    found = find(exp.run, exp.out)
+    evidence = "human votes" if found.evidence == "votes" else "a reference network's out-of-fold predictions"
+    err.print(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}", highlight=False)
+    print(markdown_table(shown(found, top)))
+
+
+@app.command()
+@guarded
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
     baseline: str = typer.Option("soft", help="Reference strategy for the paired differences"),

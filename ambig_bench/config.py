@@ -56,7 +56,8 @@ class DataOptions:
     dataset: str = option("digits", "registered dataset name")
     data_dir: str | None = option(None, "where the dataset's files are (default: the dataset's own locations)")
     labels: str | None = option(None, "labels CSV for the `folder` dataset (default: class = folder name)")
-    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt" (default: the dataset\'s pairs)')
+    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt", or auto: the most confusable pairs, '
+                                     'as `ambig-bench pairs` ranks them (default: the dataset\'s pairs)')
     between_source: str = option("blend", "in-between images from: blend | human | natural | auto (human if "
                                           "votes exist)")
     val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "

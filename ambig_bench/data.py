@@ -35,6 +35,7 @@ class RawImages:
     default_pairs: str = ""  # e.g. "4:9,3:8"
     source: str = ""  # where the images came from, for reports
     default_source: str = "blend"  # in-between source used for `--between-source auto`: human when votes exist
+    files: list[str] | None = None  # each image's file, where the dataset has file names (for `ambig-bench pairs`)
 
 
 @dataclass

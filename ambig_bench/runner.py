@@ -32,6 +32,7 @@ from ambig_bench.checkpoint import FORMAT, model_files
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.datasets import prepare
+from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.errors import RunFailed
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_network
@@ -61,7 +62,7 @@ def prepare_data(cfg: RunConfig) -> LabelledImages:
     if key not in _data_cache:
         _data_cache.clear()  # keep one dataset in memory at a time
         reference = functools.partial(fit_reference, cfg, pick_device(cfg.runtime.device))
-        _data_cache[key] = prepare(cfg, reference)
+        _data_cache[key] = prepare(resolve_auto(cfg, reference), reference)  # --pairs auto: found here
     return _data_cache[key]
 
 

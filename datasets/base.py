@@ -221,7 +221,9 @@ def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImag
     keep = torch.ones(len(raw.labels), dtype=torch.bool)
     keep[train[part != 0]] = False
     return dataclasses.replace(raw, images=raw.images[keep], labels=raw.labels[keep], split=raw.split[keep],
-                               votes=raw.votes[keep] if raw.votes is not None else None)
+                               votes=raw.votes[keep] if raw.votes is not None else None,
+                               files=[f for f, k in zip(raw.files, keep.tolist(), strict=True) if k] if raw.files
+                               else None)
 
 
 def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig,

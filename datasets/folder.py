@@ -81,7 +81,8 @@ def read_image_folder(source: Path) -> tuple[RawImages, list[str]]:
             raise UserError(f"{source}: split folders need train/ and test/ (val/ is optional); found "
                             f"{', '.join(sorted(present))}/")
         split = torch.tensor([SPLITS[p[0]] for p in parts], dtype=torch.int8)
-    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source))
+    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source),
+                    files=decoded.paths)
     return raw, decoded.paths
 
 
@@ -120,7 +121,7 @@ def from_csv(cfg: RunConfig) -> RawImages:
         torch.from_numpy(images), labels, table.class_names,
         torch.from_numpy(table.split) if table.split is not None else None, votes,
         default_pairs=pairs_in_votes(labels, votes, table.class_names, cfg),
-        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend",
+        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend", files=table.files,
     )
 
 
