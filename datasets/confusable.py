@@ -37,7 +37,7 @@ from ambig_bench.errors import UserError
 
 AUTO = "auto"  # --pairs auto
 EXAMPLES = 3  # example images per pair in the table
-AUTO_SHARE = 0.4  # --pairs auto keeps pairs scoring at least this share of the top pair's score (CIFAR-10H: the 4 known)
+AUTO_SHARE = 0.4  # --pairs auto keeps pairs scoring at least this share of the top score (CIFAR-10H: the known 4)
 
 
 @dataclasses.dataclass
