@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ambig_bench import options as run_options
-from ambig_bench.config import ExperimentConfig, load_toml
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
+from ambig_bench.catalogue import catalogue
+from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.strategies import STRATEGIES
+from ambig_bench.experiments import experiment
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# Only light modules are imported here: --help, the listings and argument errors answer without torch, pandas or
+# matplotlib (the catalogue describes the registries); each command imports what its work needs.
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark training strategies for images that sit between two classes.")
 err = Console(stderr=True, soft_wrap=True)  # a long path stays on one line in logs
 out = Console()
@@ -40,10 +43,10 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # keeps [mlflow]
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]run failed:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
@@ -52,7 +55,9 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"
+STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(catalogue()['strategies'])}"
+IDENTITY = ("strategy", "seed")  # options of their own below (--strategy is a list, --seed the first of --seeds)
+KINDS = {"bool": bool, "int": int, "float": float, "str": str}
 WHERE = "Where runs train"
 # The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
 GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -60,7 +65,7 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seeds": (int | None, typer.Option(None, help="Runs per strategy (and grid point), seeds --seed .. "
                                                   "--seed + seeds - 1 (default 3)")),
     "seed": (int | None, typer.Option(None, help="First seed (default 0)")),
-    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/demo)")),
+    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/DATASET)")),
     "config": (Path | None, typer.Option(None, "--config", help="TOML experiment file; command-line options "
                                                                 "override it")),
     "force": (bool, typer.Option(False, "--force", help="Retrain runs that already finished")),
@@ -72,6 +77,11 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ray_address": (str, typer.Option("", "--ray-address", rich_help_panel=WHERE,
                                       show_default="start a local Ray instance",
                                       help="Ray cluster to join, e.g. auto or ray://head:10001")),
+    "track": (str, typer.Option("", "--track", rich_help_panel=WHERE, show_default=False,
+                                help="Log each run trained now to mlflow ($MLFLOW_TRACKING_URI, default "
+                                     "sqlite:///OUT/mlflow.db) and/or tensorboard (OUT/tensorboard/), e.g. "
+                                     "--track mlflow,tensorboard (pip install 'ambig-bench\\[mlflow]' or "
+                                     "'ambig-bench\\[tensorboard]')")),
 }
 
 
@@ -90,16 +100,16 @@ def with_run_options(fn: Callable) -> Callable:
     for name, (kind, option) in GRID_OPTIONS.items():
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
         annotations[name] = kind
-    for name, opt in run_options.table().items():
-        if name in run_options.IDENTITY:
+    for opt in catalogue()["options"]:
+        name, kind = opt["flag"], KINDS[opt["kind"]]
+        if name in IDENTITY:
             continue
         flag = f"--{name.replace('_', '-')}"
-        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if opt.kind is bool else [flag]
-        panel = PANELS.get(opt.panel, "In-between sources")
-        option = typer.Option(None, *decls, help=opt.help, show_default=False, rich_help_panel=panel)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=opt.kind | None))
-        annotations[name] = opt.kind | None
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+        panel = PANELS.get(opt["panel"], "In-between sources")
+        option = typer.Option(None, *decls, help=opt["help"], show_default=False, rich_help_panel=panel)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
+        annotations[name] = kind | None
     fn.__signature__ = inspect.Signature(params)
     fn.__annotations__ = annotations
     return fn
@@ -107,30 +117,9 @@ def with_run_options(fn: Callable) -> Callable:
 
 def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     """Merge defaults < --config file < command line into an ExperimentConfig (grid options popped)."""
-    config, strategy, seeds, seed = (options.pop(k) for k in ("config", "strategy", "seeds", "seed"))
-    out_dir, force = options.pop("out_dir"), options.pop("force")
-    values = load_toml(config) if config else {}
-    where = f"{config}: " if config else ""
-    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
-    values.pop("strategy", None)
-    if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
-        file_strategies = ",".join(file_strategies)
-    if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
-    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if not isinstance(file_out, str):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
-    n_seeds = seeds if seeds is not None else file_seeds
-    values.update({k: v for k, v in options.items() if v is not None})
-    if seed is not None:
-        values["seed"] = seed
-    run = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    strategies, result_dir = strategy or file_strategies, out_dir or file_out
-    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
+    grid_options = {k: options.pop(k) for k in ("config", "strategy", "seeds", "seed", "out_dir", "force")}
+    return experiment(grid_options["config"], strategies=grid_options["strategy"], seeds=grid_options["seeds"],
+                      seed=grid_options["seed"], out=grid_options["out_dir"], force=grid_options["force"], **options)
 
 
 class RichReporter:
@@ -181,27 +170,23 @@ def progress_bars() -> Progress:
                     console=err, transient=False)
 
 
-def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -> tuple[ExperimentConfig, Any]:
+def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfig, Any]:
     """Build the experiment, check everything, then train its runs on the chosen executor with progress bars.
 
-    `configs_of(exp)` lists the runs (checked before anything is written); `train(exp, reporter, executor)`
-    trains them and returns its result.
+    `plan(exp)` gives the runs (checked before anything is written) and `train(reporter, executor)`, which trains
+    them and returns its result. Options are checked first, so a typo is reported before torch is imported.
     """
-    from ambig_bench.executors import open_executor, preflight
-
-    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
+    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address", "track")}
     exp = experiment_from(options)
-    configs = configs_of(exp)
-    with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
-        try:
-            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+    from ambig_bench.api import session
+
+    configs, train = plan(exp)
+    # Bad options, device, data or trackers fail here, before any progress bar or file.
+    with session(exp, configs, **where) as s:
         if not err.is_terminal:
-            return exp, train(exp, LogReporter(len(configs)), runs_on)
+            return exp, train(s.reporter(LogReporter(len(configs))), s.executor)
         with progress_bars() as progress:
-            return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
+            return exp, train(s.reporter(RichReporter(progress, len(configs))), s.executor)
 
 
 def summarise_runs(results: list, next_step: str) -> None:
@@ -219,9 +204,14 @@ def summarise_runs(results: list, next_step: str) -> None:
 @with_run_options
 def run(**options: Any) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.executors import grid, run_grid
 
-    exp, results = train_grid(options, grid, run_grid)
+    def plan(exp: ExperimentConfig) -> tuple[list, Callable]:
+        from ambig_bench.executors import grid, run_grid
+
+        return grid(exp), functools.partial(run_grid, exp)
+
+    exp, results = train_grid(options, plan)
+    err.print(f"results go to {exp.out}", highlight=False, markup=False)
     summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
 
 
@@ -234,7 +224,7 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
     from ambig_bench.document import markdown_table
     from ambig_bench.pairs import find, shown
 
-    for grid_only in ("executor", "jobs", "ray_address"):
+    for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here
         options.pop(grid_only)
     exp = experiment_from(options)
     found = find(exp.run, exp.out)
@@ -247,24 +237,47 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
 @guarded
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences", show_default="soft"),
+    wide: bool = typer.Option(False, "--wide", help="Print every metric with its 95% CI (the files always have them)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json: the summary, paired tests and ranks "
+                            "as JSON on stdout"),
 ) -> None:
-    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the table."""
+    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the main table."""
+    from ambig_bench.compare import (
+        BETTER,
+        WORSE,
+        check_compare_format,
+        comparison_json,
+        headline,
+        markdown_table,
+        summary_display,
+    )
     from ambig_bench.compare import compare as do_compare
-    from ambig_bench.compare import markdown_table, summary_display
 
+    check_compare_format(fmt)
     comparison = do_compare(results_dir, baseline)
-    shown = summary_display(comparison.summary, comparison.group_by)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False)
-    if not out.is_terminal:  # piped: plain markdown, the same table as comparison.md
-        print(markdown_table(shown))
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    if fmt == "json":
+        print(comparison_json(comparison), end="")
         return
-    table = Table(title=f"{results_dir}: mean ± 95% CI over seeds")
-    for col in shown.columns:
-        table.add_column(col, no_wrap=True)
-    for row in shown.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    out.print(table)
+    if wide:  # every metric with its CI is wider than any terminal: markdown, which wraps without losing cells
+        print(markdown_table(summary_display(comparison.summary, comparison.group_by)))
+        return
+    table, lines = headline(comparison)
+    legend = (f"{BETTER} / {WORSE}: significantly better / worse than {comparison.baseline} (paired test across "
+              "seeds, Holm, 5%); means over seeds, 95% CIs in comparison.md")
+    if not out.is_terminal:  # piped: plain markdown
+        print(markdown_table(table) + "\n\n" + "\n".join([legend, *lines]))
+        return
+    shown = Table(title=f"{results_dir}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in table.columns:
+        # Two-line headers keep the table inside 80 columns: "between_set_acc" -> "between / set_acc".
+        shown.add_column(escape(col.replace("_", "\n", 1)), overflow="fold")
+    for row in table.itertuples(index=False):
+        shown.add_row(*(escape(str(v)) for v in row))
+    out.print(shown)
+    for line in [legend, *lines]:
+        out.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -280,8 +293,8 @@ def sweep(
 
     vary_values = parse_vary(vary)
     # Every grid point is validated (sweep_configs) before anything is written.
-    exp, result = train_grid(options, lambda exp: sweep_configs(exp, vary_values),
-                             lambda exp, reporter, runs_on: run_sweep(exp, vary_values, reporter, runs_on))
+    exp, result = train_grid(options, lambda exp: (sweep_configs(exp, vary_values),
+                                                   functools.partial(run_sweep, exp, vary_values)))
     figures = ", ".join(str(p) for p in result.figures) or "none"
     summarise_runs(result.runs, f"figures: {figures}. Next: ambig-bench report {exp.out}")
 
@@ -290,7 +303,8 @@ def sweep(
 @guarded
 def report(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run` or `ambig-bench sweep`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences and trade-offs"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences and trade-offs",
+                                 show_default="soft"),
     margin: float = typer.Option(0.02, help="Equivalence margin (accuracy, absolute) for the "
                                  "'equivalent asymptotically' claim"),
 ) -> None:
@@ -345,14 +359,14 @@ def listing(title: str, items: dict[str, str]) -> None:
 @app.command()
 def strategies() -> None:
     """List the registered strategies."""
-    listing("strategies (--strategy)", STRATEGIES.describe())
+    listing("strategies (--strategy)", catalogue()["strategies"])
 
 
 @app.command()
 def datasets() -> None:
     """List the registered datasets and in-between sources."""
-    listing("datasets (--dataset)", DATASETS.describe())
-    listing("in-between sources (--between-source)", BETWEEN_SOURCES.describe())
+    listing("datasets (--dataset)", catalogue()["datasets"])
+    listing("in-between sources (--between-source)", catalogue()["sources"])
 
 
 def main() -> None:

@@ -46,9 +46,6 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise UserError(f"--{name.replace('_', '-')} must be {listed}, got {value!r}")
 
 
-CROWD_METHODS = ("shares", "dawid-skene")  # how long-form crowd votes become an image's votes (datasets/crowd.py)
-
-
 @dataclass
 class DataOptions:
     """Read by `datasets.prepare` and the loaders."""
@@ -67,9 +64,8 @@ class DataOptions:
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
-    crowd_method: str = option("shares", "long-form crowd labels (file,worker,label): shares (each class's share of "
-                                         "an image's votes) | dawid-skene (needs crowd-kit)", choices=CROWD_METHODS)
-    download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
+    download: bool = option(False, "allow downloading a dataset: torchvision's, or a Hugging Face Hub name for "
+                                   "--dataset hf (needs internet)")
 
     def validate(self) -> None:
         for name in ("human_pair_mass", "human_second", "val_fraction", "test_fraction"):
@@ -79,7 +75,6 @@ class DataOptions:
                             f"{self.val_fraction} + {self.test_fraction}")
         if self.train_size is not None:
             check_at_least("train_size", self.train_size, 1)
-        check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
 
 
 LOOKAHEAD = ("on", "off")
@@ -164,13 +159,15 @@ class Runtime:
 @dataclass
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `strategy_options`
-    does the same for strategies (`strategies.STRATEGY_OPTIONS`)."""
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
+    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`).
+    `strategy_options` holds each strategy's (`strategies.STRATEGY_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loader: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Each strategy's options by strategy name, declared by the strategy's file (`strategies.STRATEGY_OPTIONS`);
     # a run reads only its own strategy's, and they name its variant (`options.strategy_label`).
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)

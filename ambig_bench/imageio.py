@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ambig_bench.errors import UserError
+from ambig_bench.paths import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -41,12 +42,6 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 class DecodedImages:
     paths: list[str]  # posix paths relative to the tree root (or inside the archive)
     images: np.ndarray  # uint8 N×C×H×W, row i decoded from paths[i]
-
-
-def cache_dir() -> Path:
-    if os.environ.get("AMBIG_BENCH_CACHE"):
-        return Path(os.environ["AMBIG_BENCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ambig-bench"
 
 
 def is_archive(path: Path) -> bool:

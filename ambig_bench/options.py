@@ -22,7 +22,7 @@ from types import NoneType, UnionType
 from typing import Any
 
 from ambig_bench.config import GROUPS, RunConfig, coerce
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS, SOURCE_OPTIONS
+from ambig_bench.datasets import BETWEEN_SOURCES, DATASET_OPTIONS, DATASETS, SOURCE_OPTIONS
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS
 from ambig_bench.strategies import STRATEGIES, STRATEGY_OPTIONS
@@ -40,6 +40,7 @@ DECLARED = {"source": SOURCE_OPTIONS, "strategy_options": STRATEGY_OPTIONS}
 class Option:
     flag: str  # flat name: --flag-with-dashes, TOML key, sweep axis
     path: tuple[str, ...]  # where it lives in RunConfig: ("model", "lr"), ("source", "blend", "blend_low")
+    #                        or ("loader", "hf", "hf_image_column")
     kind: type  # bool | int | float | str
     help: str  # the field's help metadata
     panel: str  # which group reads it (CLI help panel)
@@ -66,6 +67,8 @@ def table() -> dict[str, Option]:
         opts += fields_of(cls, (group,), group)
     for source, cls in SOURCE_OPTIONS.items():
         opts += fields_of(cls, ("source", source), f"source {source}")
+    for dataset, cls in DATASET_OPTIONS.items():  # shown with the data options
+        opts += fields_of(cls, ("loader", dataset), "data")
     for strategy, cls in STRATEGY_OPTIONS.items():
         opts += fields_of(cls, ("strategy_options", strategy), "strategy_options")
     by_flag = {o.flag: o for o in opts}
@@ -81,15 +84,18 @@ def lookup(flag: str) -> Option:
 
 
 def get(cfg: RunConfig, flag: str) -> Any:
+    """The option's value; None for an option of a dataset the run does not use (cfg.loader holds only its own)."""
     node: Any = cfg
     for part in lookup(flag).path:
-        node = node[part] if isinstance(node, dict) else getattr(node, part)
-    return node
+        node = node.get(part, {}) if isinstance(node, dict) else getattr(node, part)
+    return None if node == {} else node
 
 
 def flat_values(cfg: RunConfig) -> dict[str, Any]:
-    """Every option of `cfg` by flat name (unset ones as None)."""
-    return {flag: get(cfg, flag) for flag in table()}
+    """Every option of `cfg` by flat name (unset ones as None), as its config.json holds them: of the datasets'
+    options, only its own dataset's."""
+    return {flag: get(cfg, flag) for flag, opt in table().items()
+            if opt.path[0] != "loader" or opt.path[1] == cfg.data.dataset}
 
 
 def build(values: dict[str, Any]) -> RunConfig:
@@ -100,7 +106,7 @@ def build(values: dict[str, Any]) -> RunConfig:
             continue
         opt = lookup(flag)
         typed = coerce(opt.flag, opt.kind, value)
-        if opt.path[0] in DECLARED:
+        if opt.path[0] in (*DECLARED, "loader"):
             getattr(cfg, opt.path[0]).setdefault(opt.path[1], {})[opt.path[2]] = typed
         elif len(opt.path) == 1:
             setattr(cfg, opt.path[0], typed)
@@ -119,9 +125,10 @@ def replace(cfg: RunConfig, **values: Any) -> RunConfig:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill unset recipe fields from the model's registry entry and each source's options from its defaults,
-    then check every value and name, so a saved config always holds what the run used."""
+    """Fill unset recipe fields from the model's registry entry, each source's options and the dataset's from
+    their defaults, then check every value and name, so a saved config always holds what the run used."""
     check_names(cfg)
+    resolve_loader(cfg)
     for name, value in MODELS.get(cfg.model.name).recipe.items():
         if getattr(cfg.model, name) is None:
             setattr(cfg.model, name, value)
@@ -136,6 +143,24 @@ def resolve(cfg: RunConfig) -> RunConfig:
             tables[name] = dataclasses.asdict(opts)
     cfg.validate()
     return cfg
+
+
+def resolve_loader(cfg: RunConfig) -> None:
+    """Only the run's dataset has options in cfg.loader (none for most datasets): another dataset's option is a
+    mistake, and runs of datasets without options keep the configs (and keys) they always had."""
+    dataset = cfg.data.dataset
+    stray = next((k for k, v in cfg.loader.items() if k != dataset and v), None)
+    if stray is not None:
+        name = next(iter(cfg.loader[stray]))
+        raise UserError(f"--{name.replace('_', '-')} is an option of --dataset {stray}, not of {dataset}")
+    given, cfg.loader = cfg.loader.get(dataset, {}), {}
+    if dataset in DATASET_OPTIONS:
+        try:
+            opts = DATASET_OPTIONS[dataset](**given)
+        except TypeError as e:
+            raise UserError(f"dataset {dataset}: {e}") from None
+        opts.validate()
+        cfg.loader = {dataset: dataclasses.asdict(opts)}
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -157,8 +182,8 @@ def outside_experiment() -> list[str]:
 
 
 def experiment(cfg: RunConfig) -> dict[str, Any]:
-    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, and of the sources' options only
-    those of the source the run uses (under `auto`, of every source it may pick)."""
+    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, of the sources' options only
+    those of the source the run uses (under `auto`, of every source it may pick), and its dataset's options."""
     d = cfg.to_dict()
     for path in OUTSIDE_EXPERIMENT:
         parent = d
@@ -167,6 +192,8 @@ def experiment(cfg: RunConfig) -> dict[str, Any]:
         parent.pop(path[-1])
     used = cfg.data.between_source
     d["source"] = {k: v for k, v in d["source"].items() if used in ("auto", k)}
+    if not d["loader"]:  # a dataset without options: the key it had before datasets could declare options
+        d.pop("loader")
     return d
 
 

@@ -74,6 +74,22 @@ class Predictor:
     def threshold(self) -> float:
         return self.meta["threshold"] or 0.5  # strategies without a threshold ignore it
 
+    def predict_arrays(self, images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """`predict` for uint8 arrays as notebooks hold them: N×H×W (grey), N×H×W×C or N×C×H×W, in the model's
+        input size (model.json: image_size, in_channels); anything else is a UserError saying what is expected."""
+        x = torch.as_tensor(np.asarray(images))
+        given = f"{x.dtype} {tuple(x.shape)}"
+        channels, size = self.meta["in_channels"], self.meta["image_size"]
+        width = self.meta.get("image_width") or size
+        if x.dim() == 3 and channels == 1:
+            x = x[:, None]
+        elif x.dim() == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+            x = x.permute(0, 3, 1, 2)
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (channels, size, width):
+            raise UserError(f"images must be uint8 N×{channels}×{size}×{width} (or N×{size}×{width}×{channels}) for "
+                            f"{self.run_dir.name}, got {given}")
+        return self.predict(x.contiguous())
+
     def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 N×C×H×W (training format) -> probs N×K, decision N×K, conformal N×K, ambiguity N."""
         # Evaluated like the run's own predictions.csv (the same test-time views when trained with augmentation), so the

@@ -44,6 +44,7 @@ from ambig_bench.claims import (
 from ambig_bench.compare import (
     CELLS,
     DEFAULT,
+    ONE_STRATEGY,
     Comparison,
     compare,
     flag,
@@ -86,11 +87,13 @@ class Report:
     paths: list[Path] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
-        """The answers in one line each, for the terminal: best per criterion, then the claims."""
+        """The answers in one line each, for the terminal: best per criterion (decided ones first), then the
+        claims."""
         lines = []
         for _, row in self.leads.iterrows():
             where = where_label({g: row[g] for g in self.group_by})
             lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
+        lines.sort(key=lambda line: not line.endswith(" is best"))  # stable: a supported answer leads
         return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
 
 
@@ -190,7 +193,7 @@ def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: 
         return row | {"answer": "not decided", "evidence": "fewer than two strategies have this metric"}
     leader, runner = ranked.strategy.iloc[0], ranked.strategy.iloc[1]
     best = ranked.iloc[0]
-    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"])
+    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"], best["n_seeds"])
     tests = paired_comparison(runs[["strategy", "seed", metric]], metric, baseline=leader, alpha=ALPHA)
     tests = tests.set_index("strategy").loc[ranked.strategy.iloc[1:]]
     tied = [s for s, t in tests.iterrows() if not worse(t)]
@@ -293,6 +296,8 @@ def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> tuple
 
 # -- sections ------------------------------------------------------------------------------------------------
 def power_text(comparison: Comparison) -> str:
+    if comparison.runs.strategy.nunique() == 1:
+        return ONE_STRATEGY
     done = comparison.runs[comparison.runs.status == "done"]
     n = int(done.groupby(comparison.group_by + ["strategy"]).seed.nunique().min())
     k = max(part.strategy.nunique() for _, part in split_groups(done, comparison.group_by))
@@ -345,7 +350,9 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
 
 def build(results_dir: Path, comparison: Comparison, baseline: str, margin: float) -> Report:
     meta = run_meta(results_dir, comparison.runs)
-    paired_soft = (comparison.paired if baseline == "soft"
+    # The claims are about soft targets: tested against soft whatever the baseline, and not at all without it.
+    has_soft = "soft" in set(comparison.runs.strategy) and comparison.runs.strategy.nunique() > 1
+    paired_soft = (pd.DataFrame() if not has_soft else comparison.paired if baseline == "soft"
                    else paired_all(comparison.runs, comparison.group_by, "soft"))
     lead_table = leads(comparison)
     verdicts = judge_claims(comparison, paired_soft, margin)
@@ -367,7 +374,7 @@ def build(results_dir: Path, comparison: Comparison, baseline: str, margin: floa
                   comparison.group_by)
 
 
-def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARGIN) -> Report:
+def report(results_dir: str | Path, baseline: str | None = None, margin: float = MARGIN) -> Report:
     """Compare `results_dir` and write report.md, report.html and figures/*.png into it."""
     results_dir = Path(results_dir)
     if not margin > 0:
@@ -375,7 +382,7 @@ def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARG
     comparison = compare(results_dir, baseline)
     if not (comparison.runs.status == "done").any():
         raise UserError(f"{results_dir}: every run failed; nothing to report (see the FAILED files under runs/)")
-    built = build(results_dir, comparison, baseline, margin)
+    built = build(results_dir, comparison, comparison.baseline, margin)
     for name, data in built.figures.items():
         write_atomic(results_dir / "figures" / name, data)
         built.paths.append(results_dir / "figures" / name)

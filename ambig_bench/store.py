@@ -55,6 +55,11 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     error: str = ""
 
+    @property
+    def files(self) -> dict[str, Path]:
+        """The run's files by name (config.json, predictions.csv, model.safetensors, ...); none while busy."""
+        return {p.name: p for p in sorted(self.run_dir.glob("*")) if p.is_file()} if self.run_dir.is_dir() else {}
+
 
 @dataclass
 class RunRecord:

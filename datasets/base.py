@@ -50,7 +50,19 @@ Source = Callable[[RawImages, list[tuple[int, int]], SourceContext], LabelledIma
 DATASETS: Registry[Loader] = Registry("dataset")
 BETWEEN_SOURCES: Registry[Source] = Registry("between source")
 SOURCE_OPTIONS: dict[str, type] = {}  # source name -> its options dataclass (fields with `config.option`)
-register_dataset = DATASETS.register
+DATASET_OPTIONS: dict[str, type] = {}  # dataset name -> its options dataclass, the same way
+
+
+def register_dataset(name: str, options: type | None = None) -> Callable[[Loader], Loader]:
+    """Register a dataset loader and the options it reads (a dataclass with `validate()`); each option becomes
+    a CLI flag and counts in the experiment key only for runs of this dataset (`loader_options` reads them)."""
+
+    def add(loader: Loader) -> Loader:
+        if options is not None:
+            DATASET_OPTIONS[name] = options
+        return DATASETS.register(name)(loader)
+
+    return add
 
 
 def register_source(name: str, options: type | None = None) -> Callable[[Source], Source]:
@@ -63,6 +75,11 @@ def register_source(name: str, options: type | None = None) -> Callable[[Source]
         return BETWEEN_SOURCES.register(name)(source)
 
     return add
+
+
+def loader_options(cfg: RunConfig) -> Any:
+    """The options of the run's dataset (its `options` dataclass, filled from cfg.loader)."""
+    return DATASET_OPTIONS[cfg.data.dataset](**cfg.loader.get(cfg.data.dataset, {}))
 
 # What the votes say about an image (Verdict.kind).
 CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
@@ -336,6 +353,17 @@ def pairs_in_votes(labels: torch.Tensor, votes: torch.Tensor, class_names: list[
     order = sorted((i for i in range(len(found)) if counts[i] >= MIN_DEFAULT_PAIR),
                    key=lambda i: (-int(counts[i]), found[i].tolist()))
     return ",".join(f"{class_names[int(found[i, 0])]}:{class_names[int(found[i, 1])]}" for i in order)
+
+
+def voted_images(images: torch.Tensor, votes: torch.Tensor, class_names: list[str], split: torch.Tensor | None,
+                 cfg: RunConfig, source: str, files: list[str] | None = None) -> RawImages:
+    """Images labelled by (checked) votes: the most-voted class is the label, ties (as in `A|B`) going to the
+    first class in class order; the pairs the votes put images between are the default pairs, and the
+    `human` source is the default when there are any."""
+    labels = votes.argmax(1)
+    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
+    return RawImages(images, labels, class_names, split, votes, pairs_in_votes(labels, votes, class_names, cfg),
+                     source, "human" if has_between else "blend", files)
 
 
 def check_class_names(names: list[str], where: str) -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 from ambig_bench.datasets.base import check_class_names
 from ambig_bench.errors import UserError
 
+CROWD_METHODS = ("shares", "dawid-skene")  # --crowd-method: how an image's votes are aggregated
 LONG_FORM = ("file", "worker", "label")  # the columns that make a labels CSV long-form; `split` may be added
 
 

@@ -23,24 +23,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import RunConfig, check_choice, option
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import (
-    BETWEEN_KIND,
-    check_class_names,
-    check_votes,
-    judge_votes,
-    pairs_in_votes,
-    register_dataset,
-)
-from ambig_bench.datasets.crowd import aggregate_votes, is_long_form
+from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
+from ambig_bench.datasets.crowd import CROWD_METHODS, aggregate_votes, is_long_form
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
 SPLIT_DIRS = ("train", "val", "test")
 
 
-@register_dataset("folder")
+@dataclass
+class FolderOptions:
+    crowd_method: str = option("shares", "folder, long-form crowd labels (file,worker,label): shares (each class's "
+                                         "share of an image's votes) | dawid-skene (needs crowd-kit)",
+                               choices=CROWD_METHODS)
+
+    def validate(self) -> None:
+        check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
+
+
+@register_dataset("folder", options=FolderOptions)
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
     if cfg.data.labels:
@@ -100,7 +103,7 @@ class LabelTable:
 def from_csv(cfg: RunConfig) -> RawImages:
     csv_path = existing(cfg.data.labels, "--labels")
     root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
-    table = read_labels_csv(csv_path, cfg.data.crowd_method)
+    table = read_labels_csv(csv_path, loader_options(cfg).crowd_method)
     if is_archive(root):
         decoded = decode_tree(root)
         row = {p: i for i, p in enumerate(decoded.paths)}
@@ -113,16 +116,9 @@ def from_csv(cfg: RunConfig) -> RawImages:
         if gone is not None:
             raise UserError(f"{csv_path} line {table.lines[gone]}: file {root / table.files[gone]} not found")
         images = decode_listed(root, table.files).images
-    votes = torch.from_numpy(table.votes)
-    # The most-voted class is the label; ties (as in `A|B`) go to the first class in class order.
-    labels = votes.argmax(1)
-    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
-    return RawImages(
-        torch.from_numpy(images), labels, table.class_names,
-        torch.from_numpy(table.split) if table.split is not None else None, votes,
-        default_pairs=pairs_in_votes(labels, votes, table.class_names, cfg),
-        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend", files=table.files,
-    )
+    split = torch.from_numpy(table.split) if table.split is not None else None
+    return voted_images(torch.from_numpy(images), torch.from_numpy(table.votes), table.class_names, split, cfg,
+                        f"{csv_path} ({root})", files=table.files)
 
 
 def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
