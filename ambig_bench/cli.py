@@ -100,7 +100,7 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
 
 
 PANELS = {"data": "Data options", "model": "Model and recipe", "train": "Training options",
-          "runtime": "Where runs train"}
+          "strategy_options": "Strategy options", "runtime": "Where runs train"}
 
 
 def with_run_options(fn: Callable) -> Callable:
@@ -231,6 +231,24 @@ def run(**options: Any) -> None:
 
 @app.command()
 @guarded
+@with_run_options
+def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them all)"), **options: Any) -> None:
+    """Find the confusable class pairs: from votes when the data have them, else from a reference network's
+    out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out."""
+    from ambig_bench.document import markdown_table
+    from ambig_bench.pairs import find, shown
+
+    for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here
+        options.pop(grid_only)
+    exp = experiment_from(options)
+    found = find(exp.run, exp.out)
+    evidence = "human votes" if found.evidence == "votes" else "a reference network's out-of-fold predictions"
+    err.print(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}", highlight=False)
+    print(markdown_table(shown(found, top)))
+
+
+@app.command()
+@guarded
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
     baseline: str = typer.Option(None, help="Reference strategy for the paired differences", show_default="soft"),
@@ -320,7 +338,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
-    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps"),
+    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
     per_kind: bool = typer.Option(True, "--per-kind/--marginal",
                                   help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
                                        "or only on average over the validation mix"),

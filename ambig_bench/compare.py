@@ -29,7 +29,7 @@ from ambig_bench.document import markdown_table as markdown_table  # the CLI pri
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
-from ambig_bench.options import outside_experiment
+from ambig_bench.options import outside_experiment, strategy_label
 from ambig_bench.stats import mean_ci, min_holm_p, paired_comparison, rank_table
 
 CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
@@ -100,7 +100,9 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             row = {"run": run_dir.name, "status": "failed", "error": read_json(run_dir / "FAILED")["error"]}
         else:
             continue
-        configs.append(flatten_config(read_json(run_dir / "config.json")))
+        config = flatten_config(read_json(run_dir / "config.json"))
+        # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
+        configs.append(config | {"strategy": strategy_label(config["strategy"], config)})
         rows.append(row)
     if not rows:
         raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")

@@ -68,7 +68,8 @@ class DataOptions:
     dataset: str = option("digits", "registered dataset name")
     data_dir: str | None = option(None, "where the dataset's files are (default: the dataset's own locations)")
     labels: str | None = option(None, "labels CSV for the `folder` dataset (default: class = folder name)")
-    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt" (default: the dataset\'s pairs)')
+    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt", or auto: the most confusable pairs, '
+                                     'as `ambig-bench pairs` ranks them (default: the dataset\'s pairs)')
     between_source: str = option("blend", "in-between images from: blend | human | natural | auto (human if "
                                           "votes exist)")
     val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "
@@ -174,13 +175,17 @@ class Runtime:
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
     file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
-    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`)."""
+    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`).
+    `strategy_options` holds each strategy's (`strategies.STRATEGY_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
     loader: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each strategy's options by strategy name, declared by the strategy's file (`strategies.STRATEGY_OPTIONS`);
+    # a run reads only its own strategy's, and they name its variant (`options.strategy_label`).
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     runtime: Runtime = field(default_factory=Runtime)

@@ -59,6 +59,9 @@ METRICS: dict[str, Metric] = {
                                   "in-between |balance − share of A|", False),
     "ambiguity_auroc": Metric("AUROC of the strategy's ambiguity score, in-between vs clear-cut",
                               "ambiguity AUROC (0.5 = chance)", True),
+    "human_ce": Metric("images with human votes: cross-entropy from the vote distribution to the predicted one, "
+                       "-Σ_k v_k log p_k (nats; CIFAR-10H's measure)", "cross-entropy to human votes (nats)", False,
+                       NON_NEGATIVE),
 }
 # Prediction-set quality on the test split (calibration.conformal_summary): conformal sets (cp_) next to the
 # strategy's own threshold sets (thr_). Not ranked: a conformal set's coverage is a target, not a score.
@@ -115,8 +118,10 @@ def mean(x: torch.Tensor) -> float:
 
 
 def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, label_a: torch.Tensor,
-             label_b: torch.Tensor, share_a: torch.Tensor | None = None) -> dict[str, float]:
-    """All metrics of METRICS from N×K probabilities, N×K bool sets, N ambiguity scores and the truth."""
+             label_b: torch.Tensor, share_a: torch.Tensor | None = None, votes: torch.Tensor | None = None
+             ) -> dict[str, float]:
+    """All metrics of METRICS from N×K probabilities, N×K bool sets, N ambiguity scores and the truth (with the
+    N×K human vote shares where the images have votes; human_ce is NaN without)."""
     probs, n, k = probs.double(), len(probs), probs.shape[1]
     share_a = torch.full((n,), 0.5, dtype=torch.double) if share_a is None else share_a.double()
     between = label_b >= 0
@@ -146,6 +151,8 @@ def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, l
         "between_balance": mean(balance),
         "between_balance_err": mean((balance - share_a[between]).abs()),
         "ambiguity_auroc": float(roc_auc_score(labels_auc, ambiguity.double().numpy())) if both_kinds
+        else math.nan,
+        "human_ce": mean(-(votes.double() * probs.clamp_min(1e-12).log()).sum(1)) if votes is not None
         else math.nan,
         "n_clear": int(clear.sum()),
         "n_between": int(between.sum()),

@@ -25,11 +25,15 @@ from ambig_bench.config import GROUPS, RunConfig, coerce
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASET_OPTIONS, DATASETS, SOURCE_OPTIONS
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS
-from ambig_bench.strategies import STRATEGIES
+from ambig_bench.strategies import STRATEGIES, STRATEGY_OPTIONS
 
 IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an option of the experiment
-# Config paths that never change what a run computes (identity, where it runs, permission to download).
-OUTSIDE_EXPERIMENT = (("strategy",), ("seed",), ("runtime",), ("data", "download"))
+# Config paths outside the experiment: a run's identity within it (its strategy, with the strategy's own options,
+# and seed: runs of every strategy compare within one experiment), and what never changes what a run computes
+# (where it runs, permission to download).
+OUTSIDE_EXPERIMENT = (("strategy",), ("strategy_options",), ("seed",), ("runtime",), ("data", "download"))
+# Option tables declared by the registered sources and strategies: RunConfig field -> {name: options dataclass}.
+DECLARED = {"source": SOURCE_OPTIONS, "strategy_options": STRATEGY_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ def table() -> dict[str, Option]:
         opts += fields_of(cls, ("source", source), f"source {source}")
     for dataset, cls in DATASET_OPTIONS.items():  # shown with the data options
         opts += fields_of(cls, ("loader", dataset), "data")
+    for strategy, cls in STRATEGY_OPTIONS.items():
+        opts += fields_of(cls, ("strategy_options", strategy), "strategy_options")
     by_flag = {o.flag: o for o in opts}
     assert len(by_flag) == len(opts), "two run options share a flat name"
     return by_flag
@@ -100,7 +106,7 @@ def build(values: dict[str, Any]) -> RunConfig:
             continue
         opt = lookup(flag)
         typed = coerce(opt.flag, opt.kind, value)
-        if opt.path[0] in ("source", "loader"):
+        if opt.path[0] in (*DECLARED, "loader"):
             getattr(cfg, opt.path[0]).setdefault(opt.path[1], {})[opt.path[2]] = typed
         elif len(opt.path) == 1:
             setattr(cfg, opt.path[0], typed)
@@ -126,13 +132,15 @@ def resolve(cfg: RunConfig) -> RunConfig:
     for name, value in MODELS.get(cfg.model.name).recipe.items():
         if getattr(cfg.model, name) is None:
             setattr(cfg.model, name, value)
-    for source, cls in SOURCE_OPTIONS.items():
-        try:
-            opts = cls(**cfg.source.get(source, {}))
-        except TypeError as e:
-            raise UserError(f"source {source}: {e}") from None
-        opts.validate()
-        cfg.source[source] = dataclasses.asdict(opts)
+    for group, declared in DECLARED.items():
+        tables = getattr(cfg, group)
+        for name, cls in declared.items():
+            try:
+                opts = cls(**tables.get(name, {}))
+            except TypeError as e:
+                raise UserError(f"{'source' if group == 'source' else 'strategy'} {name}: {e}") from None
+            opts.validate()
+            tables[name] = dataclasses.asdict(opts)
     cfg.validate()
     return cfg
 
@@ -187,3 +195,27 @@ def experiment(cfg: RunConfig) -> dict[str, Any]:
     if not d["loader"]:  # a dataset without options: the key it had before datasets could declare options
         d.pop("loader")
     return d
+
+
+def strategy_options(cfg: RunConfig) -> Any:
+    """The run's strategy's own options (its STRATEGY_OPTIONS dataclass), or None when it declares none."""
+    cls = STRATEGY_OPTIONS.get(cfg.strategy)
+    return cls(**cfg.strategy_options.get(cfg.strategy, {})) if cls else None
+
+
+def strategy_label(strategy: str, values: dict[str, Any]) -> str:
+    """The strategy and those of its own options that differ from their defaults: `mixup`,
+    `label-smoothing@smoothing-eps=0.2`. It names a run (its directory) and its row in compare and report, so runs
+    of one strategy with different options stay apart while the experiment key, which leaves strategies out so
+    that they compare, stays the same. `values`: flat option values (config.json's, flattened)."""
+    cls = STRATEGY_OPTIONS.get(strategy)
+    if cls is None:
+        return strategy
+    changed = [f"@{f.name.replace('_', '-')}={values[f.name]}" for f in dataclasses.fields(cls)
+               if f.name in values and values[f.name] is not None and values[f.name] != f.default]
+    return strategy + "".join(changed)
+
+
+def run_label(cfg: RunConfig) -> str:
+    """`strategy_label` of a run's config."""
+    return strategy_label(cfg.strategy, cfg.strategy_options.get(cfg.strategy, {}))

@@ -31,6 +31,7 @@ from ambig_bench.claims import (
     better,
     claim_rules,
     distinct,
+    judge_alternatives,
     judge_claims,
     seeds_needed,
     select,
@@ -226,7 +227,10 @@ def leads(comparison: Comparison) -> pd.DataFrame:
     for where, part in split_groups(done, comparison.group_by):
         summary = select(comparison.summary, where)
         summary = summary[summary.n_seeds > 0]
-        rows += [where | lead_row(part, summary, c, m) for c, m in CRITERIA.items()]
+        # Agreement with people is a criterion where the images have votes (human_ce is NaN elsewhere).
+        criteria = CRITERIA | ({"agreement with human votes": "human_ce"}
+                               if summary.human_ce_mean.notna().any() else {})
+        rows += [where | lead_row(part, summary, c, m) for c, m in criteria.items()]
     return pd.DataFrame(rows)
 
 
@@ -316,11 +320,12 @@ def power_text(comparison: Comparison) -> str:
 
 
 def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, lead_table: pd.DataFrame,
-                    verdicts: list[Verdict], images: list[Image]) -> list[Block]:
+                    verdicts: list[Verdict], images: list[Image], paired_soft: pd.DataFrame) -> list[Block]:
     """'What this means for your options': only statements a paired test supports."""
     bars = next(i.name for i in images if i.name.startswith("bars"))
     tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
-    metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in CRITERIA.items())
+    criteria = dict(zip(lead_table.criterion, lead_table.metric, strict=True)) if len(lead_table) else CRITERIA
+    metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in criteria.items())
     blocks: list[Block] = [Heading("What this means for your options"), Paragraph(power_text(comparison)),
                            Heading("Best strategy per criterion", 3),
                            Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
@@ -333,6 +338,14 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
                    Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
             blocks.append(tabulate(table, comparison.group_by))
+    alternatives = judge_alternatives(comparison.runs[comparison.runs.status == "done"], paired_soft,
+                                      comparison.group_by)
+    if not alternatives.empty:
+        blocks += [Heading("The alternatives to soft", 3),
+                   Paragraph("The standard alternatives to soft targets, each against `soft` on in-between and "
+                             "clear-cut accuracy, calibration and (where the images have votes) cross-entropy to "
+                             "the human votes: paired tests per seed, Holm-corrected, significant at "
+                             f"{ALPHA}."), tabulate(alternatives, comparison.group_by)]
     sliced = any(v.where for v in verdicts)
     claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
@@ -363,7 +376,7 @@ def build(results_dir: Path, comparison: Comparison, baseline: str, margin: floa
                   "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
                   "for your options* is backed by a paired test across seeds; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
-        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images),
+        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images, paired_soft),
         Heading("Comparison"), Paragraph(CELLS), *sections(comparison, baseline, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(claim_rules(margin)),

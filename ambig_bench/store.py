@@ -35,7 +35,7 @@ from ambig_bench.config import RunConfig
 from ambig_bench.imageio import fingerprint
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
-from ambig_bench.options import experiment
+from ambig_bench.options import experiment, run_label
 
 TMP_PREFIX = ".tmp-"  # .tmp-<run name>-<random>: a run being assembled
 OLD_PREFIX = ".old-"  # .old-<run name>-<random>: a failed or --force'd run moved aside to be replaced
@@ -103,7 +103,7 @@ def experiment_key(cfg: RunConfig) -> str:
 
 
 def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.strategy}-seed{cfg.seed}-{experiment_key(cfg)}"
+    return f"{run_label(cfg)}-seed{cfg.seed}-{experiment_key(cfg)}"
 
 
 @dataclass

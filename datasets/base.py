@@ -250,7 +250,9 @@ def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImag
     keep = torch.ones(len(raw.labels), dtype=torch.bool)
     keep[train[part != 0]] = False
     return dataclasses.replace(raw, images=raw.images[keep], labels=raw.labels[keep], split=raw.split[keep],
-                               votes=raw.votes[keep] if raw.votes is not None else None)
+                               votes=raw.votes[keep] if raw.votes is not None else None,
+                               files=[f for f, k in zip(raw.files, keep.tolist(), strict=True) if k] if raw.files
+                               else None)
 
 
 def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig,
@@ -280,7 +282,9 @@ def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConf
                          "between_other_pairs": int((between & ~of_pair).sum()),
                          "no_majority": int((v.kind == UNSURE_KIND).sum()),
                          "human_pair_mass": cfg.data.human_pair_mass, "human_second": cfg.data.human_second}
-    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info)
+    # Only images kept as themselves carry their votes: a generated source relabels or adds images.
+    votes = v.shares.float() if keep_between and v.shares is not None else None
+    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info, votes)
 
 
 def clear_cut(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig) -> LabelledImages:
@@ -364,14 +368,14 @@ def pairs_in_votes(labels: torch.Tensor, votes: torch.Tensor, class_names: list[
 
 
 def voted_images(images: torch.Tensor, votes: torch.Tensor, class_names: list[str], split: torch.Tensor | None,
-                 cfg: RunConfig, source: str) -> RawImages:
+                 cfg: RunConfig, source: str, files: list[str] | None = None) -> RawImages:
     """Images labelled by (checked) votes: the most-voted class is the label, ties (as in `A|B`) going to the
     first class in class order; the pairs the votes put images between are the default pairs, and the
     `human` source is the default when there are any."""
     labels = votes.argmax(1)
     has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
     return RawImages(images, labels, class_names, split, votes, pairs_in_votes(labels, votes, class_names, cfg),
-                     source, "human" if has_between else "blend")
+                     source, "human" if has_between else "blend", files)
 
 
 def check_class_names(names: list[str], where: str) -> None:

@@ -5,7 +5,8 @@ Tree (`--data-dir DIR`, a folder or a .tgz/.tar of one): `DIR/<class>/<image>`, 
 
 Labels CSV (`--labels FILE`): lists every image used; `file` paths are relative to `--data-dir` (default:
 the CSV's folder). Either a `label` column (`cat`, or `cat|dog` for an image between cat and dog), or one
-column per class holding vote counts or probabilities. An optional `split` column (train/val/test) fixes
+column per class holding vote counts or probabilities, or crowd votes in long form, one row per vote
+(`file,worker,label`; see `crowd.py`). An optional `split` column (train/val/test) fixes
 the splits; otherwise they are drawn per seed.
 
 $ ambig-bench run --dataset folder --data-dir photos --labels photos/labels.csv --between-source human
@@ -22,16 +23,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import RunConfig, check_choice, option
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import check_class_names, check_votes, register_dataset, voted_images
+from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
+from ambig_bench.datasets.crowd import CROWD_METHODS, aggregate_votes, is_long_form
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
 SPLIT_DIRS = ("train", "val", "test")
 
 
-@register_dataset("folder")
+@dataclass
+class FolderOptions:
+    crowd_method: str = option("shares", "folder, long-form crowd labels (file,worker,label): shares (each class's "
+                                         "share of an image's votes) | dawid-skene (needs crowd-kit)",
+                               choices=CROWD_METHODS)
+
+    def validate(self) -> None:
+        check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
+
+
+@register_dataset("folder", options=FolderOptions)
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
     if cfg.data.labels:
@@ -72,7 +84,8 @@ def read_image_folder(source: Path) -> tuple[RawImages, list[str]]:
             raise UserError(f"{source}: split folders need train/ and test/ (val/ is optional); found "
                             f"{', '.join(sorted(present))}/")
         split = torch.tensor([SPLITS[p[0]] for p in parts], dtype=torch.int8)
-    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source))
+    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source),
+                    files=decoded.paths)
     return raw, decoded.paths
 
 
@@ -90,7 +103,7 @@ class LabelTable:
 def from_csv(cfg: RunConfig) -> RawImages:
     csv_path = existing(cfg.data.labels, "--labels")
     root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
-    table = read_labels_csv(csv_path)
+    table = read_labels_csv(csv_path, loader_options(cfg).crowd_method)
     if is_archive(root):
         decoded = decode_tree(root)
         row = {p: i for i, p in enumerate(decoded.paths)}
@@ -105,10 +118,10 @@ def from_csv(cfg: RunConfig) -> RawImages:
         images = decode_listed(root, table.files).images
     split = torch.from_numpy(table.split) if table.split is not None else None
     return voted_images(torch.from_numpy(images), torch.from_numpy(table.votes), table.class_names, split, cfg,
-                        f"{csv_path} ({root})")
+                        f"{csv_path} ({root})", files=table.files)
 
 
-def read_labels_csv(path: Path) -> LabelTable:
+def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -132,9 +145,9 @@ def read_labels_csv(path: Path) -> LabelTable:
     for line, row in body:
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
-    files = normalised_files(path, body, file_col)
-    lines = [line for line, _ in body]
-    if "label" in lower:
+    if is_long_form(header):  # one row per vote (file,worker,label): crowd.py makes one row of votes per image
+        body, class_names, votes = aggregate_votes(path, header, body, crowd_method)
+    elif "label" in lower:
         extra = [h for i, h in enumerate(header) if i not in (file_col, split_col, lower.index("label"))]
         if extra:
             raise UserError(f"{path}: unexpected column {extra[0]!r} next to 'label' (allowed: file, label, split)")
@@ -146,6 +159,8 @@ def read_labels_csv(path: Path) -> LabelTable:
         class_names = [header[i] for i in class_cols]
         check_class_names(class_names, str(path))
         votes = vote_columns(path, body, class_cols, header)
+    files = normalised_files(path, body, file_col)
+    lines = [line for line, _ in body]
     check_votes(torch.from_numpy(votes), len(class_names), str(path), lambda i: f"{path} line {lines[i]}")
     split = read_split(path, body, split_col) if split_col is not None else None
     return LabelTable(files, lines, class_names, votes, split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -26,7 +27,7 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, nest: bo
     if metrics is None:
         (run_dir / "FAILED").write_text(json.dumps({"error": "training loss became nan in epoch 3"}))
         return
-    full = {m: 0.5 for m in METRICS} | metrics
+    full = {m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics  # as a run on images without votes
     (run_dir / "metrics.json").write_text(json.dumps(full))
     (run_dir / "DONE").write_text("")
 

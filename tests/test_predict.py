@@ -162,7 +162,7 @@ def test_calibration_covers_its_own_validation_rows(trained):
 
 
 @pytest.mark.parametrize("alpha, method, message", [(0.0, "lac", "--alpha"), (1.2, "lac", "--alpha"),
-                                                    (0.1, "raps", "--conformal")])
+                                                    (0.1, "naps", "--conformal")])
 def test_bad_conformal_options(trained, alpha, method, message):
     with pytest.raises(UserError, match=message):
         calibrate_run(trained[1], alpha, method)
