@@ -33,6 +33,7 @@ import torch
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.datasets import load_raw, pairs_of
+from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
 from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
@@ -259,7 +260,8 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
     for group in loads.values():
         raw = load_raw(group[0])  # decoded images come from the cache after the first load
         for cfg in group:
-            pairs_of(raw, cfg)
+            if not wants_auto_pairs(cfg):  # found from the data when the run prepares it
+                pairs_of(raw, cfg)
             use_augmentation(cfg, raw.images)  # a shift as large as the images is refused here
 
 

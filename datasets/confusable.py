@@ -120,9 +120,13 @@ def auto_pairs(table: pd.DataFrame) -> str:
     return ",".join(chosen.pair)
 
 
+def wants_auto_pairs(cfg: RunConfig) -> bool:
+    return (cfg.data.pairs or "").strip().lower() == AUTO
+
+
 def resolve_auto(cfg: RunConfig, reference: Reference | None) -> RunConfig:
     """`cfg` with --pairs auto replaced by the pairs it finds (other configs unchanged)."""
-    if (cfg.data.pairs or "").strip().lower() != AUTO:
+    if not wants_auto_pairs(cfg):
         return cfg
     table, _ = find_pairs(cfg, reference)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pairs=auto_pairs(table)))
