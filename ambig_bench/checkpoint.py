@@ -26,16 +26,18 @@ FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
 
 def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
-                threshold: float | None, tta: int) -> tuple[dict[str, torch.Tensor], dict]:
+                threshold: float | None, tta: int, start: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights (CPU tensors, for model.safetensors, metadata format FORMAT) and model.json of a trained run;
-    the run store writes them."""
+    the run store writes them. `start`: where the starting weights came from (name or file, SHA-256)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _, channels, size, image_width = data.images.shape
     return state, {
-        "format": FORMAT, "model": cfg.model.name, "width": cfg.model.width, "in_channels": channels,
+        "format": FORMAT, "model": cfg.model.name, "width": cfg.model.width or 0, "in_channels": channels,
         "image_size": size, "image_width": image_width, "tta": tta,
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": cfg.to_dict(),
+        "start": start or {}, "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
+        "image_policy": data.info.get("image_policy", {}),
     }
 
 
@@ -144,7 +146,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
     try:
         strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
         # Width 0 in files of earlier versions meant the model's default width.
-        width = meta["width"] or MODELS.get(meta["model"]).recipe["width"]
+        width = meta["width"] or MODELS.get(meta["model"]).recipe.get("width", 0)
         net = build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"], width)
     except UserError as e:  # a strategy or model this version does not have
         raise UserError(f"{meta_path}: {e}") from None
@@ -152,7 +154,8 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
         raise UserError(f"{meta_path}: {meta['strategy']} with {len(meta['class_names'])} classes and "
                         f"{len(meta['pairs'])} pairs has {strategy.num_outputs} outputs, the recipe says "
                         f"{meta['num_outputs']}")
-    channels = meta["in_channels"]
+    # An RGB network's normalisation has 3 channels even for grey images (broadcast: grey enters as RGB).
+    channels = state["0.mean"].numel() if "0.mean" in state else meta["in_channels"]
     model = nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)), net)
     problem = mismatch(model.state_dict(), state)
     if problem:

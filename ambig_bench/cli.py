@@ -24,6 +24,7 @@ from ambig_bench import options as run_options
 from ambig_bench.config import ExperimentConfig, load_toml
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import RunFailed, UserError
+from ambig_bench.models import MODELS
 from ambig_bench.strategies import STRATEGIES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -193,7 +194,9 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
     exp = experiment_from(options)
     configs = configs_of(exp)
     with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        preflight(configs, runs_on)  # bad options, device or data fail here, before any progress bar or file
+        # Bad options, device, data or weights fail here, before any progress bar or file.
+        for note in preflight(configs, runs_on):
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
         try:
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -328,6 +331,20 @@ def listing(title: str, items: dict[str, str]) -> None:
 def strategies() -> None:
     """List the registered strategies."""
     listing("strategies (--strategy)", STRATEGIES.describe())
+
+
+@app.command()
+def models() -> None:
+    """List the registered models: input size, what they are and their default recipe (each field an option)."""
+    table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)")
+    for column in ("model", "input size", "description", "default recipe"):
+        table.add_column(column, overflow="fold")
+    for name, text in MODELS.describe().items():
+        factory = MODELS.get(name)
+        size = f"{factory.input_size}x{factory.input_size} RGB" if factory.input_size else "any"
+        recipe = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in factory.recipe.items())
+        table.add_row(name, size, text, recipe)
+    out.print(table)
 
 
 @app.command()

@@ -33,7 +33,7 @@ import torch
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import UserError
-from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
+from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
@@ -242,15 +242,19 @@ def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> 
         executor.close()
 
 
-def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
-    """Refuse bad input before any file is written: every run's options, the device, the first run's data."""
+def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[str]:
+    """Refuse bad input before any file is written: every run's options, the device, the first run's data and
+    starting weights. The data's notes for the user (e.g. which in-between source `auto` chose)."""
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)
-    images = prepare_data(runs[0]).images
+    data = prepare_data(runs[0])
+    build_run(runs[0], data, torch.device("cpu"))  # starting weights that are missing or do not fit fail here
+    images = data.images
     for cfg in runs:  # a shift as large as the images is refused here (other datasets' sizes are known later)
         if (cfg.data.dataset, cfg.data.data_dir) == (runs[0].data.dataset, runs[0].data.data_dir):
             use_augmentation(cfg, images)
+    return data.info.get("notes", [])
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

@@ -30,6 +30,7 @@ from ambig_bench.strategies import STRATEGIES
 IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an option of the experiment
 # Config paths that never change what a run computes (identity, where it runs, permission to download).
 OUTSIDE_EXPERIMENT = (("strategy",), ("seed",), ("runtime",), ("data", "download"))
+AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.prepare)
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     """Fill unset recipe fields from the model's registry entry and each source's options from its defaults,
     then check every value and name, so a saved config always holds what the run used."""
     check_names(cfg)
-    for name, value in MODELS.get(cfg.model.name).recipe.items():
+    model = MODELS.get(cfg.model.name)
+    for name, value in model.recipe.items():
         if getattr(cfg.model, name) is None:
             setattr(cfg.model, name, value)
+    if cfg.data.image_size is None and cfg.model.pretrained:  # the size the standard weights were trained at
+        cfg.data.image_size = model.input_size
     for source, cls in SOURCE_OPTIONS.items():
         try:
             opts = cls(**cfg.source.get(source, {}))
@@ -150,13 +154,13 @@ def outside_experiment() -> list[str]:
 
 def experiment(cfg: RunConfig) -> dict[str, Any]:
     """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, and of the sources' options only
-    those of the source the run uses (under `auto`, of every source it may pick)."""
+    those of the source the run uses (under `auto`, of the sources it may pick)."""
     d = cfg.to_dict()
     for path in OUTSIDE_EXPERIMENT:
         parent = d
         for part in path[:-1]:
             parent = parent[part]
         parent.pop(path[-1])
-    used = cfg.data.between_source
-    d["source"] = {k: v for k, v in d["source"].items() if used in ("auto", k)}
+    used = AUTO_PICKS if cfg.data.between_source == "auto" else (cfg.data.between_source,)
+    d["source"] = {k: v for k, v in d["source"].items() if k in used}
     return d

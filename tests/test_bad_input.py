@@ -158,8 +158,6 @@ ROWS = [
                  id="folder-corrupt-image"),
     pytest.param(tree(lambda r: (r / "a" / "cut.png").write_bytes((r / "a" / "0.png").read_bytes()[:70])),
                  "cut.png", id="folder-truncated-image"),  # cut inside the pixel data
-    pytest.param(tree(lambda r: (r / "a" / "big.png").write_bytes(png(np.zeros((9, 9), np.uint8)))), "big.png",
-                 id="folder-image-of-another-size"),
     pytest.param(lambda d: ["--dataset", "folder", "--data-dir", str(empty_dir(d)), "--pairs", "a:b"], "empty",
                  id="folder-empty"),
     pytest.param(lambda d: ["--dataset", "folder", "--data-dir", str(d / "nowhere")], "nowhere",
