@@ -194,13 +194,13 @@ def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -
     exp = experiment_from(options)
     configs = configs_of(exp)
     with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        # Bad options, device, data or weights fail here, before any progress bar or file.
-        for note in preflight(configs, runs_on):
-            err.print(note, markup=False, highlight=False, soft_wrap=True)
+        notes = preflight(configs, runs_on)  # bad options, device, data or weights fail here, before any file
         try:
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+        for note in notes:
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
         if not err.is_terminal:
             return exp, train(exp, LogReporter(len(configs)), runs_on)
         with progress_bars() as progress:

@@ -82,7 +82,11 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
             row = {"run": run_dir.name, "status": "failed", "error": read_json(run_dir / "FAILED")["error"]}
         else:
             continue
-        configs.append(flatten_config(read_json(run_dir / "config.json")))
+        config = flatten_config(read_json(run_dir / "config.json"))
+        if config.get("between_source") == "auto" and (run_dir / "data.json").exists():
+            # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
+            config["between_source"] = read_json(run_dir / "data.json").get("between_source", "auto")
+        configs.append(config)
         rows.append(row)
     if not rows:
         raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")

@@ -155,8 +155,8 @@ def read_labels_csv(path: Path) -> LabelTable:
         raise UserError(f"{path}: column {dup!r} appears twice in the header")
     file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
     if file_col is None:
-        raise UserError(f"{path}: the header needs a 'file' (or 'file_name') column (file,label or "
-                        f"file,<class>,<class>,...)")
+        raise UserError(f"{path}: the header needs a 'file' column (file,label or file,<class>,<class>,...; "
+                        f"Hugging Face's file_name also works)")
     split_col = lower.index("split") if "split" in lower else None
     for line, row in body:
         if len(row) != len(header):

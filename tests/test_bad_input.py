@@ -129,7 +129,8 @@ ROWS = [
     pytest.param(["--augment", "on", "--translate", "8"], "--translate 8 must be smaller than the 8x8 images",
                  id="translate-as-large-as-the-image"),
     pytest.param(["--lookahead", "maybe"], "--lookahead must be on or off, got 'maybe'", id="bad-lookahead"),
-    pytest.param(["--schedule", "cosine"], "--schedule must be linear or triangle, got 'cosine'", id="bad-schedule"),
+    pytest.param(["--schedule", "sawtooth"], "--schedule must be linear, triangle or cosine, got 'sawtooth'",
+                 id="bad-schedule"),
     pytest.param(["--blend-high", "1.5"], "0 <= low <= high <= 1", id="blend-high>1"),
     pytest.param(["--blend-low", "-0.1"], "0 <= low <= high <= 1", id="blend-low<0"),
     *[pytest.param([f"--{name}", value], f"--{name} must be at least 1, got {value}", id=f"{name}={value}")
