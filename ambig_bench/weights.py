@@ -38,13 +38,12 @@ NETWORK = "1."
 @dataclass
 class Start:
     """Weights to start from: the network's tensors by name, the input normalisation that goes with them (pixel
-    units, or None to fit it on the training images), the input size they were trained at, and their origin."""
+    units, or None to fit it on the training images), and their origin."""
 
     state: dict[str, torch.Tensor]
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
-    image_size: int | None = None
-    origin: dict = field(default_factory=dict)  # recorded in config-independent provenance (model.json, data.json)
+    origin: dict = field(default_factory=dict)  # what and where they came from, SHA-256: model.json's "start"
 
 
 def sha256(path: Path) -> str:
@@ -97,7 +96,7 @@ def from_run(run_dir: Path) -> Start:
     net = {k.removeprefix(NETWORK): v for k, v in state.items() if k.startswith(NETWORK)}
     origin = {"weights": "run", "path": str(run_dir.resolve()), "run_model": meta["model"],
               "sha256": sha256(run_dir / "model.safetensors")}
-    return Start(net, state.get(PREPROCESS + "mean"), state.get(PREPROCESS + "std"), meta.get("image_size"), origin)
+    return Start(net, state.get(PREPROCESS + "mean"), state.get(PREPROCESS + "std"), origin)
 
 
 @cache
@@ -135,5 +134,4 @@ def pretrained_start(architecture: str) -> Start:
                         f"({getattr(e, 'reason', e)}); put {weights.url} at {file}") from None
     transform = weights.transforms()
     return Start(state, torch.tensor(transform.mean) * 255, torch.tensor(transform.std) * 255,
-                 transform.crop_size[0],
                  {"weights": f"torchvision:{weights}", "path": str(file), "sha256": sha256(file)})

@@ -250,3 +250,23 @@ def test_predict_on_a_fine_tuned_run_gives_its_own_test_probabilities(tmp_path, 
     report = predict_paths(run_dir, files)
     got = np.array([r.probs for r in report.images])
     assert np.allclose(got, test[[c for c in test.columns if c.startswith("p_")]].to_numpy(), atol=1e-4)
+
+
+def test_pretrained_reads_torchvisions_cache_with_the_weights_own_normalisation(tmp_path, monkeypatch):
+    """A copy already in torchvision's cache is used as is (no network): its tensors, ImageNet's mean and std."""
+    from torchvision.models import get_model_weights, mobilenet_v3_small
+
+    from ambig_bench.weights import pretrained_start
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = get_model_weights("mobilenet_v3_small").DEFAULT
+    cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    state = mobilenet_v3_small().state_dict()
+    torch.save(state, cached)
+    pretrained_start.cache_clear()
+    start = pretrained_start("mobilenet_v3_small")
+    assert all(torch.equal(start.state[k], v) for k, v in state.items())
+    assert torch.allclose(start.mean, torch.tensor([0.485, 0.456, 0.406]) * 255)
+    assert start.origin["weights"] == f"torchvision:{weights}" and start.origin["path"] == str(cached)
+    pretrained_start.cache_clear()  # the next test's TORCH_HOME is another folder
