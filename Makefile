@@ -9,7 +9,7 @@ DEMO_OUT ?= results/demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray,timm]'
 	touch $(STAMP)
 
 install: $(STAMP)

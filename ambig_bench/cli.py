@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,10 +42,11 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            # escape: a message may hold brackets (pip install 'ambig-bench[timm]') that rich would take as markup
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]run failed:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
@@ -336,7 +338,8 @@ def strategies() -> None:
 @app.command()
 def models() -> None:
     """List the registered models: input size, what they are and their default recipe (each field an option)."""
-    table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)")
+    table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)",
+                  caption="also timm:<architecture>, any timm classifier (pip install 'ambig-bench\\[timm]')")
     for column in ("model", "input size", "description", "default recipe"):
         table.add_column(column, overflow="fold")
     for name, text in MODELS.describe().items():

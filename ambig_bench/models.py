@@ -20,20 +20,49 @@ from ambig_bench.registry import Registry
 from ambig_bench.weights import Start, pretrained_start, read_start
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, image_size, num_outputs, width)
-MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def register_model(name: str, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
-                   **recipe: object) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a network factory with its default recipe (the `config.ModelOptions` fields it sets).
+def timm_family(name: str) -> ModelFactory | None:
+    """`timm:<architecture>`: any timm classifier (optional extra), registered on first use with the fine-tuning
+    recipe; None for other names."""
+    if not name.startswith("timm:"):
+        return None
+    architecture = name.removeprefix("timm:")
+    try:
+        import timm  # optional: pip install 'ambig-bench[timm]'
+    except ImportError:
+        raise UserError(f"--model {name}: needs the optional timm package: pip install 'ambig-bench[timm]'") from None
+    if architecture not in timm.list_models(pretrained=False):
+        raise UserError(f"--model {name}: timm has no model {architecture!r} (timm.list_models() lists them)")
+
+    def factory(in_channels: int, image_size: int, num_outputs: int, width: int = 0) -> nn.Module:
+        return timm.create_model(architecture, pretrained=False, num_classes=num_outputs)
+
+    factory.__doc__ = f"timm {architecture}: head replaced; --pretrained for timm's default weights"
+    pretrained = timm.get_pretrained_cfg(architecture)
+    return declare(factory, pretrained.input_size[-1] if pretrained else 224, True, False, lr=1e-3, **FINE_TUNE)
+
+
+MODELS: Registry[ModelFactory] = Registry("model", timm_family)
+
+
+def declare(factory: ModelFactory, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
+            **recipe: object) -> ModelFactory:
+    """A factory with its default recipe (the `config.ModelOptions` fields it sets) and what it is.
 
     input_size: the size its standard weights were trained at (None: any size); rgb: it takes 3 channels, so grey
     images are repeated into RGB; widenable: `batched.widen` can fuse copies of it (plain conv/BN/linear layers).
     """
+    factory.recipe, factory.input_size, factory.rgb, factory.widenable = recipe, input_size, rgb, widenable
+    return factory
+
+
+def register_model(name: str, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
+                   **recipe: object) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a network factory with its default recipe and what it is (`declare`)."""
 
     def add(factory: ModelFactory) -> ModelFactory:
-        factory.recipe, factory.input_size, factory.rgb, factory.widenable = recipe, input_size, rgb, widenable
-        return MODELS.register(name)(factory)
+        return MODELS.register(name)(declare(factory, input_size, rgb, widenable, **recipe))
 
     return add
 

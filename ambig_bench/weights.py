@@ -116,10 +116,39 @@ def read_start(path: str) -> Start:
     return _read_start(str(p), target.stat().st_mtime_ns)
 
 
+def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and tensor bytes (for weights that live in another program's cache)."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def timm_start(architecture: str) -> Start:
+    """timm's default pretrained weights, through timm's own download and cache (the Hugging Face hub cache)."""
+    import timm  # optional extra; the model name already required it
+
+    try:
+        net = timm.create_model(architecture, pretrained=True)
+    except Exception as e:  # noqa: BLE001 - hub and timm raise many kinds offline; each becomes this one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--pretrained: timm:{architecture}'s weights are not cached and cannot be downloaded "
+                        f"({first}); run once with network access, or put the model's files in the Hugging Face "
+                        f"cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)") from None
+    cfg, state = net.pretrained_cfg, net.state_dict()
+    return Start(state, torch.tensor(cfg["mean"]) * 255, torch.tensor(cfg["std"]) * 255,
+                 {"weights": f"timm:{architecture} ({cfg.get('hf_hub_id') or cfg.get('url') or 'default'})",
+                  "sha256_of_tensors": tensors_sha256(state)})
+
+
 @cache
 def pretrained_start(architecture: str) -> Start:
     """torchvision's default ImageNet weights for `architecture`, through torchvision's own download and cache
-    ($TORCH_HOME/hub/checkpoints). Offline without a cached copy: a UserError naming the file and where it goes."""
+    ($TORCH_HOME/hub/checkpoints), or timm's for `timm:<architecture>`. Offline without a cached copy: a
+    UserError naming the file and where it goes."""
+    if architecture.startswith("timm:"):
+        return timm_start(architecture.removeprefix("timm:"))
     from torchvision.models import get_model_weights  # torchvision loads slowly; only runs with --pretrained pay
 
     weights = get_model_weights(architecture).DEFAULT

@@ -270,3 +270,24 @@ def test_pretrained_reads_torchvisions_cache_with_the_weights_own_normalisation(
     assert torch.allclose(start.mean, torch.tensor([0.485, 0.456, 0.406]) * 255)
     assert start.origin["weights"] == f"torchvision:{weights}" and start.origin["path"] == str(cached)
     pretrained_start.cache_clear()  # the next test's TORCH_HOME is another folder
+
+
+def test_timm_models_are_registered_on_first_use(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    factory = MODELS.get("timm:resnet10t")
+    net = factory(3, 224, 5, 0)
+    assert net.get_submodule(head_name(net)).out_features == 5 and not factory.widenable
+    assert factory.recipe["optimizer"] == "adamw" and factory.input_size == 176  # timm's own
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    result, lines = run(["--dataset", "folder", "--labels", str(photos(tmp_path)), "--model", "timm:resnet10t",
+                         "--pretrained", "--out", str(out)], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and len(lines) == 1 and "Hugging Face cache" in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_timm_missing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # as if the extra were not installed
+    result, lines = run(["--model", "timm:never_installed", "--out", str(tmp_path / "out")], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and len(lines) == 1 and "pip install 'ambig-bench[timm]'" in lines[0]
