@@ -26,7 +26,7 @@ from ambig_bench.metrics import label_set_mask
 
 @dataclass
 class Calibration:
-    method: str  # "lac" or "aps" (ambig_bench.conformal.METHODS)
+    method: str  # "lac", "aps" or "raps" (ambig_bench.conformal.METHODS)
     alpha: float  # miscoverage level: sets miss a true label for at most alpha of the images
     per_kind: bool  # qhat is the larger of the clear-cut and the in-between quantile (see calibrate_run)
     qhat: float  # score threshold; +inf when there are too few validation images for alpha (every class)

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS, Preprocess, build_model
@@ -51,9 +51,9 @@ def _count(v: object, low: int) -> bool:
 # What load_checkpoint needs from model.json: field -> (check, what the error says it must be).
 RECIPE: dict[str, tuple[Callable[[object], bool], str]] = {
     "model": (lambda v: isinstance(v, str), "a model name"),
-    "width": (lambda v: _count(v, 0), "an integer >= 0"),
-    "in_channels": (lambda v: _count(v, 1), "an integer >= 1"),
-    "image_size": (lambda v: _count(v, 1), "an integer >= 1"),
+    "width": (lambda v: _count(v, 0) and v <= MAX_WIDTH, f"an integer in 0..{MAX_WIDTH}"),
+    "in_channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+    "image_size": (lambda v: _count(v, 1) and v <= MAX_SIDE, f"an integer in 1..{MAX_SIDE}"),
     "strategy": (lambda v: isinstance(v, str), "a strategy name"),
     "num_outputs": (lambda v: _count(v, 1), "an integer >= 1"),
     "class_names": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(n, str) for n in v),
@@ -143,22 +143,30 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
         raise UserError(f"{run_dir}: not a finished ambig-bench run (model.json / model.safetensors missing)")
     meta = read_recipe(meta_path)
     state = read_weights(weights_path)
+    # An RGB network's normalisation has 3 channels even for grey images (broadcast: grey enters as RGB).
+    channels = state["0.mean"].numel() if "0.mean" in state else meta["in_channels"]
+
+    def network() -> nn.Sequential:
+        return nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)),
+                             build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"],
+                                         width))
+
     try:
         strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
         # Width 0 in files of earlier versions meant the model's default width.
         width = meta["width"] or MODELS.get(meta["model"]).recipe.get("width", 0)
-        net = build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"], width)
+        # Built without memory first: a "width" of millions is refused by the shapes, never allocated.
+        with torch.device("meta"):
+            problem = mismatch(network().state_dict(), state)
     except UserError as e:  # a strategy or model this version does not have
         raise UserError(f"{meta_path}: {e}") from None
     if strategy.num_outputs != meta["num_outputs"]:
         raise UserError(f"{meta_path}: {meta['strategy']} with {len(meta['class_names'])} classes and "
                         f"{len(meta['pairs'])} pairs has {strategy.num_outputs} outputs, the recipe says "
                         f"{meta['num_outputs']}")
-    # An RGB network's normalisation has 3 channels even for grey images (broadcast: grey enters as RGB).
-    channels = state["0.mean"].numel() if "0.mean" in state else meta["in_channels"]
-    model = nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)), net)
-    problem = mismatch(model.state_dict(), state)
     if problem:
         raise UserError(f"{weights_path}: weights do not fit the {meta['model']} network of model.json ({problem})")
+    # The shapes match the file's tensors, so building it for real takes no more memory than the file holds.
+    model = network()
     model.load_state_dict(state, strict=True)
     return model.eval(), meta, strategy

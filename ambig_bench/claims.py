@@ -11,6 +11,7 @@ $ ambig-bench report results/demo      # the claims appear under "The common cla
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ambig_bench.compare import Comparison, flag, paired_cell
 from ambig_bench.metrics import HIGHER_IS_BETTER
 from ambig_bench.options import build, flat_values, outside_experiment
 from ambig_bench.stats import min_holm_p
+from ambig_bench.strategies import STRATEGIES
 
 ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
 
@@ -49,7 +51,8 @@ def where_label(where: dict) -> str:
 
 
 def slug(where: dict) -> str:
-    return "".join(f"-{flag(k)}-{v}" for k, v in where.items())
+    """A file-name part for a slice: user values (pairs, paths) reduced to characters safe in a name and a link."""
+    return re.sub(r"[^0-9A-Za-z.=+-]+", "_", "".join(f"-{flag(k)}-{v}" for k, v in where.items()))
 
 
 def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
@@ -170,6 +173,38 @@ def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str
     return verdict, "; ".join(shown)
 
 
+# The alternatives users try beside soft targets; the report says how each fared against soft.
+ALTERNATIVES = ("votes", "label-smoothing", "mixup")
+ALTERNATIVE_METRICS = ("between_set_acc", "clear_acc", "ece", "human_ce")
+
+
+def base_strategy(label: str) -> str:
+    """`label-smoothing@smoothing-eps=0.2` -> `label-smoothing` (a strategy's row label without its options)."""
+    return label.split("@")[0]
+
+
+def judge_alternatives(runs: pd.DataFrame, paired_soft: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    """Per alternative to soft in the runs (and slice of the swept options): what it changes, and where the paired
+    test against soft finds it better or worse (empty when no alternative ran)."""
+    present = [s for s in dict.fromkeys(runs.strategy) if base_strategy(s) in ALTERNATIVES]
+    described = STRATEGIES.describe()
+    rows = []
+    for where, part in split_groups(runs[runs.strategy.isin(present)], group_by):
+        for strategy in dict.fromkeys(part.strategy):
+            tests = [lookup(paired_soft, where, strategy, m) if not paired_soft.empty else None
+                     for m in ALTERNATIVE_METRICS]
+            tested = [t for t in tests if t is not None and not np.isnan(t.diff_mean)]
+            wins = [f"{t.metric} {paired_cell(t)}" for t in tested if better(t)]
+            losses = [f"{t.metric} {paired_cell(t)}" for t in tested if worse(t)]
+            verdict = ("no `soft` runs to compare with" if not tested else
+                       "a trade-off" if wins and losses else "better" if wins else "worse" if losses else
+                       "no significant difference")
+            rows.append(where | {"strategy": strategy, "what it changes": described[base_strategy(strategy)],
+                                 "against soft": verdict, "better on": "; ".join(wins) or "–",
+                                 "worse on": "; ".join(losses) or "–"})
+    return pd.DataFrame(rows)
+
+
 def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
     """The command that adds the sweep these claims need, keeping every other option of this directory."""
     first = comparison.runs.iloc[0]
@@ -177,7 +212,8 @@ def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
     options = []
     for name in comparison.options:
         value = first[name]
-        if name in outside_experiment() or name == "between_fraction" or value is None or value == defaults.get(name):
+        if (name not in defaults or name in outside_experiment() or name == "between_fraction" or value is None
+                or value == defaults.get(name)):  # not a run option (data_version), or one the sweep sets itself
             continue
         if isinstance(value, bool | np.bool_):  # pandas hands booleans back as numpy.bool_
             options.append(f"--{flag(name)}" if value else f"--no-{flag(name)}")

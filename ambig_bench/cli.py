@@ -16,46 +16,62 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from ambig_bench import options as run_options
-from ambig_bench.config import ExperimentConfig, load_toml
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
-from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.models import MODELS
-from ambig_bench.strategies import STRATEGIES
+from ambig_bench.catalogue import catalogue
+from ambig_bench.config import ExperimentConfig
+from ambig_bench.errors import TERMINATED, RunFailed, UserError, stop_on_sigterm
+from ambig_bench.experiments import experiment
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# Only light modules are imported here: --help, the listings and argument errors answer without torch, pandas or
+# matplotlib (the catalogue describes the registries); each command imports what its work needs.
+app = typer.Typer(no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
                   help="Benchmark training strategies for images that sit between two classes.")
 err = Console(stderr=True, soft_wrap=True)  # a long path stays on one line in logs
 out = Console()
 
 
+def say(label: str, style: str, message: object) -> None:
+    """One line on stderr: a coloured label, then `message` as plain text (file names may hold `[/x]`)."""
+    err.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
+
+
 def guarded(fn: Callable) -> Callable:
-    """Bad input -> one line on stderr and exit 2; a failed run -> exit 1; Ctrl-C keeps finished runs."""
+    """Bad input -> one line on stderr and exit 2; a failed run or an OS error (disk full) -> exit 1; Ctrl-C
+    and SIGTERM keep finished runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        TERMINATED.clear()
+        stop_on_sigterm()
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            # escape: a message may hold brackets (pip install 'ambig-bench[timm]') that rich would take as markup
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            say("error:", "red", e)
             raise typer.Exit(2) from None
         except RunFailed as e:
-            err.print(f"[red]run failed:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            say("run failed:", "red", e)
+            raise typer.Exit(1) from None
+        except OSError as e:  # disk full, permissions changed underneath us, a drive unplugged
+            where = f"{e.filename}: " if e.filename else ""
+            say("error:", "red", f"{where}{e.strerror or e}; every file is written whole or not at all, so finished "
+                                 f"work is kept: free the space (or fix the cause) and run the same command again")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished runs are kept; run the same command again to continue")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if TERMINATED.is_set() else 130) from None
 
     return wrapper
 
 
-STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(STRATEGIES.names())}"
+STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(catalogue()['strategies'])}"
+IDENTITY = ("strategy", "seed")  # options of their own below (--strategy is a list, --seed the first of --seeds)
+KINDS = {"bool": bool, "int": int, "float": float, "str": str}
 WHERE = "Where runs train"
 # The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
 GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -63,7 +79,7 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "seeds": (int | None, typer.Option(None, help="Runs per strategy (and grid point), seeds --seed .. "
                                                   "--seed + seeds - 1 (default 3)")),
     "seed": (int | None, typer.Option(None, help="First seed (default 0)")),
-    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/demo)")),
+    "out_dir": (str | None, typer.Option(None, "--out", "-o", help="Results directory (default results/DATASET)")),
     "config": (Path | None, typer.Option(None, "--config", help="TOML experiment file; command-line options "
                                                                 "override it")),
     "force": (bool, typer.Option(False, "--force", help="Retrain runs that already finished")),
@@ -75,11 +91,16 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ray_address": (str, typer.Option("", "--ray-address", rich_help_panel=WHERE,
                                       show_default="start a local Ray instance",
                                       help="Ray cluster to join, e.g. auto or ray://head:10001")),
+    "track": (str, typer.Option("", "--track", rich_help_panel=WHERE, show_default=False,
+                                help="Log each run trained now to mlflow ($MLFLOW_TRACKING_URI, default "
+                                     "sqlite:///OUT/mlflow.db) and/or tensorboard (OUT/tensorboard/), e.g. "
+                                     "--track mlflow,tensorboard (pip install 'ambig-bench\\[mlflow]' or "
+                                     "'ambig-bench\\[tensorboard]')")),
 }
 
 
 PANELS = {"data": "Data options", "model": "Model and recipe", "train": "Training options",
-          "runtime": "Where runs train"}
+          "strategy_options": "Strategy options", "runtime": "Where runs train"}
 
 
 def with_run_options(fn: Callable) -> Callable:
@@ -93,16 +114,16 @@ def with_run_options(fn: Callable) -> Callable:
     for name, (kind, option) in GRID_OPTIONS.items():
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
         annotations[name] = kind
-    for name, opt in run_options.table().items():
-        if name in run_options.IDENTITY:
+    for opt in catalogue()["options"]:
+        name, kind = opt["flag"], KINDS[opt["kind"]]
+        if name in IDENTITY:
             continue
         flag = f"--{name.replace('_', '-')}"
-        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if opt.kind is bool else [flag]
-        panel = PANELS.get(opt.panel, "In-between sources")
-        option = typer.Option(None, *decls, help=opt.help, show_default=False, rich_help_panel=panel)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=opt.kind | None))
-        annotations[name] = opt.kind | None
+        decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
+        panel = PANELS.get(opt["panel"], "In-between sources")
+        option = typer.Option(None, *decls, help=opt["help"], show_default=False, rich_help_panel=panel)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
+        annotations[name] = kind | None
     fn.__signature__ = inspect.Signature(params)
     fn.__annotations__ = annotations
     return fn
@@ -110,30 +131,9 @@ def with_run_options(fn: Callable) -> Callable:
 
 def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
     """Merge defaults < --config file < command line into an ExperimentConfig (grid options popped)."""
-    config, strategy, seeds, seed = (options.pop(k) for k in ("config", "strategy", "seeds", "seed"))
-    out_dir, force = options.pop("out_dir"), options.pop("force")
-    values = load_toml(config) if config else {}
-    where = f"{config}: " if config else ""
-    file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
-    values.pop("strategy", None)
-    if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
-        file_strategies = ",".join(file_strategies)
-    if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
-    file_seeds, file_out = values.pop("seeds", 3), values.pop("out", "results/demo")
-    if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if not isinstance(file_out, str):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
-    n_seeds = seeds if seeds is not None else file_seeds
-    values.update({k: v for k, v in options.items() if v is not None})
-    if seed is not None:
-        values["seed"] = seed
-    run = run_options.build(values)
-    if n_seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {n_seeds}")
-    strategies, result_dir = strategy or file_strategies, out_dir or file_out
-    return ExperimentConfig(run, STRATEGIES.parse_list(strategies), n_seeds, result_dir, force, values)
+    grid_options = {k: options.pop(k) for k in ("config", "strategy", "seeds", "seed", "out_dir", "force")}
+    return experiment(grid_options["config"], strategies=grid_options["strategy"], seeds=grid_options["seeds"],
+                      seed=grid_options["seed"], out=grid_options["out_dir"], force=grid_options["force"], **options)
 
 
 class RichReporter:
@@ -156,7 +156,7 @@ class RichReporter:
             self.current = None
         self.progress.advance(self.grid)
         if result.status == "failed":
-            self.progress.console.print(f"[red]failed[/red] {result.run_dir.name}: {result.error}")
+            self.progress.console.print(Text.assemble(("failed", "red"), f" {result.run_dir.name}: {result.error}"))
 
 
 class LogReporter:
@@ -184,29 +184,25 @@ def progress_bars() -> Progress:
                     console=err, transient=False)
 
 
-def train_grid(options: dict[str, Any], configs_of: Callable, train: Callable) -> tuple[ExperimentConfig, Any]:
+def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfig, Any]:
     """Build the experiment, check everything, then train its runs on the chosen executor with progress bars.
 
-    `configs_of(exp)` lists the runs (checked before anything is written); `train(exp, reporter, executor)`
-    trains them and returns its result.
+    `plan(exp)` gives the runs (checked before anything is written) and `train(reporter, executor)`, which trains
+    them and returns its result. Options are checked first, so a typo is reported before torch is imported.
     """
-    from ambig_bench.executors import open_executor, preflight
-
-    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address")}
+    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address", "track")}
     exp = experiment_from(options)
-    configs = configs_of(exp)
-    with open_executor(where["executor"], where["jobs"], where["ray_address"]) as runs_on:
-        notes = preflight(configs, runs_on)  # bad options, device, data or weights fail here, before any file
-        try:
-            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
-        for note in notes:
+    from ambig_bench.api import session
+
+    configs, train = plan(exp)
+    # Bad options, device, data or trackers fail here, before any progress bar or file.
+    with session(exp, configs, **where) as s:
+        for note in s.notes:  # e.g. which in-between source `auto` chose
             err.print(note, markup=False, highlight=False, soft_wrap=True)
         if not err.is_terminal:
-            return exp, train(exp, LogReporter(len(configs)), runs_on)
+            return exp, train(s.reporter(LogReporter(len(configs))), s.executor)
         with progress_bars() as progress:
-            return exp, train(exp, RichReporter(progress, len(configs)), runs_on)
+            return exp, train(s.reporter(RichReporter(progress, len(configs))), s.executor)
 
 
 def summarise_runs(results: list, next_step: str) -> None:
@@ -214,7 +210,7 @@ def summarise_runs(results: list, next_step: str) -> None:
     failed = sum(r.status == "failed" for r in results)
     reused = sum(r.status == "reused" for r in results)
     err.print(f"{len(results) - failed} runs finished ({reused} reused), {failed} failed; {next_step}",
-              highlight=False)
+              markup=False, highlight=False)
     if failed:
         raise typer.Exit(1)
 
@@ -224,34 +220,80 @@ def summarise_runs(results: list, next_step: str) -> None:
 @with_run_options
 def run(**options: Any) -> None:
     """Train every (strategy, seed) of the grid and write one result directory per run."""
-    from ambig_bench.executors import grid, run_grid
 
-    exp, results = train_grid(options, grid, run_grid)
+    def plan(exp: ExperimentConfig) -> tuple[list, Callable]:
+        from ambig_bench.executors import grid, run_grid
+
+        return grid(exp), functools.partial(run_grid, exp)
+
+    exp, results = train_grid(options, plan)
+    err.print(f"results go to {exp.out}", highlight=False, markup=False)
     summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
+
+
+@app.command()
+@guarded
+@with_run_options
+def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them all)"), **options: Any) -> None:
+    """Find the confusable class pairs: from votes when the data have them, else from a reference network's
+    out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out."""
+    from ambig_bench.document import markdown_table
+    from ambig_bench.pairs import find, shown
+
+    for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here
+        options.pop(grid_only)
+    exp = experiment_from(options)
+    found = find(exp.run, exp.out)
+    evidence = "human votes" if found.evidence == "votes" else "a reference network's out-of-fold predictions"
+    err.print(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}", highlight=False)
+    print(markdown_table(shown(found, top)))
 
 
 @app.command()
 @guarded
 def compare(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run --out`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences", show_default="soft"),
+    wide: bool = typer.Option(False, "--wide", help="Print every metric with its 95% CI (the files always have them)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json: the summary, paired tests and ranks "
+                            "as JSON on stdout"),
 ) -> None:
-    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the table."""
+    """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the main table."""
+    from ambig_bench.compare import (
+        BETTER,
+        WORSE,
+        check_compare_format,
+        comparison_json,
+        headline,
+        markdown_table,
+        summary_display,
+    )
     from ambig_bench.compare import compare as do_compare
-    from ambig_bench.compare import markdown_table, summary_display
 
+    check_compare_format(fmt)
     comparison = do_compare(results_dir, baseline)
-    shown = summary_display(comparison.summary, comparison.group_by)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False)
-    if not out.is_terminal:  # piped: plain markdown, the same table as comparison.md
-        print(markdown_table(shown))
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    if fmt == "json":
+        print(comparison_json(comparison), end="")
         return
-    table = Table(title=f"{results_dir}: mean ± 95% CI over seeds")
-    for col in shown.columns:
-        table.add_column(col, no_wrap=True)
-    for row in shown.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    out.print(table)
+    if wide:  # every metric with its CI is wider than any terminal: markdown, which wraps without losing cells
+        print(markdown_table(summary_display(comparison.summary, comparison.group_by)))
+        return
+    table, lines = headline(comparison)
+    legend = (f"{BETTER} / {WORSE}: significantly better / worse than {comparison.baseline} (paired test across "
+              "seeds, Holm, 5%); means over seeds, 95% CIs in comparison.md")
+    if not out.is_terminal:  # piped: plain markdown
+        print(markdown_table(table) + "\n\n" + "\n".join([legend, *lines]))
+        return
+    shown = Table(title=Text(str(results_dir)), box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col in table.columns:
+        # Two-line headers keep the table inside 80 columns: "between_set_acc" -> "between / set_acc".
+        shown.add_column(escape(col.replace("_", "\n", 1)), overflow="fold")
+    for row in table.itertuples(index=False):
+        shown.add_row(*(escape(str(v)) for v in row))
+    out.print(shown)
+    for line in [legend, *lines]:
+        out.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -267,8 +309,8 @@ def sweep(
 
     vary_values = parse_vary(vary)
     # Every grid point is validated (sweep_configs) before anything is written.
-    exp, result = train_grid(options, lambda exp: sweep_configs(exp, vary_values),
-                             lambda exp, reporter, runs_on: run_sweep(exp, vary_values, reporter, runs_on))
+    exp, result = train_grid(options, lambda exp: (sweep_configs(exp, vary_values),
+                                                   functools.partial(run_sweep, exp, vary_values)))
     figures = ", ".join(str(p) for p in result.figures) or "none"
     summarise_runs(result.runs, f"figures: {figures}. Next: ambig-bench report {exp.out}")
 
@@ -277,7 +319,8 @@ def sweep(
 @guarded
 def report(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run` or `ambig-bench sweep`"),
-    baseline: str = typer.Option("soft", help="Reference strategy for the paired differences and trade-offs"),
+    baseline: str = typer.Option(None, help="Reference strategy for the paired differences and trade-offs",
+                                 show_default="soft"),
     margin: float = typer.Option(0.02, help="Equivalence margin (accuracy, absolute) for the "
                                  "'equivalent asymptotically' claim"),
 ) -> None:
@@ -286,7 +329,7 @@ def report(
 
     built = write_report(results_dir, baseline, margin)
     err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
-              f"figures in {results_dir / 'figures'}", highlight=False)
+              f"figures in {results_dir / 'figures'}", markup=False, highlight=False)
     print("\n".join(built.summary_lines()))
 
 
@@ -297,7 +340,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
-    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps"),
+    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
     per_kind: bool = typer.Option(True, "--per-kind/--marginal",
                                   help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
                                        "or only on average over the validation mix"),
@@ -311,9 +354,9 @@ def predict(
     check_format(fmt)
     report = predict_paths(run_dir, images, alpha, conformal, per_kind)
     for line in report.warnings():
-        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+        say("warning:", "yellow", line)
     for failed in report.failed:
-        err.print(f"[red]error:[/red] {failed.path}: {failed.error}", highlight=False, soft_wrap=True)
+        say("error:", "red", f"{failed.path}: {failed.error}")
     shown = render(report, fmt)
     if isinstance(shown, str):
         print(shown, end="")
@@ -332,12 +375,13 @@ def listing(title: str, items: dict[str, str]) -> None:
 @app.command()
 def strategies() -> None:
     """List the registered strategies."""
-    listing("strategies (--strategy)", STRATEGIES.describe())
+    listing("strategies (--strategy)", catalogue()["strategies"])
 
 
 @app.command()
 def models() -> None:
     """List the registered models: input size, what they are and their default recipe (each field an option)."""
+    from ambig_bench.models import MODELS  # torch: only this listing pays for it, not the others or --help
     table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)",
                   caption="also timm:<architecture>, any timm classifier (pip install 'ambig-bench\\[timm]')")
     for column in ("model", "input size", "description", "default recipe"):
@@ -353,8 +397,8 @@ def models() -> None:
 @app.command()
 def datasets() -> None:
     """List the registered datasets and in-between sources."""
-    listing("datasets (--dataset)", DATASETS.describe())
-    listing("in-between sources (--between-source)", BETWEEN_SOURCES.describe())
+    listing("datasets (--dataset)", catalogue()["datasets"])
+    listing("in-between sources (--between-source)", catalogue()["sources"])
 
 
 def main() -> None:

@@ -30,6 +30,15 @@ def option(default: Any, help: str, flag: str = "", choices: tuple[str, ...] = (
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
 
 
+# Bounds that keep a typo from allocating beyond any machine (each refused in one line naming its option).
+MAX_WIDTH = 1024  # channels of a model's first stage (small-cnn: 1024/2048/4096 channels, ~1 GB of weights)
+MAX_BATCH = 65536  # images per step
+MAX_COUNT = 100_000  # generated images per pair and split (blend sources)
+MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
+MAX_SEEDS = 10_000  # runs per strategy and grid point
+MAX_SIDE = 8192  # pixels along an image side (model.json's image_size)
+
+
 def check_fraction(name: str, value: float) -> None:
     if not 0 < value < 1:
         raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
@@ -38,6 +47,12 @@ def check_fraction(name: str, value: float) -> None:
 def check_at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def check_between(name: str, value: int, low: int, high: int) -> None:
+    check_at_least(name, value, low)
+    if value > high:
+        raise UserError(f"--{name.replace('_', '-')} must be at most {high}, got {value}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -53,7 +68,8 @@ class DataOptions:
     dataset: str = option("digits", "registered dataset name")
     data_dir: str | None = option(None, "where the dataset's files are (default: the dataset's own locations)")
     labels: str | None = option(None, "labels CSV for the `folder` dataset (default: class = folder name)")
-    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt" (default: the dataset\'s pairs)')
+    pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt", or auto: the most confusable pairs, '
+                                     'as `ambig-bench pairs` ranks them (default: the dataset\'s pairs)')
     between_source: str = option("auto", "in-between images from: auto (human when the labels have A|B rows or "
                                          "in-between votes, blend otherwise) | blend | human | natural")
     val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "
@@ -63,7 +79,8 @@ class DataOptions:
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
-    download: bool = option(False, "allow torchvision to download a dataset (needs internet)")
+    download: bool = option(False, "allow downloading a dataset: torchvision's, or a Hugging Face Hub name for "
+                                   "--dataset hf (needs internet)")
     image_size: int | None = option(None, "resize every image so its shorter side is this, then crop the centre "
                                           "square (default: the weights' input size with --pretrained, else the "
                                           "data's own size; mixed sizes: the smallest shorter side)")
@@ -116,9 +133,9 @@ class ModelOptions:
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
         if self.width is not None:
-            check_at_least("width", self.width, 1)
+            check_between("width", self.width, 1, MAX_WIDTH)
         if self.batch_size is not None:
-            check_at_least("batch_size", self.batch_size, 1)
+            check_between("batch_size", self.batch_size, 1, MAX_BATCH)
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
             raise UserError(f"--lr must be > 0 and finite, got {self.lr}")
         if self.weight_decay is not None and (not math.isfinite(self.weight_decay) or self.weight_decay < 0):
@@ -178,17 +195,24 @@ class Runtime:
 @dataclass
 class RunConfig:
     """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's."""
+    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
+    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`).
+    `strategy_options` holds each strategy's (`strategies.STRATEGY_OPTIONS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loader: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each strategy's options by strategy name, declared by the strategy's file (`strategies.STRATEGY_OPTIONS`);
+    # a run reads only its own strategy's, and they name its variant (`options.strategy_label`).
+    strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
     runtime: Runtime = field(default_factory=Runtime)
 
     def validate(self) -> None:
+        check_between("seed", self.seed, 0, MAX_SEED)
         for group in (self.data, self.model, self.train, self.runtime):
             group.validate()
 
@@ -222,6 +246,8 @@ def coerce(flag: str, kind: type, value: object) -> object:
             raise ValueError(value)  # TOML `epochs = true` is not one epoch
         if kind is not str and isinstance(value, list | dict):
             raise ValueError(value)
+        if kind is str and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # TOML `pairs = ["4:9", "3:8"]` means --pairs 4:9,3:8
         if kind is str and not isinstance(value, str | int | float):
             raise ValueError(value)
         return kind(value)

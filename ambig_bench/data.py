@@ -35,6 +35,7 @@ class RawImages:
     default_pairs: str = ""  # e.g. "4:9,3:8"
     source: str = ""  # where the images came from, for reports
     default_source: str = "blend"  # in-between source used for `--between-source auto`: human when votes exist
+    files: list[str] | None = None  # each image's file, where the dataset has file names (for `ambig-bench pairs`)
 
 
 @dataclass
@@ -47,6 +48,9 @@ class LabelledImages:
     class_names: list[str]
     pairs: list[tuple[int, int]]
     info: dict = field(default_factory=dict)  # provenance for reports: source, counts, ...
+    # float32 N×K human vote shares (rows sum to 1) when the images come with votes (the `human` source); the
+    # `votes` strategy trains on them and the test metrics score against them.
+    votes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.label_a)
@@ -60,10 +64,14 @@ class LabelledImages:
         return self.label_b != CLEAR
 
     def subset(self, split: str) -> LabelledImages:
-        keep = self.split == SPLITS[split]
+        return self.take(self.split == SPLITS[split])
+
+    def take(self, index: torch.Tensor) -> LabelledImages:
+        """The images selected by a boolean mask or an index tensor, with everything known about them."""
         return LabelledImages(
-            self.images[keep], self.label_a[keep], self.label_b[keep], self.share_a[keep],
-            self.split[keep], self.class_names, self.pairs, self.info,
+            self.images[index], self.label_a[index], self.label_b[index], self.share_a[index],
+            self.split[index], self.class_names, self.pairs, self.info,
+            self.votes[index] if self.votes is not None else None,
         )
 
     def pair_index(self) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -30,25 +31,44 @@ from markdown_it import MarkdownIt
 FIGURES = "figures/"  # where figures are written, relative to the document
 
 
+# What markdown (CommonMark + tables) could read as markup in user text: backslash, code, emphasis, strike-through,
+# HTML and autolinks (<), entities (&), cells (|), intraword-less _, and a ] that would close a link, image or
+# reference (followed by "(", "[" or ":"). A lone [ or ] stays as typed, so "0.91 [0.88, 0.94]" reads as it is.
+MARKUP = re.compile(r"[\\`*~<>&|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=[(\[:])")
+
+
+def escape(text: object) -> str:
+    """User text (a class name, a path) as markdown that shows exactly that text, on one line."""
+    return MARKUP.sub(lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+
+
+def code(text: object) -> str:
+    """User text as a code span: fenced by more backticks than it holds, so none of it can close the span."""
+    flat = " ".join(str(text).splitlines())
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", flat)), default=0))
+    return f"{fence} {flat} {fence}" if "`" in flat else f"`{flat}`"
+
+
 @dataclass
 class Heading:
-    text: str
+    text: str  # inline markdown, like Paragraph
     level: int = 2
 
 
 @dataclass
 class Paragraph:
-    text: str  # inline markdown: `code`, **bold**, *italic*, [links](figures/x.png)
+    text: str  # inline markdown: `code`, **bold**, *italic*, [links](figures/x.png); user parts through escape()
 
 
 @dataclass
 class Bullets:
-    items: list[str]
+    items: list[str]  # inline markdown, like Paragraph
 
 
 @dataclass
 class Table:
-    frame: pd.DataFrame  # shown as is: column names and cell text
+    frame: pd.DataFrame  # column names and cells shown as text (escaped)...
+    markdown: tuple[str, ...] = ()  # ...but in these columns, cells are markdown (our **bold**, figure links)
 
 
 @dataclass
@@ -60,15 +80,18 @@ class Image:
 Block = Heading | Paragraph | Bullets | Table | Image
 
 
-def cell(value: object) -> str:
+def markdown_cell(value: object) -> str:
     # A "|" would end the cell and a newline the row: both would tear the table apart in markdown and HTML.
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return " ".join(str(value).replace("|", "\\|").splitlines())
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(map(cell, frame.columns)) + " |"
+def markdown_table(frame: pd.DataFrame, markdown: tuple[str, ...] = ()) -> str:
+    """A pipe table; cells are text (escaped), except in the `markdown` columns."""
+    header = "| " + " | ".join(map(escape, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    cells = [markdown_cell if col in markdown else escape for col in frame.columns]
+    body = ["| " + " | ".join(f(v) for f, v in zip(cells, row, strict=True)) + " |"
+            for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 
@@ -80,7 +103,7 @@ def block_markdown(block: Block) -> str:
     if isinstance(block, Bullets):
         return "\n".join(f"- {item}" for item in block.items) or "- (none)"
     if isinstance(block, Table):
-        return markdown_table(block.frame)
+        return markdown_table(block.frame, block.markdown)
     return f"![{block.caption}]({FIGURES}{block.name})\n\n*{block.caption}*"
 
 

@@ -32,7 +32,9 @@ import torch
 
 from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
-from ambig_bench.errors import UserError
+from ambig_bench.datasets import load_raw, pairs_of
+from ambig_bench.errors import UserError, stop_on_sigterm
+from ambig_bench.imageio import fingerprint
 from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
@@ -148,6 +150,7 @@ class RayExecutor:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UserError(f"--ray-address {address or '(local)'}: cannot start or reach Ray ({first})") \
                     from None
+            stop_on_sigterm()  # ray.init replaces our SIGTERM handler with one that aborts, leaving tasks running
         self.resources = ray.cluster_resources()
 
     def close(self) -> None:
@@ -243,17 +246,23 @@ def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> 
 
 
 def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[str]:
-    """Refuse bad input before any file is written: every run's options, the device, the first run's data and
-    starting weights. The data's notes for the user (e.g. which in-between source `auto` chose)."""
+    """Refuse bad input before any file is written: every run's options, the device, the first run's data in
+    full and its starting weights, and for every other data setting of the grid (sweep points) its files, class
+    pairs and image size. The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
+    fingerprint.cache_clear()  # the data files as they are now key this command's runs
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)
     data = prepare_data(runs[0])
     build_run(runs[0], data, torch.device("cpu"))  # starting weights that are missing or do not fit fail here
-    images = data.images
-    for cfg in runs:  # a shift as large as the images is refused here (other datasets' sizes are known later)
-        if (cfg.data.dataset, cfg.data.data_dir) == (runs[0].data.dataset, runs[0].data.data_dir):
-            use_augmentation(cfg, images)
+    loads: dict[str, list[RunConfig]] = {}  # runs by what their loader reads (all data options but the pairs)
+    for cfg in runs:
+        loads.setdefault(repr({**dataclasses.asdict(cfg.data), "pairs": None}), []).append(cfg)
+    for group in loads.values():
+        raw = load_raw(group[0])  # decoded images come from the cache after the first load
+        for cfg in group:
+            pairs_of(raw, cfg)
+            use_augmentation(cfg, raw.images)  # a shift as large as the images is refused here
     return data.info.get("notes", [])
 
 

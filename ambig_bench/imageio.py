@@ -21,12 +21,14 @@ $ ambig-bench run --dataset cifar10 --data-dir ../shared/data/cifar10.tgz   # se
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
+import stat
 import sys
 import tarfile
-import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,10 +38,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ambig_bench.errors import UserError
+from ambig_bench.io import write_atomic
+from ambig_bench.paths import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
-CACHE_VERSION = "2"  # in every cache key; bump when decoding changes (2: the key holds the resize target)
+CACHE_VERSION = "3"  # in every cache key: bump it when decoding changes (2: EXIF; 3: the key holds the resize target)
+MAX_PIXELS = 40_000_000  # per image (a 7300×5500 photo): a larger header is refused before decoding
+MAX_FILE_BYTES = 256 << 20  # per image file: what is read of it at most
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -47,12 +53,6 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 class DecodedImages:
     paths: list[str]  # posix paths relative to the tree root (or inside the archive)
     images: np.ndarray  # uint8 N×C×H×W, row i decoded from paths[i]
-
-
-def cache_dir() -> Path:
-    if os.environ.get("AMBIG_BENCH_CACHE"):
-        return Path(os.environ["AMBIG_BENCH_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ambig-bench"
 
 
 def is_archive(path: Path) -> bool:
@@ -99,19 +99,36 @@ def walk_images(root: Path) -> Iterator[str]:
 
 
 def archive_key(path: Path, size: int | None) -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0archive\0{size}\0".encode())
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_key(path, f"archive\0{size}")
 
 
-def folder_key(root: Path, names: list[str], size: int | None) -> str:
+def folder_key(root: Path, names: list[str], size: int | None = None) -> str:
     digest = hashlib.sha1(f"{CACHE_VERSION}\0folder\0{root.resolve()}\0{size}\0".encode())
     top = str(root)
     for name in names:
         st = os.stat(os.path.join(top, name))
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def fingerprint(path: str) -> str:
+    """What a file or folder holds, for the experiment key: a folder's images by path, size and modification time
+    (the decode cache's key), a file by its bytes ("" when absent: the loader reports that). Cached for the
+    process: `fingerprint.cache_clear()` before checking a new command's data."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        return folder_key(source, sorted(walk_images(source)))
+    if source.is_file():
+        return file_key(source)
+    return ""
+
+
+def file_key(path: Path, kind: str = "file") -> str:
+    digest = hashlib.sha1(f"{CACHE_VERSION}\0{kind}\0".encode())
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -123,17 +140,10 @@ def cached(key: str, decode: Callable[[], DecodedImages]) -> DecodedImages:
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # absent or unreadable (e.g. damaged on disk): decode again and overwrite it
     decoded = decode()
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".images-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images)
-        os.replace(tmp, path)  # whole or absent: a concurrent reader never sees half a file
+    try:  # whole or absent: a concurrent reader never sees half a file
+        write_atomic(path, lambda f: np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images))
     except OSError as e:  # a read-only home or a full disk must not stop a run; it only costs the speed-up
         print(f"warning: could not write the image cache {path}: {e}", file=sys.stderr)
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
     return decoded
 
 
@@ -144,8 +154,12 @@ def decode_archive(path: Path, size: int | None) -> DecodedImages:
             for member in tar:
                 name = clean_member(member.name)
                 if member.isfile() and is_image_name(name):
+                    where = f"{path}:{name}"
+                    if member.size > MAX_FILE_BYTES:
+                        raise UserError(f"{where}: {member.size} bytes, more than an image file may have "
+                                        f"({MAX_FILE_BYTES >> 20} MiB)")
                     paths.append(name)
-                    arrays.append(decode_one(tar.extractfile(member).read(), f"{path}:{name}", size))
+                    arrays.append(decode_one(tar.extractfile(member).read(), where, size))
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{path}: unreadable archive ({e})") from None
     order = sorted(range(len(paths)), key=paths.__getitem__)
@@ -153,7 +167,47 @@ def decode_archive(path: Path, size: int | None) -> DecodedImages:
 
 
 def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImages:
-    return stack(names, [decode_one((root / n).read_bytes(), str(root / n), size) for n in names], str(root))
+    inside = root.resolve()
+    return stack(names, [decode_one(read_file(root / n, inside), str(root / n), size) for n in names], str(root))
+
+
+def read_file(path: Path, inside: Path | None = None) -> bytes:
+    """An image file's bytes, if it is a regular file (not a FIFO that would block, not a device that never ends)
+    of at most MAX_FILE_BYTES, and, given `inside`, not a link to something outside that folder."""
+    try:
+        st = os.stat(path)  # follows links: what would be read
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); only image files are read")
+    if inside is not None and not path.resolve().is_relative_to(inside):
+        raise UserError(f"{path}: a link to {path.resolve()}, outside the data folder {inside}; copy the file in")
+    if st.st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {st.st_size} bytes, more than an image file may have ({MAX_FILE_BYTES >> 20} MiB)")
+    with path.open("rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
+
+
+def load_image(data: bytes, where: str) -> Image.Image:
+    """The decoded image, turned upright as its EXIF orientation says (phone photos are stored rotated), for
+    training and prediction alike. Its header is checked before any pixel is decoded (at most MAX_PIXELS); a
+    broken file is a UserError naming it, and the imaging library's warnings become one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with Image.open(io.BytesIO(data)) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise UserError(f"{where}: {opened.width}×{opened.height} pixels, more than the {MAX_PIXELS:,} "
+                                    f"an image may have; shrink it first")
+                image = ImageOps.exif_transpose(opened)
+                image.load()  # decodes now, so truncation is detected here rather than half-silently later
+        except UserError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise UserError(f"{where}: unreadable or truncated image ({e})") from None
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        print(f"warning: {where}: {message}", file=sys.stderr)
+    return image
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -190,14 +244,10 @@ def fit_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_one(data: bytes, where: str, size: int | None = None) -> np.ndarray:
-    """H×W (grey) or H×W×3 uint8, fitted to `size` when given; a broken or truncated file is a UserError naming it."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # decodes now, so truncation is detected here rather than half-silently later
-            image = to_8bit(im).convert("L") if im.mode in GREY_MODES else im.convert("RGB")
-            return np.asarray(fit_image(image, size) if size else image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{where}: unreadable or truncated image ({e})") from None
+    """H×W (grey) or H×W×3 uint8, fitted to `size` when given."""
+    image = load_image(data, where)
+    image = to_8bit(image).convert("L") if image.mode in GREY_MODES else image.convert("RGB")
+    return np.asarray(fit_image(image, size) if size else image)
 
 
 def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImages:
@@ -240,14 +290,7 @@ def read_image(path: Path, channels: int, size: int, width: int | None = None) -
     """uint8 C×size×width (width defaults to size) in the training input format, and what had to change: square
     inputs by the training resize policy (fit_image), others (a dataset of non-square images) scaled to fit."""
     width = width or size
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)  # phone photos are stored rotated; show them upright
-            image.load()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    image = load_image(read_file(path), str(path))  # decoded exactly as the training images were
     changes: list[Change] = []
     mode = "L" if channels == 1 else "RGB"
     if image.mode != mode:

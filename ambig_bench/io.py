@@ -1,7 +1,8 @@
 """Crash-safe file writing: every file is written to a temporary name and renamed into place.
 
 A reader therefore sees the old file or the new one, never half of one, whenever the writer is killed.
-The data and then the directory entry are fsynced, so a finished file also survives a power cut.
+The data and then the directory entry are fsynced, so a finished file also survives a power cut. Files get
+the permissions the user's umask gives a new file (0644 under the usual 022), as `open()` would.
 
 >>> from pathlib import Path
 >>> write_json(Path("results/doctest/example.json"), {"a": 1})  # doctest: +SKIP
@@ -14,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -30,12 +33,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> None:
+    """Write `data` (or let `data(f)` write into the open file) to `path`, whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600 files; results and caches are meant to be shared like any file the user writes.
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from sklearn.metrics import roc_auc_score
 
+NON_NEGATIVE = (0.0, math.inf)  # bounds of a metric with no upper limit (NLL, set sizes)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -30,6 +32,7 @@ class Metric:
     description: str  # one line: what is measured, on which images
     label: str  # axis label, with its unit
     higher_is_better: bool | None  # None: neither end is better, so it is reported but never ranked
+    bounds: tuple[float, float] = (0.0, 1.0)  # the values it can take: confidence intervals are clipped to them
 
     @property
     def direction(self) -> str:
@@ -42,7 +45,7 @@ METRICS: dict[str, Metric] = {
                         "clear-cut top-1 accuracy (fraction)", True),
     "clear_set_acc": Metric("clear-cut images: predicted set is exactly {y}",
                             "clear-cut exact-set accuracy (fraction)", True),
-    "nll": Metric("clear-cut images: negative log-likelihood of y (nats)", "clear-cut NLL (nats)", False),
+    "nll": Metric("clear-cut images: negative log-likelihood of y (nats)", "clear-cut NLL (nats)", False, NON_NEGATIVE),
     "ece": Metric("clear-cut images: expected calibration error of the top-1 confidence, 15 bins",
                   "clear-cut ECE (fraction)", False),
     "between_set_acc": Metric("in-between images: predicted set is exactly {A, B}",
@@ -56,23 +59,27 @@ METRICS: dict[str, Metric] = {
                                   "in-between |balance − share of A|", False),
     "ambiguity_auroc": Metric("AUROC of the strategy's ambiguity score, in-between vs clear-cut",
                               "ambiguity AUROC (0.5 = chance)", True),
+    "human_ce": Metric("images with human votes: cross-entropy from the vote distribution to the predicted one, "
+                       "-Σ_k v_k log p_k (nats; CIFAR-10H's measure)", "cross-entropy to human votes (nats)", False,
+                       NON_NEGATIVE),
 }
 # Prediction-set quality on the test split (calibration.conformal_summary): conformal sets (cp_) next to the
 # strategy's own threshold sets (thr_). Not ranked: a conformal set's coverage is a target, not a score.
 SET_METRICS: dict[str, Metric] = {
     "cp_coverage": Metric("conformal sets hold every true label, all test images (guaranteed >= 1 - alpha)",
                           "conformal coverage (fraction)", None),
-    "cp_size": Metric("mean conformal set size, all test images", "conformal set size (classes)", None),
+    "cp_size": Metric("mean conformal set size, all test images", "conformal set size (classes)", None, NON_NEGATIVE),
     "cp_clear_coverage": Metric("coverage on clear-cut images", "clear-cut conformal coverage (fraction)", None),
-    "cp_clear_size": Metric("mean set size on clear-cut images", "clear-cut conformal set size (classes)", None),
+    "cp_clear_size": Metric("mean set size on clear-cut images", "clear-cut conformal set size (classes)", None,
+                            NON_NEGATIVE),
     "cp_between_coverage": Metric("coverage on in-between images (both A and B in the set)",
                                   "in-between conformal coverage (fraction)", None),
     "cp_between_size": Metric("mean set size on in-between images", "in-between conformal set size (classes)",
-                              None),
+                              None, NON_NEGATIVE),
     "cp_between_exact": Metric("conformal set is exactly {A, B} on in-between images",
                                "in-between conformal set = {A, B} (fraction)", None),
     "thr_clear_size": Metric("the strategy's own threshold sets: mean size on clear-cut images",
-                             "clear-cut threshold set size (classes)", None),
+                             "clear-cut threshold set size (classes)", None, NON_NEGATIVE),
     "thr_between_coverage": Metric("threshold sets: A and B both in the set, in-between images",
                                    "in-between threshold coverage (fraction)", None),
     "thr_between_exact": Metric("threshold sets: exactly {A, B} on in-between images (= between_set_acc)",
@@ -111,8 +118,10 @@ def mean(x: torch.Tensor) -> float:
 
 
 def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, label_a: torch.Tensor,
-             label_b: torch.Tensor, share_a: torch.Tensor | None = None) -> dict[str, float]:
-    """All metrics of METRICS from N×K probabilities, N×K bool sets, N ambiguity scores and the truth."""
+             label_b: torch.Tensor, share_a: torch.Tensor | None = None, votes: torch.Tensor | None = None
+             ) -> dict[str, float]:
+    """All metrics of METRICS from N×K probabilities, N×K bool sets, N ambiguity scores and the truth (with the
+    N×K human vote shares where the images have votes; human_ce is NaN without)."""
     probs, n, k = probs.double(), len(probs), probs.shape[1]
     share_a = torch.full((n,), 0.5, dtype=torch.double) if share_a is None else share_a.double()
     between = label_b >= 0
@@ -142,6 +151,8 @@ def evaluate(probs: torch.Tensor, sets: torch.Tensor, ambiguity: torch.Tensor, l
         "between_balance": mean(balance),
         "between_balance_err": mean((balance - share_a[between]).abs()),
         "ambiguity_auroc": float(roc_auc_score(labels_auc, ambiguity.double().numpy())) if both_kinds
+        else math.nan,
+        "human_ce": mean(-(votes.double() * probs.clamp_min(1e-12).log()).sum(1)) if votes is not None
         else math.nan,
         "n_clear": int(clear.sum()),
         "n_between": int(between.sum()),

@@ -22,21 +22,26 @@ from types import NoneType, UnionType
 from typing import Any
 
 from ambig_bench.config import GROUPS, RunConfig, coerce
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS, SOURCE_OPTIONS
+from ambig_bench.datasets import BETWEEN_SOURCES, DATASET_OPTIONS, DATASETS, SOURCE_OPTIONS
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS
-from ambig_bench.strategies import STRATEGIES
+from ambig_bench.strategies import STRATEGIES, STRATEGY_OPTIONS
 
 IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an option of the experiment
-# Config paths that never change what a run computes (identity, where it runs, permission to download).
-OUTSIDE_EXPERIMENT = (("strategy",), ("seed",), ("runtime",), ("data", "download"))
-AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.prepare)
+# Config paths outside the experiment: a run's identity within it (its strategy, with the strategy's own options,
+# and seed: runs of every strategy compare within one experiment), and what never changes what a run computes
+# (where it runs, permission to download).
+OUTSIDE_EXPERIMENT = (("strategy",), ("strategy_options",), ("seed",), ("runtime",), ("data", "download"))
+# Option tables declared by the registered sources and strategies: RunConfig field -> {name: options dataclass}.
+DECLARED = {"source": SOURCE_OPTIONS, "strategy_options": STRATEGY_OPTIONS}
+AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.pick_source)
 
 
 @dataclass(frozen=True)
 class Option:
     flag: str  # flat name: --flag-with-dashes, TOML key, sweep axis
     path: tuple[str, ...]  # where it lives in RunConfig: ("model", "lr"), ("source", "blend", "blend_low")
+    #                        or ("loader", "hf", "hf_image_column")
     kind: type  # bool | int | float | str
     help: str  # the field's help metadata
     panel: str  # which group reads it (CLI help panel)
@@ -63,6 +68,10 @@ def table() -> dict[str, Option]:
         opts += fields_of(cls, (group,), group)
     for source, cls in SOURCE_OPTIONS.items():
         opts += fields_of(cls, ("source", source), f"source {source}")
+    for dataset, cls in DATASET_OPTIONS.items():  # shown with the data options
+        opts += fields_of(cls, ("loader", dataset), "data")
+    for strategy, cls in STRATEGY_OPTIONS.items():
+        opts += fields_of(cls, ("strategy_options", strategy), "strategy_options")
     by_flag = {o.flag: o for o in opts}
     assert len(by_flag) == len(opts), "two run options share a flat name"
     return by_flag
@@ -76,15 +85,18 @@ def lookup(flag: str) -> Option:
 
 
 def get(cfg: RunConfig, flag: str) -> Any:
+    """The option's value; None for an option of a dataset the run does not use (cfg.loader holds only its own)."""
     node: Any = cfg
     for part in lookup(flag).path:
-        node = node[part] if isinstance(node, dict) else getattr(node, part)
-    return node
+        node = node.get(part, {}) if isinstance(node, dict) else getattr(node, part)
+    return None if node == {} else node
 
 
 def flat_values(cfg: RunConfig) -> dict[str, Any]:
-    """Every option of `cfg` by flat name (unset ones as None)."""
-    return {flag: get(cfg, flag) for flag in table()}
+    """Every option of `cfg` by flat name (unset ones as None), as its config.json holds them: of the datasets'
+    options, only its own dataset's."""
+    return {flag: get(cfg, flag) for flag, opt in table().items()
+            if opt.path[0] != "loader" or opt.path[1] == cfg.data.dataset}
 
 
 def build(values: dict[str, Any]) -> RunConfig:
@@ -95,8 +107,8 @@ def build(values: dict[str, Any]) -> RunConfig:
             continue
         opt = lookup(flag)
         typed = coerce(opt.flag, opt.kind, value)
-        if opt.path[0] == "source":
-            cfg.source.setdefault(opt.path[1], {})[opt.path[2]] = typed
+        if opt.path[0] in (*DECLARED, "loader"):
+            getattr(cfg, opt.path[0]).setdefault(opt.path[1], {})[opt.path[2]] = typed
         elif len(opt.path) == 1:
             setattr(cfg, opt.path[0], typed)
         else:
@@ -114,24 +126,45 @@ def replace(cfg: RunConfig, **values: Any) -> RunConfig:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill unset recipe fields from the model's registry entry and each source's options from its defaults,
-    then check every value and name, so a saved config always holds what the run used."""
+    """Fill unset recipe fields from the model's registry entry, each source's options and the dataset's from
+    their defaults, then check every value and name, so a saved config always holds what the run used."""
     check_names(cfg)
+    resolve_loader(cfg)
     model = MODELS.get(cfg.model.name)
     for name, value in model.recipe.items():
         if getattr(cfg.model, name) is None:
             setattr(cfg.model, name, value)
     if cfg.data.image_size is None and cfg.model.pretrained:  # the size the standard weights were trained at
         cfg.data.image_size = model.input_size
-    for source, cls in SOURCE_OPTIONS.items():
-        try:
-            opts = cls(**cfg.source.get(source, {}))
-        except TypeError as e:
-            raise UserError(f"source {source}: {e}") from None
-        opts.validate()
-        cfg.source[source] = dataclasses.asdict(opts)
+    for group, declared in DECLARED.items():
+        tables = getattr(cfg, group)
+        for name, cls in declared.items():
+            try:
+                opts = cls(**tables.get(name, {}))
+            except TypeError as e:
+                raise UserError(f"{'source' if group == 'source' else 'strategy'} {name}: {e}") from None
+            opts.validate()
+            tables[name] = dataclasses.asdict(opts)
     cfg.validate()
     return cfg
+
+
+def resolve_loader(cfg: RunConfig) -> None:
+    """Only the run's dataset has options in cfg.loader (none for most datasets): another dataset's option is a
+    mistake, and runs of datasets without options keep the configs (and keys) they always had."""
+    dataset = cfg.data.dataset
+    stray = next((k for k, v in cfg.loader.items() if k != dataset and v), None)
+    if stray is not None:
+        name = next(iter(cfg.loader[stray]))
+        raise UserError(f"--{name.replace('_', '-')} is an option of --dataset {stray}, not of {dataset}")
+    given, cfg.loader = cfg.loader.get(dataset, {}), {}
+    if dataset in DATASET_OPTIONS:
+        try:
+            opts = DATASET_OPTIONS[dataset](**given)
+        except TypeError as e:
+            raise UserError(f"dataset {dataset}: {e}") from None
+        opts.validate()
+        cfg.loader = {dataset: dataclasses.asdict(opts)}
 
 
 def check_names(cfg: RunConfig) -> None:
@@ -153,8 +186,8 @@ def outside_experiment() -> list[str]:
 
 
 def experiment(cfg: RunConfig) -> dict[str, Any]:
-    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, and of the sources' options only
-    those of the source the run uses (under `auto`, of the sources it may pick)."""
+    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, of the sources' options only
+    those of the source the run uses (under `auto`, of the sources it may pick), and its dataset's options."""
     d = cfg.to_dict()
     for path in OUTSIDE_EXPERIMENT:
         parent = d
@@ -163,4 +196,30 @@ def experiment(cfg: RunConfig) -> dict[str, Any]:
         parent.pop(path[-1])
     used = AUTO_PICKS if cfg.data.between_source == "auto" else (cfg.data.between_source,)
     d["source"] = {k: v for k, v in d["source"].items() if k in used}
+    if not d["loader"]:  # a dataset without options: the key it had before datasets could declare options
+        d.pop("loader")
     return d
+
+
+def strategy_options(cfg: RunConfig) -> Any:
+    """The run's strategy's own options (its STRATEGY_OPTIONS dataclass), or None when it declares none."""
+    cls = STRATEGY_OPTIONS.get(cfg.strategy)
+    return cls(**cfg.strategy_options.get(cfg.strategy, {})) if cls else None
+
+
+def strategy_label(strategy: str, values: dict[str, Any]) -> str:
+    """The strategy and those of its own options that differ from their defaults: `mixup`,
+    `label-smoothing@smoothing-eps=0.2`. It names a run (its directory) and its row in compare and report, so runs
+    of one strategy with different options stay apart while the experiment key, which leaves strategies out so
+    that they compare, stays the same. `values`: flat option values (config.json's, flattened)."""
+    cls = STRATEGY_OPTIONS.get(strategy)
+    if cls is None:
+        return strategy
+    changed = [f"@{f.name.replace('_', '-')}={values[f.name]}" for f in dataclasses.fields(cls)
+               if f.name in values and values[f.name] is not None and values[f.name] != f.default]
+    return strategy + "".join(changed)
+
+
+def run_label(cfg: RunConfig) -> str:
+    """`strategy_label` of a run's config."""
+    return strategy_label(cfg.strategy, cfg.strategy_options.get(cfg.strategy, {}))

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import math
+import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -28,6 +30,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
 from ambig_bench.metrics import METRICS, expected_calibration_error
 
@@ -52,9 +55,17 @@ def strategy_color(name: str) -> str:
 
 
 def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG. Its text is drawn as typed: a "$" in a folder or class name is not TeX math (which
+    could fail to parse); matplotlib's warnings (a glyph missing from the font) become one line each."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buf = io.BytesIO()
-    # No "Software" tag: a committed figure (docs/) does not change just because matplotlib was upgraded.
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # No "Software" tag: a committed figure (docs/) does not change just because matplotlib was upgraded.
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
+        print(f"warning: figure: {message}", file=sys.stderr)
     return buf.getvalue()
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
 from ambig_bench.calibration import Calibration, calibrate_run, check_conformal_options
@@ -73,6 +74,22 @@ class Predictor:
     @property
     def threshold(self) -> float:
         return self.meta["threshold"] or 0.5  # strategies without a threshold ignore it
+
+    def predict_arrays(self, images: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """`predict` for uint8 arrays as notebooks hold them: N×H×W (grey), N×H×W×C or N×C×H×W, in the model's
+        input size (model.json: image_size, in_channels); anything else is a UserError saying what is expected."""
+        x = torch.as_tensor(np.asarray(images))
+        given = f"{x.dtype} {tuple(x.shape)}"
+        channels, size = self.meta["in_channels"], self.meta["image_size"]
+        width = self.meta.get("image_width") or size
+        if x.dim() == 3 and channels == 1:
+            x = x[:, None]
+        elif x.dim() == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+            x = x.permute(0, 3, 1, 2)
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (channels, size, width):
+            raise UserError(f"images must be uint8 N×{channels}×{size}×{width} (or N×{size}×{width}×{channels}) for "
+                            f"{self.run_dir.name}, got {given}")
+        return self.predict(x.contiguous())
 
     def predict(self, images: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 N×C×H×W (training format) -> probs N×K, decision N×K, conformal N×K, ambiguity N."""
@@ -218,20 +235,23 @@ def to_csv(report: PredictionReport) -> str:
 
 
 def to_table(report: PredictionReport) -> Table:
+    """A Rich table; every cell is a `Text`, so file and class names are shown exactly, never read as markup."""
     cal = report.calibration
     threshold = "" if report.threshold is None else f", threshold {report.threshold:g}"
     per = "of clear-cut and of in-between images" if cal.per_kind else "on average"
-    table = Table(title=f"{report.run_dir.name} ({report.strategy}{threshold}); conformal {cal.method.upper()} sets "
-                        f"cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} validation images)")
+    table = Table(title=Text(f"{report.run_dir.name} ({report.strategy}{threshold}); conformal "
+                             f"{cal.method.upper()} sets cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} "
+                             f"validation images)"))
     for column in ("image", "decision", f"top {TABLE_TOP} probabilities", "ambiguity", "conformal set"):
         table.add_column(column, overflow="fold")
     for r in report.images:
         if r.error:
-            table.add_row(r.path, f"[red]error: {r.error}[/red]", "", "", "")
+            table.add_row(Text(str(r.path)), Text(f"error: {r.error}", style="red"), "", "", "")
             continue
         top = ranked(report, r)[:TABLE_TOP]
-        table.add_row(r.path, decision_text(r.decision), "  ".join(f"{n} {p:.2f}" for n, p in top),
-                      f"{r.ambiguity:.2f}", "{" + ", ".join(r.conformal) + "}")
+        table.add_row(Text(str(r.path)), Text(decision_text(r.decision)),
+                      Text("  ".join(f"{n} {p:.2f}" for n, p in top)), f"{r.ambiguity:.2f}",
+                      Text("{" + ", ".join(r.conformal) + "}"))
     return table
 
 

@@ -40,7 +40,7 @@ class Registry(Generic[T]):
         if name not in self._items and self._family and (item := self._family(name)) is not None:
             self.register(name)(item)
         if name not in self._items:
-            raise UserError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}")
+            raise unknown(self.kind, name, self.names())
         return self._items[name]
 
     def names(self) -> list[str]:
@@ -51,12 +51,21 @@ class Registry(Generic[T]):
         return {n: (item.__doc__ or "").strip().splitlines()[0] for n, item in self._items.items()}
 
     def parse_list(self, text: str) -> list[str]:
-        """`"soft,partial"` -> ["soft", "partial"]; `"all"` -> every name, in registration order."""
-        if text.strip() == "all":
-            return self.names()
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        if not names:
-            raise UserError(f"no {self.kind} given")
-        for n in names:
-            self.get(n)
-        return list(dict.fromkeys(names))
+        return parse_names(text, self.names(), self.kind)
+
+
+def parse_names(text: str, known: list[str], kind: str) -> list[str]:
+    """`"soft,partial"` -> ["soft", "partial"]; `"all"` -> every known name, in registration order."""
+    if text.strip() == "all":
+        return list(known)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"no {kind} given")
+    for n in names:
+        if n not in known:
+            raise unknown(kind, n, known)
+    return list(dict.fromkeys(names))
+
+
+def unknown(kind: str, name: str, known: list[str]) -> UserError:
+    return UserError(f"unknown {kind} {name!r}; choose from: {', '.join(known)}")

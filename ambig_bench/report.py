@@ -31,6 +31,7 @@ from ambig_bench.claims import (
     better,
     claim_rules,
     distinct,
+    judge_alternatives,
     judge_claims,
     seeds_needed,
     select,
@@ -43,6 +44,7 @@ from ambig_bench.claims import (
 from ambig_bench.compare import (
     CELLS,
     DEFAULT,
+    ONE_STRATEGY,
     Comparison,
     compare,
     flag,
@@ -53,7 +55,18 @@ from ambig_bench.compare import (
     sections,
     tabulate,
 )
-from ambig_bench.document import Block, Bullets, Heading, Image, Paragraph, Table, to_html, to_markdown
+from ambig_bench.document import (
+    Block,
+    Bullets,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    code,
+    escape,
+    to_html,
+    to_markdown,
+)
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json, write_atomic
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
@@ -85,11 +98,13 @@ class Report:
     paths: list[Path] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
-        """The answers in one line each, for the terminal: best per criterion, then the claims."""
+        """The answers in one line each, for the terminal: best per criterion (decided ones first), then the
+        claims."""
         lines = []
         for _, row in self.leads.iterrows():
             where = where_label({g: row[g] for g in self.group_by})
             lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
+        lines.sort(key=lambda line: not line.endswith(" is best"))  # stable: a supported answer leads
         return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
 
 
@@ -200,7 +215,7 @@ def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: 
         return row | {"answer": "not decided", "evidence": "fewer than two strategies have this metric"}
     leader, runner = ranked.strategy.iloc[0], ranked.strategy.iloc[1]
     best = ranked.iloc[0]
-    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"])
+    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"], best["n_seeds"])
     tests = paired_comparison(runs[["strategy", "seed", metric]], metric, baseline=leader, alpha=ALPHA)
     tests = tests.set_index("strategy").loc[ranked.strategy.iloc[1:]]
     tied = [s for s, t in tests.iterrows() if not worse(t)]
@@ -223,7 +238,10 @@ def leads(comparison: Comparison) -> pd.DataFrame:
     for where, part in split_groups(done, comparison.group_by):
         summary = select(comparison.summary, where)
         summary = summary[summary.n_seeds > 0]
-        rows += [where | lead_row(part, summary, c, m) for c, m in CRITERIA.items()]
+        # Agreement with people is a criterion where the images have votes (human_ce is NaN elsewhere).
+        criteria = CRITERIA | ({"agreement with human votes": "human_ce"}
+                               if summary.human_ce_mean.notna().any() else {})
+        rows += [where | lead_row(part, summary, c, m) for c, m in criteria.items()]
     return pd.DataFrame(rows)
 
 
@@ -235,7 +253,7 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
     kinds: dict[str, list[str]] = {"winning": [], "losing": [], "same": []}
     for key, part in ranked.groupby(group_by + ["strategy"], sort=False):
         where = dict(zip(group_by, key[:-1], strict=True))
-        name = key[-1] + (f" ({where_label(where)})" if where else "")
+        name = key[-1] + (f" ({escape(where_label(where))})" if where else "")
         wins = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if better(r)]
         losses = [f"{r.metric} {r.diff_mean:+.3f}" for _, r in part.iterrows() if worse(r)]
         rows.append(where | {"strategy": key[-1], f"better than {baseline} on": ", ".join(wins) or "–",
@@ -300,6 +318,8 @@ def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> tuple
 
 # -- sections ------------------------------------------------------------------------------------------------
 def power_text(comparison: Comparison) -> str:
+    if comparison.runs.strategy.nunique() == 1:
+        return ONE_STRATEGY
     done = comparison.runs[comparison.runs.status == "done"]
     n = int(done.groupby(comparison.group_by + ["strategy"]).seed.nunique().min())
     k = max(part.strategy.nunique() for _, part in split_groups(done, comparison.group_by))
@@ -311,50 +331,63 @@ def power_text(comparison: Comparison) -> str:
 
 
 def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, lead_table: pd.DataFrame,
-                    verdicts: list[Verdict], images: list[Image]) -> list[Block]:
+                    verdicts: list[Verdict], images: list[Image], paired_soft: pd.DataFrame) -> list[Block]:
     """'What this means for your options': only statements a paired test supports."""
     bars = next(i.name for i in images if i.name.startswith("bars"))
     tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
-    metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in CRITERIA.items())
+    criteria = dict(zip(lead_table.criterion, lead_table.metric, strict=True)) if len(lead_table) else CRITERIA
+    metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in criteria.items())
     blocks: list[Block] = [Heading("What this means for your options"), Paragraph(power_text(comparison)),
                            Heading("Best strategy per criterion", 3),
                            Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
-                           tabulate(lead_table, comparison.group_by)]
+                           tabulate(lead_table, comparison.group_by, markdown=("answer",))]
     if not comparison.paired.empty:
         table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
         blocks += [Heading("Trade-offs", 3),
-                   Paragraph(f"Against `{baseline}`; only significant differences (paired test, Holm) are listed, as "
-                        f"strategy − {baseline}. Figure: [{tradeoff}](figures/{tradeoff})."), Bullets(lines)]
+                   Paragraph(f"Against {code(baseline)}; only significant differences (paired test, Holm) are listed, "
+                             f"as strategy − {escape(baseline)}. Figure: [{tradeoff}](figures/{tradeoff})."),
+                   Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
             blocks.append(tabulate(table, comparison.group_by))
+    alternatives = judge_alternatives(comparison.runs[comparison.runs.status == "done"], paired_soft,
+                                      comparison.group_by)
+    if not alternatives.empty:
+        blocks += [Heading("The alternatives to soft", 3),
+                   Paragraph("The standard alternatives to soft targets, each against `soft` on in-between and "
+                             "clear-cut accuracy, calibration and (where the images have votes) cross-entropy to "
+                             "the human votes: paired tests per seed, Holm-corrected, significant at "
+                             f"{ALPHA}."), tabulate(alternatives, comparison.group_by)]
     sliced = any(v.where for v in verdicts)
     claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
-                            "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"} for v in verdicts])
-    blocks += [Heading("The common claims", 3), Table(claims)]
+                            "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"}
+                           for v in verdicts])
+    blocks += [Heading("The common claims", 3), Table(claims, markdown=("verdict", "figure"))]
     # The sweep command only helps where between-fraction means something: the blend source.
     if "between_fraction" not in comparison.group_by and set(comparison.runs.between_source) == {"blend"}:
         seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
         blocks.append(Paragraph(f"These claims need a sweep of between-fraction. This command runs one with this "
-                           f"directory's other options: `{sweep_command(comparison, results_dir, seeds)}`; then "
-                           f"`ambig-bench report results/{results_dir.name}-sweep`."))
+                           f"directory's other options: {code(sweep_command(comparison, results_dir, seeds))}; then "
+                           f"{code(f'ambig-bench report results/{results_dir.name}-sweep')}."))
     return blocks
 
 
 def build(results_dir: Path, comparison: Comparison, baseline: str, margin: float) -> Report:
     meta = run_meta(results_dir, comparison.runs)
-    paired_soft = (comparison.paired if baseline == "soft"
+    # The claims are about soft targets: tested against soft whatever the baseline, and not at all without it.
+    has_soft = "soft" in set(comparison.runs.strategy) and comparison.runs.strategy.nunique() > 1
+    paired_soft = (pd.DataFrame() if not has_soft else comparison.paired if baseline == "soft"
                    else paired_all(comparison.runs, comparison.group_by, "soft"))
     lead_table = leads(comparison)
     verdicts = judge_claims(comparison, paired_soft, margin)
     images, figures = draw(results_dir, comparison, meta)
     blocks: list[Block] = [
-        Heading(f"Report: {results_dir.name}", 1),
+        Heading(f"Report: {escape(results_dir.name)}", 1),
         Paragraph("Which way of training on in-between images to choose: what differs between the strategies, by "
                   "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
                   "for your options* is backed by a paired test across seeds; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
-        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images),
+        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images, paired_soft),
         Heading("Comparison"), Paragraph(CELLS), *sections(comparison, baseline, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(claim_rules(margin)),
@@ -365,7 +398,7 @@ def build(results_dir: Path, comparison: Comparison, baseline: str, margin: floa
                   comparison.group_by)
 
 
-def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARGIN) -> Report:
+def report(results_dir: str | Path, baseline: str | None = None, margin: float = MARGIN) -> Report:
     """Compare `results_dir` and write report.md, report.html and figures/*.png into it."""
     results_dir = Path(results_dir)
     if not margin > 0:
@@ -373,7 +406,7 @@ def report(results_dir: str | Path, baseline: str = "soft", margin: float = MARG
     comparison = compare(results_dir, baseline)
     if not (comparison.runs.status == "done").any():
         raise UserError(f"{results_dir}: every run failed; nothing to report (see the FAILED files under runs/)")
-    built = build(results_dir, comparison, baseline, margin)
+    built = build(results_dir, comparison, comparison.baseline, margin)
     for name, data in built.figures.items():
         write_atomic(results_dir / "figures" / name, data)
         built.paths.append(results_dir / "figures" / name)

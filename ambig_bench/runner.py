@@ -33,11 +33,13 @@ from ambig_bench.checkpoint import FORMAT, model_files
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.datasets import prepare
+from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.errors import RunFailed
 from ambig_bench.features import Probe, probe
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_network, starting_weights
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, experiment_key
+from ambig_bench.options import strategy_options
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, data_fingerprint, experiment_key
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import Job, device_layout, fit_reference, pick_device, predict_logits, train, tta_level
 
@@ -58,11 +60,12 @@ def prepare_data(cfg: RunConfig) -> LabelledImages:
 
     The `natural` source judges images with a reference network trained here (`train.fit_reference`).
     """
-    key = (cfg.seed, repr({k: v for k, v in cfg.to_dict().items() if k not in ("strategy", "runtime")}))
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in ("strategy", "strategy_options", "runtime")}
+    key = (cfg.seed, repr(shared), repr(data_fingerprint(cfg)))
     if key not in _data_cache:
         _data_cache.clear()  # keep one dataset in memory at a time
         reference = functools.partial(fit_reference, cfg, pick_device(cfg.runtime.device))
-        _data_cache[key] = prepare(cfg, reference)
+        _data_cache[key] = prepare(resolve_auto(cfg, reference), reference)  # --pairs auto: found here
     return _data_cache[key]
 
 
@@ -124,7 +127,7 @@ class Built:
 def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tuple[Strategy, nn.Module]:
     """The run's strategy and its untrained model (Preprocess + network, from scratch or from its starting
     weights)."""
-    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs)
+    strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs, strategy_options(cfg))
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
     model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width,
                           starting_weights(cfg.model), cfg.model.backbone_lr)
@@ -161,7 +164,7 @@ def evaluate_run(built: Built, model: nn.Module, device: torch.device, history: 
     threshold = choose_threshold(strategy, val_logits, val)
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
-                       test.label_a, test.label_b, test.share_a)
+                       test.label_a, test.label_b, test.share_a, test.votes)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
                    batched_runs=batched_runs, feature_seconds=round(built.probe.seconds, 3) if built.probe else 0.0)
     start = starting_weights(cfg.model)

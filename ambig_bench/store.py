@@ -32,9 +32,10 @@ import pandas as pd
 from safetensors.torch import save
 
 from ambig_bench.config import RunConfig
+from ambig_bench.imageio import fingerprint
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
-from ambig_bench.options import experiment
+from ambig_bench.options import experiment, run_label
 
 TMP_PREFIX = ".tmp-"  # .tmp-<run name>-<random>: a run being assembled
 OLD_PREFIX = ".old-"  # .old-<run name>-<random>: a failed or --force'd run moved aside to be replaced
@@ -55,6 +56,11 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     error: str = ""
 
+    @property
+    def files(self) -> dict[str, Path]:
+        """The run's files by name (config.json, predictions.csv, model.safetensors, ...); none while busy."""
+        return {p.name: p for p in sorted(self.run_dir.glob("*")) if p.is_file()} if self.run_dir.is_dir() else {}
+
 
 @dataclass
 class RunRecord:
@@ -71,13 +77,33 @@ class RunRecord:
     weights_format: str  # the safetensors metadata "format" that the checkpoint reader expects
 
 
+def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
+    """What the user's data files hold: the labels CSV's bytes, and the images under --data-dir (by default the
+    CSV's folder) by path, size and modification time. Relabelled or edited data make a new experiment, whose
+    runs sit next to the old ones instead of being mistaken for them."""
+    labels = cfg.data.labels
+    root = cfg.data.data_dir or (str(Path(labels).expanduser().parent) if labels else None)
+    given = {"data_dir": root, "labels": labels}
+    return {name: fingerprint(path) for name, path in given.items() if path}
+
+
+def data_version(cfg: RunConfig) -> dict[str, str]:
+    """config.json's record of the data files' fingerprint ({} for built-in datasets): compare tells runs on
+    relabelled or edited data apart by it."""
+    files = data_fingerprint(cfg)
+    return {"data_version": hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]} if files else {}
+
+
 def experiment_key(cfg: RunConfig) -> str:
-    """Hash of what makes runs comparable (`options.experiment`): one experiment."""
-    return hashlib.sha1(json.dumps(experiment(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """Hash of what makes runs comparable (`options.experiment`) and of the data files: one experiment."""
+    content = experiment(cfg)
+    if files := data_fingerprint(cfg):
+        content["files"] = files
+    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.strategy}-seed{cfg.seed}-{experiment_key(cfg)}"
+    return f"{run_label(cfg)}-seed{cfg.seed}-{experiment_key(cfg)}"
 
 
 @dataclass
@@ -132,7 +158,7 @@ class RunStore:
         """Write a trained run (or, given a string, a failed one) and release its lock."""
         try:
             with self.staged(claim.run_dir) as tmp:
-                write_json(tmp / "config.json", claim.config.to_dict())
+                write_json(tmp / "config.json", claim.config.to_dict() | data_version(claim.config))
                 if isinstance(outcome, str):
                     write_json(tmp / "FAILED", {"error": outcome})
                     result = RunResult(claim.config, claim.run_dir, Status.FAILED, error=outcome)

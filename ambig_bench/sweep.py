@@ -38,6 +38,11 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
         if not sep or not field or not values.strip():
             raise UserError(f"{flag}: expected OPTION=V1,V2,... e.g. between-fraction=0.01,0.05")
         opt = options.lookup(field)
+        if opt.path[0] == "strategy_options":
+            # Each value is a variant of the strategy, a row of its own beside the others, not a point of a curve.
+            raise UserError(f"{flag}: {name.strip()} is {opt.path[1]}'s own option; run each value with `ambig-bench "
+                            f"run --strategy {opt.path[1]} --{opt.flag.replace('_', '-')} V` into one --out, where "
+                            "compare and report show each as a strategy of its own")
         if not options.in_experiment(opt):
             # strategy and seed have their own options; the others do not change results (not in the run key)
             raise UserError(f"{flag}: {name.strip()} cannot be swept (use --strategy / --seeds, or it does not "

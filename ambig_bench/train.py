@@ -44,7 +44,7 @@ def pick_device(name: str) -> torch.device:
 
 def labels_of(data: LabelledImages, device: torch.device) -> Labels:
     return Labels(data.label_a.to(device), data.label_b.to(device), data.share_a.float().to(device),
-                  data.pair_index().to(device))
+                  data.pair_index().to(device), data.votes.float().to(device) if data.votes is not None else None)
 
 
 def shifted(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -234,18 +234,22 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
         loss_sums = torch.zeros(m_count, device=device)
         for step in range(n_steps):
             set_learning_rate(optimizer, cfg, epoch, step, n_steps)
-            xs, batches = [], []
+            xs, ts = [], []
             for m in range(m_count):
                 batch = orders[m][step * batch_size:(step + 1) * batch_size]
                 x = images[m][plans[m][0][batch]]
-                xs.append(augment(x, gens[m], cfg.train.translate) if do_augment else x)
-                batches.append(batch)
+                x = augment(x, gens[m], cfg.train.translate) if do_augment else x
+                # Each run mixes its own batch with its own generator (mixup), whether trained alone or grouped.
+                x, t = jobs[m].strategy.mix_batch(x, plans[m][1][batch], gens[m])
+                xs.append(x)
+                ts.append(t)
+            if len({x.dtype for x in xs}) > 1:  # a mixing run's float images beside uint8 ones: same values
+                xs = [x.float() for x in xs]
             # B×(M·C)×H×W: run m reads channel block m (for M = 1, the batch itself).
             x = xs[0] if m_count == 1 else torch.stack(xs, 1).flatten(1, 2)
             with autocast(device):
                 logits = module(device_layout(x, device)).view(len(x), m_count, -1)
-            losses = torch.stack([jobs[m].strategy.loss(logits[:, m], plans[m][1][batches[m]])
-                                  for m in range(m_count)])
+            losses = torch.stack([jobs[m].strategy.loss(logits[:, m], ts[m]) for m in range(m_count)])
             optimizer.zero_grad(set_to_none=True)
             # A run whose loss went non-finite must not stop the others: its own parameters are separate.
             losses.nan_to_num(0.0, 0.0, 0.0).sum().backward()

@@ -50,7 +50,19 @@ Source = Callable[[RawImages, list[tuple[int, int]], SourceContext], LabelledIma
 DATASETS: Registry[Loader] = Registry("dataset")
 BETWEEN_SOURCES: Registry[Source] = Registry("between source")
 SOURCE_OPTIONS: dict[str, type] = {}  # source name -> its options dataclass (fields with `config.option`)
-register_dataset = DATASETS.register
+DATASET_OPTIONS: dict[str, type] = {}  # dataset name -> its options dataclass, the same way
+
+
+def register_dataset(name: str, options: type | None = None) -> Callable[[Loader], Loader]:
+    """Register a dataset loader and the options it reads (a dataclass with `validate()`); each option becomes
+    a CLI flag and counts in the experiment key only for runs of this dataset (`loader_options` reads them)."""
+
+    def add(loader: Loader) -> Loader:
+        if options is not None:
+            DATASET_OPTIONS[name] = options
+        return DATASETS.register(name)(loader)
+
+    return add
 
 
 def register_source(name: str, options: type | None = None) -> Callable[[Source], Source]:
@@ -64,6 +76,11 @@ def register_source(name: str, options: type | None = None) -> Callable[[Source]
 
     return add
 
+
+def loader_options(cfg: RunConfig) -> Any:
+    """The options of the run's dataset (its `options` dataclass, filled from cfg.loader)."""
+    return DATASET_OPTIONS[cfg.data.dataset](**cfg.loader.get(cfg.data.dataset, {}))
+
 # What the votes say about an image (Verdict.kind).
 CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
 # A pair becomes a default pair with this many in-between images: one alone could not be both trained
@@ -71,21 +88,31 @@ CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
 MIN_DEFAULT_PAIR = 2
 
 
-def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
-    """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
+def load_raw(cfg: RunConfig) -> RawImages:
+    """The dataset's images and labels, checked (before they are split and labelled)."""
     if cfg.data.between_source != "auto":
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
     raw = DATASETS.get(cfg.data.dataset)(cfg)
     check_raw(raw, cfg.data.dataset)
-    original = tuple(raw.images.shape[2:])
-    if cfg.data.image_size and original != (cfg.data.image_size,) * 2:
+    if cfg.data.image_size and tuple(raw.images.shape[2:]) != (cfg.data.image_size,) * 2:
         raw = dataclasses.replace(raw, images=torch.from_numpy(fit_images(raw.images.numpy(), cfg.data.image_size)))
-    source_name, notes = pick_source(raw, cfg)
+    return raw
+
+
+def pairs_of(raw: RawImages, cfg: RunConfig) -> list[tuple[int, int]]:
+    """The run's pairs as class indices: --pairs, else the dataset's own; a name not among its classes fails."""
     pair_text = cfg.data.pairs or raw.default_pairs
     if not pair_text:
         raise UserError(f"dataset {cfg.data.dataset}: no pair has {MIN_DEFAULT_PAIR}+ in-between images in the data; "
                         f"give --pairs A:B[,C:D]")
-    pairs = parse_pairs(pair_text, raw.class_names)
+    return parse_pairs(pair_text, raw.class_names)
+
+
+def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
+    """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
+    raw = load_raw(cfg)
+    source_name, notes = pick_source(raw, cfg)
+    pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
     if cfg.data.train_size is not None:
@@ -104,8 +131,8 @@ def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImage
     options = options_type(**cfg.source.get(source_name, {})) if options_type else None
     data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
     data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts(),
-                     image_policy={"size": list(data.images.shape[2:]), "loaded_as": list(original),
-                                   "requested": cfg.data.image_size, "resize": RESIZE_POLICY}, notes=notes)
+                     image_policy={"size": list(data.images.shape[2:]), "requested": cfg.data.image_size,
+                                   "resize": RESIZE_POLICY}, notes=notes)
     return data
 
 
@@ -145,9 +172,10 @@ def check_votes(votes: torch.Tensor, num_classes: int, where: str, row_name: Cal
     if votes.dim() != 2 or votes.shape[1] != num_classes:
         raise UserError(f"{where}: votes must have one column per class ({num_classes}), "
                         f"got shape {tuple(votes.shape)}")
-    bad = ~torch.isfinite(votes).all(1) | (votes < 0).any(1)
+    # A finite row can still sum to inf (1e308 + 1e308): its shares would be NaN and the image silently unsure.
+    bad = ~torch.isfinite(votes.sum(1)) | (votes < 0).any(1)
     if bad.any():
-        raise UserError(f"{row_name(int(bad.nonzero()[0]))}: votes must be finite numbers >= 0")
+        raise UserError(f"{row_name(int(bad.nonzero()[0]))}: votes must be numbers >= 0 that sum to a finite number")
     empty = votes.sum(1) <= 0
     if empty.any():
         raise UserError(f"{row_name(int(empty.nonzero()[0]))}: the votes sum to 0")
@@ -243,7 +271,9 @@ def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImag
     keep = torch.ones(len(raw.labels), dtype=torch.bool)
     keep[train[part != 0]] = False
     return dataclasses.replace(raw, images=raw.images[keep], labels=raw.labels[keep], split=raw.split[keep],
-                               votes=raw.votes[keep] if raw.votes is not None else None)
+                               votes=raw.votes[keep] if raw.votes is not None else None,
+                               files=[f for f, k in zip(raw.files, keep.tolist(), strict=True) if k] if raw.files
+                               else None)
 
 
 def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig,
@@ -273,7 +303,9 @@ def labelled_by_votes(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConf
                          "between_other_pairs": int((between & ~of_pair).sum()),
                          "no_majority": int((v.kind == UNSURE_KIND).sum()),
                          "human_pair_mass": cfg.data.human_pair_mass, "human_second": cfg.data.human_second}
-    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info)
+    # Only images kept as themselves carry their votes: a generated source relabels or adds images.
+    votes = v.shares.float() if keep_between and v.shares is not None else None
+    return LabelledImages(raw.images, label_a, label_b, share_a, split, raw.class_names, pairs, info, votes)
 
 
 def clear_cut(raw: RawImages, pairs: list[tuple[int, int]], cfg: RunConfig) -> LabelledImages:
@@ -354,6 +386,17 @@ def pairs_in_votes(labels: torch.Tensor, votes: torch.Tensor, class_names: list[
     order = sorted((i for i in range(len(found)) if counts[i] >= MIN_DEFAULT_PAIR),
                    key=lambda i: (-int(counts[i]), found[i].tolist()))
     return ",".join(f"{class_names[int(found[i, 0])]}:{class_names[int(found[i, 1])]}" for i in order)
+
+
+def voted_images(images: torch.Tensor, votes: torch.Tensor, class_names: list[str], split: torch.Tensor | None,
+                 cfg: RunConfig, source: str, files: list[str] | None = None) -> RawImages:
+    """Images labelled by (checked) votes: the most-voted class is the label, ties (as in `A|B`) going to the
+    first class in class order; the pairs the votes put images between are the default pairs, and the
+    `human` source is the default when there are any."""
+    labels = votes.argmax(1)
+    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
+    return RawImages(images, labels, class_names, split, votes, pairs_in_votes(labels, votes, class_names, cfg),
+                     source, "human" if has_between else "blend", files)
 
 
 def check_class_names(names: list[str], where: str) -> None:

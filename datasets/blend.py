@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ambig_bench.config import check_at_least, check_fraction, option
+from ambig_bench.config import MAX_COUNT, check_between, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
 from ambig_bench.datasets.base import SourceContext, between_count, clear_cut, concat, register_source
 from ambig_bench.errors import UserError
@@ -29,8 +29,8 @@ class BlendOptions:
         if not 0 <= self.blend_low <= self.blend_high <= 1:
             raise UserError(f"--blend-low/--blend-high must satisfy 0 <= low <= high <= 1, "
                             f"got {self.blend_low}, {self.blend_high}")
-        check_at_least("test_between_per_pair", self.test_between_per_pair, 1)
-        check_at_least("val_between_per_pair", self.val_between_per_pair, 1)
+        check_between("test_between_per_pair", self.test_between_per_pair, 1, MAX_COUNT)
+        check_between("val_between_per_pair", self.val_between_per_pair, 1, MAX_COUNT)
 
 
 def blend_pair(images_a: torch.Tensor, images_b: torch.Tensor, n: int, low: float, high: float,

@@ -10,7 +10,8 @@ Images of any size are resized by `imageio.fit_image` (shorter side to --image-s
 
 Labels CSV (`--labels FILE`): lists every image used; `file` paths are relative to `--data-dir` (default:
 the CSV's folder). Either a `label` column (`cat`, or `cat|dog` for an image between cat and dog), or one
-column per class holding vote counts or probabilities. An optional `split` column (train/val/test) fixes
+column per class holding vote counts or probabilities, or crowd votes in long form, one row per vote
+(`file,worker,label`; see `crowd.py`). An optional `split` column (train/val/test) fixes
 the splits; otherwise they are drawn per seed.
 
 $ ambig-bench run --dataset folder --data-dir photos --labels photos/labels.csv --between-source human
@@ -27,16 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambig_bench.config import RunConfig
+from ambig_bench.config import RunConfig, check_choice, option
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import (
-    BETWEEN_KIND,
-    check_class_names,
-    check_votes,
-    judge_votes,
-    pairs_in_votes,
-    register_dataset,
-)
+from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
+from ambig_bench.datasets.crowd import CROWD_METHODS, aggregate_votes, is_long_form
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
@@ -45,7 +40,17 @@ FILE_COLUMNS = ("file", "path", "file_name")  # file_name: Hugging Face imagefol
 HF_METADATA = "metadata.csv"
 
 
-@register_dataset("folder")
+@dataclass
+class FolderOptions:
+    crowd_method: str = option("shares", "folder, long-form crowd labels (file,worker,label): shares (each class's "
+                                         "share of an image's votes) | dawid-skene (needs crowd-kit)",
+                               choices=CROWD_METHODS)
+
+    def validate(self) -> None:
+        check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
+
+
+@register_dataset("folder", options=FolderOptions)
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
     if cfg.data.labels:
@@ -90,7 +95,8 @@ def read_image_folder(source: Path, size: int | None = None) -> tuple[RawImages,
             raise UserError(f"{source}: split folders need train/ and test/ (val/ is optional); found "
                             f"{', '.join(sorted(present))}/")
         split = torch.tensor([SPLITS[SPLIT_NAMES[p[0]]] for p in parts], dtype=torch.int8)
-    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source))
+    raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source),
+                    files=decoded.paths)
     return raw, decoded.paths
 
 
@@ -107,7 +113,7 @@ class LabelTable:
 
 def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
     root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
-    table = read_labels_csv(csv_path)
+    table = read_labels_csv(csv_path, loader_options(cfg).crowd_method)
     if is_archive(root):
         decoded = decode_tree(root, cfg.data.image_size)
         row = {p: i for i, p in enumerate(decoded.paths)}
@@ -124,19 +130,12 @@ def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
         # Hugging Face imagefolder: the split is the top folder (train/, validation/, test/)
         table.split = read_split(csv_path, [(line, [f.split("/", 1)[0]]) for line, f in
                                             zip(table.lines, table.files, strict=True)], 0)
-    votes = torch.from_numpy(table.votes)
-    # The most-voted class is the label; ties (as in `A|B`) go to the first class in class order.
-    labels = votes.argmax(1)
-    has_between = bool((judge_votes(labels, votes, cfg).kind == BETWEEN_KIND).any())
-    return RawImages(
-        torch.from_numpy(images), labels, table.class_names,
-        torch.from_numpy(table.split) if table.split is not None else None, votes,
-        default_pairs=pairs_in_votes(labels, votes, table.class_names, cfg),
-        source=f"{csv_path} ({root})", default_source="human" if has_between else "blend",
-    )
+    split = torch.from_numpy(table.split) if table.split is not None else None
+    return voted_images(torch.from_numpy(images), torch.from_numpy(table.votes), table.class_names, split, cfg,
+                        f"{csv_path} ({root})", files=table.files)
 
 
-def read_labels_csv(path: Path) -> LabelTable:
+def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -161,9 +160,9 @@ def read_labels_csv(path: Path) -> LabelTable:
     for line, row in body:
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
-    files = normalised_files(path, body, file_col)
-    lines = [line for line, _ in body]
-    if "label" in lower:
+    if is_long_form(header):  # one row per vote (file,worker,label): crowd.py makes one row of votes per image
+        body, class_names, votes = aggregate_votes(path, header, body, crowd_method)
+    elif "label" in lower:
         extra = [h for i, h in enumerate(header) if i not in (file_col, split_col, lower.index("label"))]
         if extra:
             raise UserError(f"{path}: unexpected column {extra[0]!r} next to 'label' (allowed: file, label, split)")
@@ -175,6 +174,8 @@ def read_labels_csv(path: Path) -> LabelTable:
         class_names = [header[i] for i in class_cols]
         check_class_names(class_names, str(path))
         votes = vote_columns(path, body, class_cols, header)
+    files = normalised_files(path, body, file_col)
+    lines = [line for line, _ in body]
     check_votes(torch.from_numpy(votes), len(class_names), str(path), lambda i: f"{path} line {lines[i]}")
     split = read_split(path, body, split_col) if split_col is not None else None
     return LabelTable(files, lines, class_names, votes, split)

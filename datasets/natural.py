@@ -75,13 +75,9 @@ def reference_probs(data: LabelledImages, ctx: SourceContext) -> torch.Tensor:
     fold = stratified_split(data.label_a[train_idx], [1 / folds] * (folds - 1), ctx.gen)
     probs = torch.zeros(len(data), data.num_classes)
     for f in range(folds):
-        own, held = ctx.reference(take(data, train_idx[fold != f]), ctx.cfg.seed + f, opts.natural_epochs,
+        own, held = ctx.reference(data.take(train_idx[fold != f]), ctx.cfg.seed + f, opts.natural_epochs,
                                   [data.images[train_idx[fold == f]], data.images[held_out]])
         probs[train_idx[fold == f]] = own
         probs[held_out] += held / folds
     return probs
 
-
-def take(data: LabelledImages, idx: torch.Tensor) -> LabelledImages:
-    return LabelledImages(data.images[idx], data.label_a[idx], data.label_b[idx], data.share_a[idx],
-                          data.split[idx], data.class_names, data.pairs, data.info)

@@ -12,7 +12,9 @@ classes and a predicted label set. The runner does everything else identically f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,20 @@ import torch.nn.functional as F
 from ambig_bench.registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
-register = STRATEGIES.register
+STRATEGY_OPTIONS: dict[str, type] = {}  # strategy name -> its options dataclass (fields with `config.option`)
+
+
+def register(name: str, options: type | None = None) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Register a strategy and the options it reads (a dataclass with `validate()`); each option becomes a CLI
+    flag, is recorded in every run's config.json and tells apart runs of this strategy (`options.strategy_label`).
+    """
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        if options is not None:
+            STRATEGY_OPTIONS[name] = options
+        return STRATEGIES.register(name)(cls)
+
+    return add
 
 
 @dataclass
@@ -31,6 +46,7 @@ class Labels:
     b: torch.Tensor  # int64 N: the second class of the pair, -1 when clear-cut
     share_a: torch.Tensor  # float32 N: soft share of class a (1 when clear-cut)
     pair: torch.Tensor  # int64 N: index of the pair in Strategy.pairs, -1 when clear-cut
+    votes: torch.Tensor | None = None  # float32 N×K human vote shares, where the data have votes
 
     @property
     def between(self) -> torch.Tensor:
@@ -47,10 +63,15 @@ class Strategy:
     # What a strategy is, declared so that batching and the tests read it instead of running it to find out:
     uses_threshold = True  # the predicted set is {k : score_k >= threshold}, threshold chosen on val
     redraws_targets = False  # epoch_targets draws new targets every epoch (needs the generator)
+    mixes_images = False  # mix_batch changes a batch's images and targets (needs the generator)
+    spreads_targets = False  # targets put some mass on every output, not only on the image's label set
 
-    def __init__(self, num_classes: int, pairs: list[tuple[int, int]]) -> None:
+    def __init__(self, num_classes: int, pairs: list[tuple[int, int]], options: Any = None) -> None:
         self.num_classes = num_classes
         self.pairs = pairs
+        # The strategy's own options (its STRATEGY_OPTIONS dataclass), its defaults when not given.
+        own = STRATEGY_OPTIONS.get(getattr(self, "name", ""))
+        self.options = options if options is not None or own is None else own()
 
     @property
     def num_outputs(self) -> int:
@@ -65,6 +86,13 @@ class Strategy:
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices of the images trained on this epoch and one target row (num_outputs wide) per index."""
         return torch.arange(len(labels), device=labels.a.device), self.one_hot(labels.a)
+
+    def mix_batch(self, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch (images after augmentation, their target rows) as the network sees it: unchanged here.
+        A strategy that mixes images returns float images on the same 0..255 scale (`models.Preprocess` takes
+        both) and declares `mixes_images`."""
+        return images, targets
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy against target distributions (one-hot or soft), averaged over the batch."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +74,26 @@ def labels_csv(bad_rows: list[str] | None = None, header: str = "file,label", wh
     return build
 
 
+def vote_csv(bad_votes: str) -> Args:
+    """A vote-count CSV (file,a,b,c) for a valid tree, its last row's votes `bad_votes` (line 25)."""
+    def build(d: Path) -> list[str]:
+        root = photo_tree(d)
+        files = [p.relative_to(root).as_posix() for p in sorted(root.glob("*/*.png"))]
+        rows = [f"{f},{','.join('3' if c == f[0] else '0' for c in 'abc')}" for f in files[:-1]]
+        text = "\n".join(["file,a,b,c", *rows, f"{files[-1]},{bad_votes}"]) + "\n"
+        (root / "labels.csv").write_text(text)
+        return ["--dataset", "folder", "--labels", str(root / "labels.csv"), "--pairs", "a:b"]
+
+    return build
+
+
+def outside_png(root: Path) -> Path:
+    """A valid image beside, not inside, the data folder `root`."""
+    path = root.parent / "outside.png"
+    path.write_bytes((root / "a" / "0.png").read_bytes())
+    return path
+
+
 def empty_dir(d: Path) -> Path:
     (d / "empty").mkdir()
     return d / "empty"
@@ -115,6 +136,9 @@ ROWS = [
     pytest.param(["--pairs", "cat:dog"], "unknown class 'cat'", id="pair-unknown-name"),
     pytest.param(["--pairs", "4:9,9:4"], "given twice", id="pair-twice"),
     pytest.param(["--pairs", "²:1"], "unknown class '²'", id="pair-superscript-digit"),
+    pytest.param(["--pairs", "[/x]:[bold]"], "unknown class '[/x]'", id="pair-rich-markup"),  # shown, not parsed
+    pytest.param(lambda d: ["--labels", str(d / "[/x]" / "[bold]l.csv"), "--dataset", "folder"],
+                 ("--labels ", "/[/x]/[bold]l.csv: no such file"), id="labels-path-rich-markup"),
     # -- fractions, thresholds and counts out of range
     *[pytest.param([f"--{name}", value], f"--{name} must be in (0, 1), got {value}", id=f"{name}={value}")
       for name, value in [("between-fraction", "0"), ("between-fraction", "1"), ("between-fraction", "-0.1"),
@@ -137,6 +161,15 @@ ROWS = [
       for name, value in [("epochs", "0"), ("batch-size", "-5"), ("test-between-per-pair", "0"),
                           ("val-between-per-pair", "0")]],
     pytest.param(["--seeds", "0"], "--seeds must be at least 1, got 0", id="seeds=0"),
+    # -- sizes that would allocate beyond the machine: refused before any network or image is made
+    pytest.param(["--width", "10000000"], "--width must be at most 1024", id="width-huge"),
+    pytest.param(["--batch-size", "100000000"], "--batch-size must be at most 65536", id="batch-size-huge"),
+    pytest.param(["--test-between-per-pair", "1000000000"], "--test-between-per-pair must be at most 100000",
+                 id="test-between-per-pair-huge"),
+    pytest.param(["--seed", str(2**70)], "--seed must be at most", id="seed-beyond-64-bits"),
+    pytest.param(["--seed", "-1"], "--seed must be at least 0", id="seed-negative"),
+    pytest.param(["--seeds", "1000000000"], "--seeds must be at most 10000", id="seeds-huge"),
+    pytest.param(toml("train_size = true\n"), "'train-size': True is not a valid int", id="toml-bool-for-int"),
     pytest.param(["--width", "-3"], "--width must be at least 1, got -3", id="width=-3"),
     pytest.param(["--width", "0"], "--width must be at least 1, got 0", id="width=0"),
     pytest.param(["--train-size", "-1"], "--train-size must be at least 1, got -1", id="train-size=-1"),
@@ -166,6 +199,14 @@ ROWS = [
     pytest.param(lambda d: ["--dataset", "folder", "--data-dir", str(photo_tree(d, classes=("a",)))], "2 classes",
                  id="folder-one-class"),
     pytest.param(tree(pairs=False), "--pairs", id="folder-no-pairs"),
+    pytest.param(tree(lambda r: os.mkfifo(r / "a" / "pipe.png")), ("pipe.png", "not a regular file"),
+                 id="folder-fifo"),  # reading it would block forever
+    pytest.param(tree(lambda r: (r / "a" / "z.png").symlink_to("/dev/zero")), ("z.png", "not a regular file"),
+                 id="folder-link-to-a-device"),  # reading it would never end
+    pytest.param(tree(lambda r: (r / "a" / "x.png").symlink_to(outside_png(r))), ("x.png", "outside the data folder"),
+                 id="folder-link-out-of-the-root"),
+    pytest.param(tree(lambda r: (r / "a" / "huge.png").write_bytes(png(np.zeros((7000, 6000), np.uint8)))),
+                 ("huge.png", "6000×7000 pixels", "40,000,000"), id="folder-huge-header"),  # refused undecoded
     # -- the folder dataset: labels CSV
     pytest.param(labels_csv(["a/new.png,a|zebra"]), (BAD_LINE, "zebra"), id="csv-unknown-class"),
     pytest.param(labels_csv(["a/new.png,a|b|c"]), (BAD_LINE, "a|b|c"), id="csv-three-classes"),
@@ -177,6 +218,7 @@ ROWS = [
     pytest.param(labels_csv(["a/0.png,b"]), (BAD_LINE, "a/0.png"), id="csv-file-listed-twice"),
     pytest.param(labels_csv(["a/new.png,"]), (BAD_LINE, "label"), id="csv-empty-label"),
     pytest.param(labels_csv(whole=b""), "labels.csv", id="csv-empty-file"),
+    pytest.param(vote_csv("1e308,1e308,0"), ("labels.csv line 25", "sum to a finite number"), id="csv-votes-overflow"),
     pytest.param(labels_csv(whole=b"file,label\n\xff\xfe,a\n"), "labels.csv", id="csv-not-utf8"),
     pytest.param(labels_csv(header="name,label"), "'file' column", id="csv-no-file-column"),
     pytest.param(labels_csv(header="file,label,split", split=lambda row: "train" if row < "c" else "later"),

@@ -36,8 +36,9 @@ def test_wide_forward_equals_each_model(model, channels, size):
 
 
 def test_one_loop_trains_a_wide_network_like_the_runs_one_by_one():
-    names = ["soft", "reassign", "partial"]  # same output size and images per epoch
-    cfgs = [tiny_config(strategy=n, seed=s, epochs=3) for n, s in zip(names, (0, 1, 2), strict=True)]
+    # Same output size and images per epoch; mixup mixes each run's own batch (float images beside uint8 ones).
+    names = ["soft", "reassign", "partial", "mixup"]
+    cfgs = [tiny_config(strategy=n, seed=s, epochs=3) for n, s in zip(names, (0, 1, 2, 3), strict=True)]
     datas = [prepare_data(c) for c in cfgs]
     strategies = [STRATEGIES.get(c.strategy)(10, d.pairs) for c, d in zip(cfgs, datas, strict=True)]
     alone = [fresh_model(c, d, s) for c, d, s in zip(cfgs, datas, strategies, strict=True)]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from ambig_bench.cli import app
 from ambig_bench.compare import compare, flatten_config
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
@@ -24,7 +27,7 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, nest: bo
     if metrics is None:
         (run_dir / "FAILED").write_text(json.dumps({"error": "training loss became nan in epoch 3"}))
         return
-    full = {m: 0.5 for m in METRICS} | metrics
+    full = {m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics  # as a run on images without votes
     (run_dir / "metrics.json").write_text(json.dumps(full))
     (run_dir / "DONE").write_text("")
 
@@ -137,3 +140,19 @@ def test_nested_config_files_compare_like_flat_ones(tmp_path):
     assert tables[True].markdown == tables[False].markdown
     pd.testing.assert_frame_equal(tables[True].summary, tables[False].summary)
     assert "| between-fraction | strategy |" in tables[True].markdown, "swept options headed as typed"
+
+
+def test_compare_json_holds_the_csv_numbers_and_the_paired_tests(tmp_path):
+    """`compare --format json`: summary = comparison.csv, paired = paired.csv, NaN as null; nothing else on stdout."""
+    planted(tmp_path)
+    done = CliRunner().invoke(app, ["compare", str(tmp_path), "--format", "json"])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(done.stdout)
+    assert shown["baseline"] == "soft" and shown["group_by"] == []
+    csv = pd.read_csv(tmp_path / "comparison.csv")
+    from_json = pd.DataFrame(shown["summary"])[list(csv.columns)].astype(csv.dtypes.to_dict())
+    pd.testing.assert_frame_equal(from_json, csv)
+    hard = next(r for r in shown["paired"] if r["strategy"] == "hard" and r["metric"] == "clear_acc")
+    assert hard["diff_mean"] == pytest.approx(-0.05) and hard["p_value"] == pytest.approx(0.25)
+    assert shown["metrics"]["clear_acc"]["direction"] == "higher is better"
+    assert CliRunner().invoke(app, ["compare", str(tmp_path), "--format", "xml"]).exit_code == 2

@@ -60,3 +60,14 @@ def test_no_between_images_gives_nan_between_metrics():
 
 def test_set_objective_is_mean_of_the_two_set_accuracies():
     assert set_objective(SETS, A, B) == pytest.approx((2 / 4 + 1 / 2) / 2)
+
+
+def test_cross_entropy_to_human_votes_against_a_naive_loop():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+    votes = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25]])
+    sets = torch.ones(2, 3, dtype=torch.bool)
+    args = (probs, sets, torch.zeros(2), torch.tensor([0, 0]), torch.tensor([-1, 1]))
+    naive = sum(-sum(v * math.log(p) for v, p in zip(vr, pr, strict=True) if v)
+                for vr, pr in zip(votes.tolist(), probs.tolist(), strict=True)) / 2
+    assert evaluate(*args, votes=votes)["human_ce"] == pytest.approx(naive)
+    assert math.isnan(evaluate(*args)["human_ce"]), "no votes, no cross-entropy to them"

@@ -70,3 +70,25 @@ def test_a_new_source_is_one_declaration_with_its_own_options():
         BETWEEN_SOURCES._items.pop("echo")
         SOURCE_OPTIONS.pop("echo")
         options.table.cache_clear()
+
+
+def test_a_strategys_own_options_name_its_runs_but_leave_the_experiment_alone():
+    """Runs of every strategy must compare within one experiment, so a strategy's options stay out of the key;
+    they are recorded in config.json and tell runs of that strategy apart (run name, compare's strategy column)."""
+    from ambig_bench.store import run_name
+
+    default = options.build({"strategy": "label-smoothing"})
+    strong = options.build({"strategy": "label-smoothing", "smoothing_eps": 0.3})
+    soft_with = options.build({"strategy": "soft", "smoothing_eps": 0.3})
+    assert options.table()["smoothing_eps"].path == ("strategy_options", "label-smoothing", "smoothing_eps")
+    assert strong.to_dict()["strategy_options"]["label-smoothing"] == {"smoothing_eps": 0.3}
+    assert options.strategy_options(strong).smoothing_eps == 0.3 and options.strategy_options(soft_with) is None
+    assert len({experiment_key(c) for c in (default, strong, soft_with, options.build({}))}) == 1
+    assert run_name(default) == f"label-smoothing-seed0-{experiment_key(default)}"
+    assert run_name(strong) == f"label-smoothing@smoothing-eps=0.3-seed0-{experiment_key(default)}"
+    assert run_name(soft_with) == run_name(options.build({})), "another strategy's option changes nothing of soft's"
+    assert "smoothing_eps" in options.outside_experiment()
+    with pytest.raises(UserError, match="--smoothing-eps must be in"):
+        options.build({"smoothing_eps": 1.5})
+    with pytest.raises(UserError, match="--mixup-alpha must be > 0"):
+        options.build({"mixup_alpha": 0})

@@ -89,7 +89,7 @@ def test_folders_are_searched_recursively_and_bad_files_become_error_rows(traine
                                                                   "missing.png"}
     assert {name for name, r in results.items() if r.error} == {"corrupt.png", "text.png", "missing.png"}
     assert results["missing.png"].error == "no such file"
-    assert "not a readable image" in results["text.png"].error
+    assert "unreadable or truncated image" in results["text.png"].error
     assert report.exit_code == 1
     assert all(r.decision for r in report.images if not r.error), "the readable files are still predicted"
 
@@ -137,7 +137,7 @@ def test_csv_json_and_table_formats(trained, image_dir):
     console.print(render(report, "table"))
     text = console.export_text()
     assert all(r.path in text for r in report.images)
-    assert "error: not a readable image" in text
+    assert "error: unreadable or truncated image" in text
 
     with pytest.raises(UserError, match="--format must be one of"):
         render(report, "xml")
@@ -162,7 +162,7 @@ def test_calibration_covers_its_own_validation_rows(trained):
 
 
 @pytest.mark.parametrize("alpha, method, message", [(0.0, "lac", "--alpha"), (1.2, "lac", "--alpha"),
-                                                    (0.1, "raps", "--conformal")])
+                                                    (0.1, "naps", "--conformal")])
 def test_bad_conformal_options(trained, alpha, method, message):
     with pytest.raises(UserError, match=message):
         calibrate_run(trained[1], alpha, method)

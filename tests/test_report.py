@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import re
 import zlib
@@ -75,7 +76,8 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict, predictions: bo
                                                    "between_source": json.loads((run_dir / "data.json").read_text())[
                                                        "between_source"]}))
     (run_dir / "env.json").write_text(json.dumps(ENV))
-    (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | metrics))
+    # human_ce is NaN, as in a run on images without votes.
+    (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics))
     if predictions:
         planted_predictions(strategy, seed).to_csv(run_dir / "predictions.csv", index=False)
     (run_dir / "DONE").write_text("")
@@ -262,3 +264,28 @@ def test_bad_input_is_one_clear_error(tmp_path):
     plant_comparison(tmp_path, seeds=2, predictions=False)
     with pytest.raises(UserError, match="--margin must be > 0"):
         report(tmp_path, margin=0)
+
+
+def test_the_alternatives_to_soft_are_judged_against_soft(tmp_path):
+    """votes: better agreement with the votes, worse in-between sets; mixup: better calibrated; label smoothing
+    (with its own ε, a row of its own): no different from soft."""
+    for seed in range(10):
+        j = jitter(seed)
+        base = {"clear_acc": 0.90 + j, "between_set_acc": 0.80 + j, "ece": 0.05 + j / 10, "human_ce": 0.60 + j}
+        planted = {
+            ("soft", ()): base,
+            ("votes", ()): base | {"between_set_acc": 0.70 + j, "human_ce": 0.50 + j},
+            ("mixup", ()): base | {"ece": 0.02 + j / 10},
+            ("label-smoothing", (("smoothing_eps", 0.2),)): base | {"clear_acc": 0.90 + j + wobble(seed)},
+        }
+        for (strategy, options), metrics in planted.items():
+            fake_run(tmp_path, strategy, seed, metrics, **dict(options))
+    text = report(tmp_path).markdown
+    section = text.split("### The alternatives to soft")[1].split("###")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    assert " | a trade-off | " in rows["votes"] and "human_ce -0.100" in rows["votes"]
+    assert "between_set_acc -0.100" in rows["votes"]
+    assert " | better | " in rows["mixup"] and "ece -0.030" in rows["mixup"]
+    assert " | no significant difference | " in rows["label-smoothing@smoothing-eps=0.2"]
+    assert "agreement with human votes" in text, "a criterion where the images have votes"
+

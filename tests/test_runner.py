@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ambig_bench.options import replace
 from ambig_bench.runner import run_experiment
 from ambig_bench.store import experiment_key
 from tests.conftest import tiny_config
 
 
-def test_same_seed_same_metrics_on_cpu(tmp_path):
-    cfg = tiny_config(strategy="reassign", epochs=3)
+@pytest.mark.parametrize("strategy", ["reassign", "mixup"])  # targets redrawn / batches mixed from the seed
+def test_same_seed_same_metrics_on_cpu(tmp_path, strategy):
+    cfg = tiny_config(strategy=strategy, epochs=3)
     first = run_experiment(cfg, tmp_path / "a")
     second = run_experiment(cfg, tmp_path / "b")
     assert first.status == second.status == "done"

@@ -46,6 +46,12 @@ def test_declarations_match_what_the_strategy_does(strategy):
     assert all(len(index) == strategy.images_per_epoch(lab.between) for index, _ in draws)
     changes = any(not torch.equal(t, draws[0][1]) for _, t in draws[1:])
     assert changes == strategy.redraws_targets
+    index, targets = draws[0]
+    assert bool((targets > 0).all()) == strategy.spreads_targets
+    images = torch.randint(0, 256, (len(index), 1, 4, 4), dtype=torch.uint8)
+    mixed, mixed_targets = strategy.mix_batch(images, targets, torch.Generator().manual_seed(0))
+    unchanged = torch.equal(mixed, images) and torch.equal(mixed_targets, targets)
+    assert unchanged != strategy.mixes_images
 
 
 def test_loss_is_finite_and_gradients_flow(strategy):
@@ -150,7 +156,7 @@ def naive_partial(logits, targets):
 
 NAIVE = {"soft": naive_soft_ce, "hard": naive_soft_ce, "reassign": naive_soft_ce, "duplicate": naive_soft_ce,
          "discard": naive_soft_ce, "extra-class": naive_soft_ce, "multilabel": naive_bce,
-         "partial": naive_partial}
+         "partial": naive_partial, "label-smoothing": naive_soft_ce, "mixup": naive_soft_ce, "votes": naive_soft_ce}
 
 
 def test_every_strategy_has_a_reference_loss():
@@ -179,3 +185,72 @@ def test_registry_refuses_duplicate_names():
         reg.register("a")(type("B", (), {}))
     with pytest.raises(ValueError, match="unknown thing"):
         reg.get("nope")
+
+
+# -- the alternatives to soft: label smoothing, mixup, whole vote distributions -------------------------------
+def naive_label_smoothing(logits, soft_targets, eps):
+    """(1 - ε)·CE(soft target) + ε·(mean over classes of -log p_k), per image, averaged: the textbook form."""
+    total = 0.0
+    for z, t in zip(logits.tolist(), soft_targets.tolist(), strict=True):
+        logp = [v - math.log(sum(math.exp(u) for u in z)) for v in z]
+        total += (1 - eps) * -sum(ti * li for ti, li in zip(t, logp, strict=True)) - eps * sum(logp) / len(z)
+    return total / len(logits)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_loss_is_the_textbook_formula(eps):
+    from ambig_bench.strategies.label_smoothing import LabelSmoothingOptions
+
+    gen = torch.Generator().manual_seed(0)
+    _, soft = STRATEGIES.get("soft")(K, PAIRS).epoch_targets(labels(), gen)
+    smoothing = STRATEGIES.get("label-smoothing")(K, PAIRS, LabelSmoothingOptions(smoothing_eps=eps))
+    index, targets = smoothing.epoch_targets(labels(), gen)
+    logits = torch.randn(len(index), K, generator=torch.Generator().manual_seed(3)) * 3
+    assert smoothing.loss(logits, targets).item() == pytest.approx(naive_label_smoothing(logits, soft, eps),
+                                                                   rel=1e-5)
+
+
+def test_mixup_mixes_each_image_and_target_with_one_partner_by_one_weight():
+    """A naive loop over the batch, with λ and the partner drawn from the same generator state."""
+    from ambig_bench.strategies.mixup import MixupOptions, beta
+
+    mixup = STRATEGIES.get("mixup")(K, PAIRS, MixupOptions(mixup_alpha=0.4))
+    index, targets = mixup.epoch_targets(labels(), torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (len(index), 3, 5, 5), dtype=torch.uint8)
+    mixed, mixed_t = mixup.mix_batch(images, targets, torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    lam = float(beta(0.4, gen))
+    partner = torch.randperm(len(images), generator=gen).tolist()
+    assert 0 <= lam <= 1 and mixed.dtype == torch.float32
+    for i, j in enumerate(partner):
+        assert torch.allclose(mixed[i], lam * images[i].float() + (1 - lam) * images[j].float(), atol=1e-4)
+        assert torch.allclose(mixed_t[i], lam * targets[i] + (1 - lam) * targets[j], atol=1e-6)
+    assert torch.allclose(mixed_t.sum(1), torch.ones(len(index)), atol=1e-6)
+
+
+def test_mixup_weights_follow_beta_alpha():
+    from ambig_bench.strategies.mixup import beta
+
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([beta(0.2, gen) for _ in range(4000)])
+    # Beta(0.2, 0.2): mean 0.5, variance 1 / (4 (2α + 1)) = 0.1786; most draws near 0 or 1.
+    assert draws.mean().item() == pytest.approx(0.5, abs=0.03)
+    assert draws.var().item() == pytest.approx(1 / (4 * 1.4), abs=0.015)
+
+
+def test_votes_trains_on_every_class_voted_for_and_is_soft_without_votes():
+    lab = labels()
+    gen = torch.Generator().manual_seed(0)
+    votes_strategy, soft = STRATEGIES.get("votes")(K, PAIRS), STRATEGIES.get("soft")(K, PAIRS)
+    assert torch.equal(votes_strategy.epoch_targets(lab, gen)[1], soft.epoch_targets(lab, gen)[1])
+    shares = torch.rand(len(lab), K, generator=torch.Generator().manual_seed(1))
+    shares /= shares.sum(1, keepdim=True)
+    index, targets = votes_strategy.epoch_targets(Labels(lab.a, lab.b, lab.share_a, lab.pair, shares), gen)
+    assert torch.equal(index, torch.arange(len(lab))) and torch.equal(targets, shares)
+    # `A|B` labels are one vote for each: the votes' target is soft's 0.5 / 0.5.
+    ab = torch.zeros(len(lab), K)
+    ab[torch.arange(len(lab)), lab.a] = 1
+    ab[lab.between.nonzero().squeeze(1), lab.b[lab.between]] = 1
+    ab_shares = ab / ab.sum(1, keepdim=True)
+    even = Labels(lab.a, lab.b, torch.where(lab.between, 0.5, 1.0), lab.pair, ab_shares)
+    assert torch.allclose(votes_strategy.epoch_targets(even, gen)[1], soft.epoch_targets(even, gen)[1])

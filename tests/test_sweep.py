@@ -24,6 +24,7 @@ def test_parse_vary_types_values_like_the_option():
     ("train-size=10.5", "not a valid int"),
     ("seed=1,2", "cannot be swept"),
     ("device=cpu,cuda", "cannot be swept"),
+    ("mixup-alpha=0.2,0.4", "mixup's own option; run each value with `ambig-bench run --strategy mixup --mixup-alpha"),
     ("epochs=2,2", "repeated value"),
 ])
 def test_parse_vary_rejects_bad_specs(spec, message):

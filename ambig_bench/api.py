@@ -1,0 +1,117 @@
+"""The Python API, for notebooks and scripts: what the CLI does, as functions that return objects and print nothing.
+
+`import ambig_bench as ab` gives these names (loaded on first use, so importing the package stays cheap).
+docs/api.md walks through a session; tests/test_api_docs.py runs it.
+
+>>> import ambig_bench as ab
+>>> results = ab.run(strategies="soft,hard", seeds=2, dataset="digits", epochs=3, out="results/nb")  # doctest: +SKIP
+>>> results[0].metrics["clear_acc"], results[0].files["predictions.csv"]  # doctest: +SKIP
+>>> ab.compare_results("results/nb").summary  # doctest: +SKIP
+>>> ab.load_run(results[0].run_dir).predict_arrays(images)["conformal"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ambig_bench import options as run_options
+from ambig_bench import sweep as sweeps
+from ambig_bench.calibration import Calibration, calibrate_run, conformal_summary
+from ambig_bench.compare import Comparison, comparison_json, flatten_config
+from ambig_bench.compare import compare as compare_results
+from ambig_bench.config import ExperimentConfig, RunConfig
+from ambig_bench.errors import RunFailed, UserError
+from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
+from ambig_bench.experiments import experiment
+from ambig_bench.io import read_json
+from ambig_bench.predict import PredictionReport, Predictor, predict_paths
+from ambig_bench.runner import Reporter
+from ambig_bench.store import RunResult, Status
+from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
+from ambig_bench.tracking import Tracker, open_trackers, tracked
+
+__all__ = [
+    "Calibration", "Comparison", "ExperimentConfig", "PredictionReport", "Predictor", "RunConfig", "RunFailed",
+    "RunResult", "SweepResult", "UserError", "calibrate_run", "compare_results", "comparison_json",
+    "conformal_summary", "experiment", "load_results", "load_run", "predict_images", "run", "run_sweep",
+]
+
+
+@dataclass
+class Session:
+    """What a grid trains with: the executor and the trackers (see `session`)."""
+
+    executor: Executor
+    trackers: list[Tracker]
+    notes: list[str]  # for the user before training, e.g. which in-between source `auto` chose
+
+    def reporter(self, reporter: Reporter | None) -> Reporter | None:
+        """`reporter`, plus logging each run trained now to the trackers."""
+        return tracked(reporter, self.trackers)
+
+
+@contextmanager
+def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "local", jobs: int = 1,
+            ray_address: str = "", track: str | list[str] | None = None) -> Iterator[Session]:
+    """Check everything before anything is written (options, device, the first run's data, the trackers' extras),
+    then create the results directory; the executor (a Ray instance it started) is closed on exit."""
+    with open_executor(executor, jobs, ray_address) as runs_on:
+        notes = preflight(configs, runs_on)
+        trackers = open_trackers(track, exp.out)
+        try:
+            (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
+        yield Session(runs_on, trackers, notes)
+
+
+def run(exp: ExperimentConfig | None = None, *, executor: str = "local", jobs: int = 1, ray_address: str = "",
+        track: str | list[str] | None = None, reporter: Reporter | None = None, **options: Any) -> list[RunResult]:
+    """Train (or reuse) every (strategy, seed) run of `exp`, or of `experiment(**options)`; one RunResult per run
+    (config, status, metrics, run_dir, files). `track`: "mlflow", "tensorboard" or both."""
+    exp = exp or experiment(**options)
+    with session(exp, grid(exp), executor, jobs, ray_address, track) as s:
+        return run_grid(exp, s.reporter(reporter), s.executor)
+
+
+def run_sweep(vary: dict[str, Sequence] | list[str], exp: ExperimentConfig | None = None, *, executor: str = "local",
+          jobs: int = 1, ray_address: str = "", track: str | list[str] | None = None,
+          reporter: Reporter | None = None, **options: Any) -> SweepResult:
+    """Train the grid at every combination of `vary` ({"between_fraction": [0.01, 0.1]} or the CLI's
+    ["between-fraction=0.01,0.1"]) and draw the sweep figures into exp.out."""
+    exp = exp or experiment(**options)
+    specs = vary if isinstance(vary, list) else [f"{k}={','.join(map(str, v))}" for k, v in vary.items()]
+    values = parse_vary(specs)
+    with session(exp, sweep_configs(exp, values), executor, jobs, ray_address, track) as s:
+        return sweeps.run_sweep(exp, values, s.reporter(reporter), s.executor)
+
+
+def load_results(results_dir: str | Path) -> list[RunResult]:
+    """Every finished run of a results directory (status "reused"), in name order: config, metrics, files."""
+    runs = Path(results_dir) / "runs"
+    if not runs.is_dir():
+        raise UserError(f"{results_dir}: no runs/ folder (run `ambig-bench run --out {results_dir}` first)")
+    known = run_options.table()
+    found = []
+    for run_dir in sorted(p for p in runs.iterdir() if (p / "DONE").exists() and not p.name.startswith(".")):
+        flat = flatten_config(read_json(run_dir / "config.json"))
+        config = run_options.build({k: v for k, v in flat.items() if k in known})
+        found.append(RunResult(config, run_dir, Status.REUSED, read_json(run_dir / "metrics.json")))
+    return found
+
+
+def load_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True) -> Predictor:
+    """A finished run, ready to predict (`predict_arrays`, or `predict_images` for files), with conformal sets
+    calibrated on its validation predictions at miscoverage `alpha`."""
+    return Predictor.load(run_dir, alpha, method, per_kind)
+
+
+def predict_images(run_dir: str | Path, images: Sequence[str | Path], alpha: float = 0.1, method: str = "lac",
+                   per_kind: bool = True) -> PredictionReport:
+    """Predict image files and folders; unreadable files are reported per image (`.failed`), not raised."""
+    return predict_paths(run_dir, images, alpha, method, per_kind)
+

@@ -1,0 +1,85 @@
+"""What the CLI shows before any work: registered names with their one-line descriptions, and every run option.
+
+Listing them means importing the registries, and those import torch (seconds). The catalogue is therefore
+built once and kept in the cache directory, keyed on the size and modification time of every source file
+of the package, so `ambig-bench --help`, `strategies`, `datasets`, `models` and argument errors answer at
+once, and a new or edited strategy, dataset, source or model file is picked up by the next command.
+
+$ ambig-bench strategies        # from the catalogue; the first call after an edit rebuilds it
+
+>>> sorted(catalogue()["strategies"])[:2]  # doctest: +SKIP
+['discard', 'duplicate']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from ambig_bench import __version__
+from ambig_bench.paths import cache_dir
+
+PACKAGES = ("ambig_bench", "ambig_bench.strategies", "ambig_bench.datasets")
+
+
+def source_files() -> list[Path]:
+    """The .py files of the package and its registry subpackages (installed or checked out)."""
+    files: list[Path] = []
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)  # finds a subpackage without importing it
+        for folder in spec.submodule_search_locations or []:
+            files += sorted(Path(folder).glob("*.py"))
+    return files
+
+
+def fingerprint() -> str:
+    h = hashlib.sha1(f"{__version__} {sys.version}".encode())
+    for path in source_files():
+        st = path.stat()
+        h.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build() -> dict:
+    """Import the registries (slow: they import torch) and describe them."""
+    # Imported here, not at the top: this is the slow path the cached catalogue exists to avoid.
+    from ambig_bench import options
+    from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
+    from ambig_bench.models import MODELS
+    from ambig_bench.strategies import STRATEGIES
+
+    return {
+        "strategies": STRATEGIES.describe(),
+        "datasets": DATASETS.describe(),
+        "sources": BETWEEN_SOURCES.describe(),
+        "models": {name: {"description": text, "recipe": MODELS.get(name).recipe}
+                   for name, text in MODELS.describe().items()},
+        "options": [{"flag": o.flag, "kind": o.kind.__name__, "help": o.help, "panel": o.panel}
+                    for o in options.table().values()],
+    }
+
+
+@cache
+def catalogue() -> dict:
+    path = cache_dir() / f"catalogue-{fingerprint()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    built = build()
+    try:  # a cache that cannot be written (read-only home) only costs speed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".catalogue-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(built, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return built
+

@@ -1,0 +1,52 @@
+"""`ambig-bench pairs`: which class pairs of a dataset are confusable, ranked, with example images.
+
+From the data's votes when they spread over classes (vote columns, `A|B` labels, long-form crowd labels,
+CIFAR-10H); otherwise from a reference network's out-of-fold predictions on the training images (the `natural`
+source's reference: --model, --width, --natural-folds, --natural-epochs). `datasets/confusable.py` explains
+the score. The table goes to stdout, pairs.csv into --out.
+
+$ ambig-bench pairs --dataset fashion-mnist --train-size 6000 --out results/pairs-fashion
+
+>>> from ambig_bench.options import build
+>>> found = find(build({"dataset": "digits", "train_size": 600, "device": "cpu"}), "results/pairs")  # doctest: +SKIP
+>>> found.table.pair.head(3).tolist(), found.path  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ambig_bench.config import RunConfig
+from ambig_bench.datasets.confusable import auto_pairs, find_pairs
+from ambig_bench.io import write_csv
+from ambig_bench.train import fit_reference, pick_device
+
+SHOWN = ["rank", "pair", "score", "images", "examples"]
+
+
+@dataclass
+class Found:
+    table: pd.DataFrame  # every class pair, most confusable first (rank, pair, class_a, class_b, score, ...)
+    evidence: str  # "votes" or "reference"
+    auto: str  # what --pairs auto picks from this table
+    path: Path  # the pairs.csv written
+
+
+def find(cfg: RunConfig, out: str | Path) -> Found:
+    """Rank the pairs of cfg's dataset (training a reference network when it has no votes); write out/pairs.csv."""
+    cfg.validate()
+    reference = functools.partial(fit_reference, cfg, pick_device(cfg.runtime.device))
+    table, evidence = find_pairs(cfg, reference)
+    path = Path(out) / "pairs.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, table.assign(score=table.score.round(6)))
+    return Found(table, evidence, auto_pairs(table), path)
+
+
+def shown(found: Found, top: int) -> pd.DataFrame:
+    """The printed table: the `top` first rows, scores to 4 decimals."""
+    return found.table[SHOWN].head(top).assign(score=lambda t: t.score.map("{:.4f}".format))
