@@ -47,6 +47,7 @@ class Session:
 
     executor: Executor
     trackers: list[Tracker]
+    notes: list[str]  # for the user before training, e.g. which in-between source `auto` chose
 
     def reporter(self, reporter: Reporter | None) -> Reporter | None:
         """`reporter`, plus logging each run trained now to the trackers."""
@@ -59,13 +60,13 @@ def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "lo
     """Check everything before anything is written (options, device, the first run's data, the trackers' extras),
     then create the results directory; the executor (a Ray instance it started) is closed on exit."""
     with open_executor(executor, jobs, ray_address) as runs_on:
-        preflight(configs, runs_on)
+        notes = preflight(configs, runs_on)
         trackers = open_trackers(track, exp.out)
         try:
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
-        yield Session(runs_on, trackers)
+        yield Session(runs_on, trackers, notes)
 
 
 def run(exp: ExperimentConfig | None = None, *, executor: str = "local", jobs: int = 1, ray_address: str = "",

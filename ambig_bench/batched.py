@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ambig_bench.config import RunConfig
-from ambig_bench.models import Preprocess, Scale
+from ambig_bench.models import MODELS, Preprocess, Scale
 from ambig_bench.train import autocast, device_layout, make_optimizer, timed
 
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
@@ -111,6 +111,9 @@ PROBE_MARGIN = 0.9  # batch only when the wide model costs at most this share of
 
 def batching_on(cfg: RunConfig) -> bool:
     if cfg.runtime.compile:  # a compiled model is already fused; compiling the wide one per group costs more
+        return False
+    # torchvision backbones have layers widen cannot fuse; a linear probe's head is too small to gain from it.
+    if not MODELS.get(cfg.model.name).widenable or cfg.model.freeze:
         return False
     return cfg.runtime.batch_runs == "on" or (cfg.runtime.batch_runs == "auto" and cfg.runtime.device != "cpu"
                                       and torch.cuda.is_available())

@@ -26,16 +26,18 @@ FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
 
 def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
-                threshold: float | None, tta: int) -> tuple[dict[str, torch.Tensor], dict]:
+                threshold: float | None, tta: int, start: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights (CPU tensors, for model.safetensors, metadata format FORMAT) and model.json of a trained run;
-    the run store writes them."""
+    the run store writes them. `start`: where the starting weights came from (name or file, SHA-256)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _, channels, size, image_width = data.images.shape
     return state, {
-        "format": FORMAT, "model": cfg.model.name, "width": cfg.model.width, "in_channels": channels,
+        "format": FORMAT, "model": cfg.model.name, "width": cfg.model.width or 0, "in_channels": channels,
         "image_size": size, "image_width": image_width, "tta": tta,
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": cfg.to_dict(),
+        "start": start or {}, "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
+        "image_policy": data.info.get("image_policy", {}),
     }
 
 
@@ -141,16 +143,18 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
         raise UserError(f"{run_dir}: not a finished ambig-bench run (model.json / model.safetensors missing)")
     meta = read_recipe(meta_path)
     state = read_weights(weights_path)
-    channels = meta["in_channels"]
+    # An RGB network's normalisation has 3 channels even for grey images (broadcast: grey enters as RGB).
+    channels = state["0.mean"].numel() if "0.mean" in state else meta["in_channels"]
 
     def network() -> nn.Sequential:
         return nn.Sequential(Preprocess(torch.zeros(channels), torch.ones(channels)),
-                             build_model(meta["model"], channels, meta["image_size"], meta["num_outputs"], width))
+                             build_model(meta["model"], meta["in_channels"], meta["image_size"], meta["num_outputs"],
+                                         width))
 
     try:
         strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
         # Width 0 in files of earlier versions meant the model's default width.
-        width = meta["width"] or MODELS.get(meta["model"]).recipe["width"]
+        width = meta["width"] or MODELS.get(meta["model"]).recipe.get("width", 0)
         # Built without memory first: a "width" of millions is refused by the shapes, never allocated.
         with torch.device("meta"):
             problem = mismatch(network().state_dict(), state)

@@ -197,6 +197,8 @@ def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfi
     configs, train = plan(exp)
     # Bad options, device, data or trackers fail here, before any progress bar or file.
     with session(exp, configs, **where) as s:
+        for note in s.notes:  # e.g. which in-between source `auto` chose
+            err.print(note, markup=False, highlight=False, soft_wrap=True)
         if not err.is_terminal:
             return exp, train(s.reporter(LogReporter(len(configs))), s.executor)
         with progress_bars() as progress:
@@ -374,6 +376,22 @@ def listing(title: str, items: dict[str, str]) -> None:
 def strategies() -> None:
     """List the registered strategies."""
     listing("strategies (--strategy)", catalogue()["strategies"])
+
+
+@app.command()
+def models() -> None:
+    """List the registered models: input size, what they are and their default recipe (each field an option)."""
+    from ambig_bench.models import MODELS  # torch: only this listing pays for it, not the others or --help
+    table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)",
+                  caption="also timm:<architecture>, any timm classifier (pip install 'ambig-bench\\[timm]')")
+    for column in ("model", "input size", "description", "default recipe"):
+        table.add_column(column, overflow="fold")
+    for name, text in MODELS.describe().items():
+        factory = MODELS.get(name)
+        size = f"{factory.input_size}x{factory.input_size} RGB" if factory.input_size else "any"
+        recipe = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in factory.recipe.items())
+        table.add_row(name, size, text, recipe)
+    out.print(table)
 
 
 @app.command()

@@ -101,6 +101,9 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
         else:
             continue
         config = flatten_config(read_json(run_dir / "config.json"))
+        if config.get("between_source") == "auto" and (run_dir / "data.json").exists():
+            # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
+            config["between_source"] = read_json(run_dir / "data.json").get("between_source", "auto")
         # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
         configs.append(config | {"strategy": strategy_label(config["strategy"], config)})
         rows.append(row)

@@ -70,8 +70,8 @@ class DataOptions:
     labels: str | None = option(None, "labels CSV for the `folder` dataset (default: class = folder name)")
     pairs: str | None = option(None, '"4:9,3:8" or "T-shirt/top:Shirt", or auto: the most confusable pairs, '
                                      'as `ambig-bench pairs` ranks them (default: the dataset\'s pairs)')
-    between_source: str = option("blend", "in-between images from: blend | human | natural | auto (human if "
-                                          "votes exist)")
+    between_source: str = option("auto", "in-between images from: auto (human when the labels have A|B rows or "
+                                         "in-between votes, blend otherwise) | blend | human | natural")
     val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "
                                        "split")
     test_fraction: float = option(0.25, "share of images held out for testing when the dataset has no test split")
@@ -81,6 +81,9 @@ class DataOptions:
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
     download: bool = option(False, "allow downloading a dataset: torchvision's, or a Hugging Face Hub name for "
                                    "--dataset hf (needs internet)")
+    image_size: int | None = option(None, "resize every image so its shorter side is this, then crop the centre "
+                                          "square (default: the weights' input size with --pretrained, else the "
+                                          "data's own size; mixed sizes: the smallest shorter side)")
 
     def validate(self) -> None:
         for name in ("human_pair_mass", "human_second", "val_fraction", "test_fraction"):
@@ -90,11 +93,13 @@ class DataOptions:
                             f"{self.val_fraction} + {self.test_fraction}")
         if self.train_size is not None:
             check_at_least("train_size", self.train_size, 1)
+        if self.image_size is not None:
+            check_at_least("image_size", self.image_size, 1)
 
 
 LOOKAHEAD = ("on", "off")
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("linear", "triangle")  # learning-rate shapes over training, see train.lr_factor
+SCHEDULES = ("linear", "triangle", "cosine")  # learning-rate shapes over training, see train.lr_factor
 
 
 @dataclass
@@ -112,9 +117,18 @@ class ModelOptions:
     momentum: float | None = option(None, "SGD's Nesterov momentum, in [0, 1); AdamW ignores it (default: the "
                                           "model's)")
     schedule: str | None = option(None, "linear (0 -> peak in epoch 1 -> 0) | triangle (0.2 -> peak at 23% -> "
-                                        "0.07) (default: the model's)", choices=SCHEDULES)
+                                        "0.07) | cosine (0 -> peak in epoch 1, cosine to 0) (default: the model's)",
+                                  choices=SCHEDULES)
     lookahead: str | None = option(None, "on | off: average the weights late in training, airbench-style "
                                          "(default: the model's)", choices=LOOKAHEAD)
+    backbone_lr: float | None = option(None, "learning rate of the layers that start from --pretrained or --weights, "
+                                             "as a share of --lr (the new head gets --lr) (default: the model's)")
+    pretrained: bool = option(False, "start from the architecture's standard ImageNet weights (torchvision's "
+                                     "download and cache)")
+    weights: str | None = option(None, "start from a local file (safetensors, or a state dict torch.load reads "
+                                       "with weights_only) or another run's directory; the head is re-initialised")
+    freeze: bool = option(False, "train only the head over the frozen backbone's features, computed once per "
+                                 "dataset and cached on disk (a linear probe); needs --pretrained or --weights")
 
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
@@ -131,6 +145,13 @@ class ModelOptions:
         for name in ("optimizer", "schedule", "lookahead"):
             if (value := getattr(self, name)) is not None:
                 check_choice(name, value, MODEL_FIELDS[name].metadata["choices"])
+        if self.backbone_lr is not None and (not math.isfinite(self.backbone_lr) or self.backbone_lr < 0):
+            raise UserError(f"--backbone-lr must be >= 0 and finite, got {self.backbone_lr}")
+        if self.pretrained and self.weights:
+            raise UserError("--pretrained and --weights both set the starting weights; give one of them")
+        if self.freeze and not (self.pretrained or self.weights):
+            raise UserError("--freeze trains only the head, so the backbone needs weights: add --pretrained or "
+                            "--weights FILE|RUN_DIR")
 
 
 MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelOptions)}

@@ -36,7 +36,7 @@ from ambig_bench.datasets import load_raw, pairs_of
 from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
-from ambig_bench.runner import Reporter, claim, prepare_data, run_experiment, run_together, train_claimed
+from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
@@ -246,14 +246,16 @@ def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> 
         executor.close()
 
 
-def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
+def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[str]:
     """Refuse bad input before any file is written: every run's options, the device, the first run's data in
-    full, and for every other data setting of the grid (sweep points) its files, class pairs and image size."""
+    full and its starting weights, and for every other data setting of the grid (sweep points) its files, class
+    pairs and image size. The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
     fingerprint.cache_clear()  # the data files as they are now key this command's runs
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)
-    prepare_data(runs[0])
+    data = prepare_data(runs[0])
+    build_run(runs[0], data, torch.device("cpu"))  # starting weights that are missing or do not fit fail here
     loads: dict[str, list[RunConfig]] = {}  # runs by what their loader reads (all data options but the pairs)
     for cfg in runs:
         loads.setdefault(repr({**dataclasses.asdict(cfg.data), "pairs": None}), []).append(cfg)
@@ -263,6 +265,7 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> None:
             if not wants_auto_pairs(cfg):  # found from the data when the run prepares it
                 pairs_of(raw, cfg)
             use_augmentation(cfg, raw.images)  # a shift as large as the images is refused here
+    return data.info.get("notes", [])
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

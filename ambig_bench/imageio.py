@@ -4,7 +4,13 @@ a disk cache, and single files for prediction, converted to a model's input form
 Decoding 60,000 small JPEGs takes seconds; the second load of the same files reads one cache file
 (`$AMBIG_BENCH_CACHE`, else `$XDG_CACHE_HOME/ambig-bench`, else `~/.cache/ambig-bench`). The cache key is
 the archive's bytes, or for a folder every decoded file's path, size and modification time, so an edited
-file is decoded again. Images stay uint8 (N×C×H×W): grey when every image is grey, RGB otherwise.
+file is decoded again, plus the resize policy. Images stay uint8 (N×C×H×W): grey when every image is grey, RGB
+otherwise.
+
+Resize policy (`fit_image`, for training and for predict alike): an image whose size is not the target is scaled
+so that its shorter side is the target (pixels averaged when shrinking, bicubic when enlarging), then its centre
+square is cropped. The target is --image-size when given; otherwise images of mixed sizes go to the smallest
+shorter side among them (decoded at full size first: give --image-size for large photos).
 
 $ ambig-bench run --dataset cifar10 --data-dir ../shared/data/cifar10.tgz   # second time: cached
 
@@ -37,7 +43,7 @@ from ambig_bench.paths import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
-CACHE_VERSION = "2"  # part of every cache key: bump it when decoding changes so old files are not reused (2: EXIF)
+CACHE_VERSION = "3"  # in every cache key: bump it when decoding changes (2: EXIF; 3: the key holds the resize target)
 MAX_PIXELS = 40_000_000  # per image (a 7300×5500 photo): a larger header is refused before decoding
 MAX_FILE_BYTES = 256 << 20  # per image file: what is read of it at most
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -63,20 +69,21 @@ def clean_member(name: str) -> str:
     return PurePosixPath(name.removeprefix("./")).as_posix()
 
 
-def decode_tree(source: Path) -> DecodedImages:
-    """Every image file (IMAGE_SUFFIXES, not hidden) under a folder or in an archive, sorted by path."""
+def decode_tree(source: Path, size: int | None = None) -> DecodedImages:
+    """Every image file (IMAGE_SUFFIXES, not hidden) under a folder or in an archive, sorted by path; resized to
+    `size` by the policy (None: kept, unless the sizes are mixed)."""
     source = Path(source)
     if is_archive(source):
-        return cached(archive_key(source), lambda: decode_archive(source))
+        return cached(archive_key(source, size), lambda: decode_archive(source, size))
     if not source.is_dir():
         raise UserError(f"{source}: no such directory or archive")
     names = sorted(walk_images(source))
-    return cached(folder_key(source, names), lambda: decode_files(source, names))
+    return cached(folder_key(source, names, size), lambda: decode_files(source, names, size))
 
 
-def decode_listed(root: Path, names: list[str]) -> DecodedImages:
+def decode_listed(root: Path, names: list[str], size: int | None = None) -> DecodedImages:
     """Just `names` (posix paths relative to the folder `root`, which the caller checked exist), in that order."""
-    return cached(folder_key(root, names), lambda: decode_files(root, names))
+    return cached(folder_key(root, names, size), lambda: decode_files(root, names, size))
 
 
 def walk_images(root: Path) -> Iterator[str]:
@@ -91,12 +98,12 @@ def walk_images(root: Path) -> Iterator[str]:
                 yield prefix + name
 
 
-def archive_key(path: Path) -> str:
-    return file_key(path, "archive")
+def archive_key(path: Path, size: int | None) -> str:
+    return file_key(path, f"archive\0{size}")
 
 
-def folder_key(root: Path, names: list[str]) -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0folder\0{root.resolve()}\0".encode())
+def folder_key(root: Path, names: list[str], size: int | None = None) -> str:
+    digest = hashlib.sha1(f"{CACHE_VERSION}\0folder\0{root.resolve()}\0{size}\0".encode())
     top = str(root)
     for name in names:
         st = os.stat(os.path.join(top, name))
@@ -140,7 +147,7 @@ def cached(key: str, decode: Callable[[], DecodedImages]) -> DecodedImages:
     return decoded
 
 
-def decode_archive(path: Path) -> DecodedImages:
+def decode_archive(path: Path, size: int | None) -> DecodedImages:
     paths, arrays = [], []
     try:
         with tarfile.open(path) as tar:
@@ -152,16 +159,16 @@ def decode_archive(path: Path) -> DecodedImages:
                         raise UserError(f"{where}: {member.size} bytes, more than an image file may have "
                                         f"({MAX_FILE_BYTES >> 20} MiB)")
                     paths.append(name)
-                    arrays.append(decode_one(tar.extractfile(member).read(), where))
+                    arrays.append(decode_one(tar.extractfile(member).read(), where, size))
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{path}: unreadable archive ({e})") from None
     order = sorted(range(len(paths)), key=paths.__getitem__)
     return stack([paths[i] for i in order], [arrays[i] for i in order], str(path))
 
 
-def decode_files(root: Path, names: list[str]) -> DecodedImages:
+def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImages:
     inside = root.resolve()
-    return stack(names, [decode_one(read_file(root / n, inside), str(root / n)) for n in names], str(root))
+    return stack(names, [decode_one(read_file(root / n, inside), str(root / n), size) for n in names], str(root))
 
 
 def read_file(path: Path, inside: Path | None = None) -> bytes:
@@ -210,22 +217,47 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def decode_one(data: bytes, where: str) -> np.ndarray:
-    """H×W (grey) or H×W×3 uint8."""
+def fit_image(image: Image.Image, size: int) -> Image.Image:
+    """The resize policy: shorter side scaled to `size`, then the centre size×size square (unchanged if it is one)."""
+    if image.size == (size, size):
+        return image
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    # BOX averages the pixels it shrinks (how scikit-learn's 8×8 digits were made); BICUBIC when enlarging.
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.resize((w, h), resample).crop((left, top, left + size, top + size))
+
+
+def fit_array(pixels: np.ndarray, size: int) -> np.ndarray:
+    """fit_image for an H×W or H×W×3 uint8 array."""
+    return np.asarray(fit_image(Image.fromarray(pixels), size))
+
+
+def fit_images(images: np.ndarray, size: int) -> np.ndarray:
+    """fit_image for every image of a uint8 N×C×H×W array (datasets loaded at their own size)."""
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for i, image in enumerate(images):
+        fitted = fit_array(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), size)
+        out[i] = fitted if fitted.ndim == 2 else fitted.transpose(2, 0, 1)
+    return out
+
+
+def decode_one(data: bytes, where: str, size: int | None = None) -> np.ndarray:
+    """H×W (grey) or H×W×3 uint8, fitted to `size` when given."""
     image = load_image(data, where)
-    if image.mode in GREY_MODES:
-        return np.asarray(to_8bit(image).convert("L"))
-    return np.asarray(image.convert("RGB"))
+    image = to_8bit(image).convert("L") if image.mode in GREY_MODES else image.convert("RGB")
+    return np.asarray(fit_image(image, size) if size else image)
 
 
 def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImages:
     if not arrays:
         raise UserError(f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     size = arrays[0].shape[:2]
-    for path, a in zip(paths, arrays, strict=True):
-        if a.shape[:2] != size:
-            raise UserError(f"{path}: {a.shape[1]}x{a.shape[0]} pixels, but {paths[0]} is {size[1]}x{size[0]}; "
-                            f"all images must have one size (resize them first)")
+    if any(a.shape[:2] != size for a in arrays):  # mixed sizes, no --image-size: the smallest shorter side
+        side = min(min(a.shape[:2]) for a in arrays)
+        arrays = [fit_array(a, side) for a in arrays]
+        size = (side, side)
     rgb = any(a.ndim == 3 for a in arrays)
     out = np.empty((len(arrays), 3 if rgb else 1, *size), dtype=np.uint8)
     for i, a in enumerate(arrays):
@@ -255,7 +287,8 @@ Change = tuple[str, str]  # (what was done, what the image was before), e.g. ("r
 
 
 def read_image(path: Path, channels: int, size: int, width: int | None = None) -> tuple[np.ndarray, list[Change]]:
-    """uint8 C×size×width (width defaults to size) in the training input format, and what had to change."""
+    """uint8 C×size×width (width defaults to size) in the training input format, and what had to change: square
+    inputs by the training resize policy (fit_image), others (a dataset of non-square images) scaled to fit."""
     width = width or size
     image = load_image(read_file(path), str(path))  # decoded exactly as the training images were
     changes: list[Change] = []
@@ -265,8 +298,10 @@ def read_image(path: Path, channels: int, size: int, width: int | None = None) -
         image = to_8bit(image).convert(mode)
     if image.size != (width, size):
         changes.append((f"resized to {width}×{size}", f"{image.width}×{image.height}"))
-        # BOX averages the pixels it shrinks (how scikit-learn's 8×8 digits were made); BICUBIC when enlarging.
-        shrink = image.width > width or image.height > size
-        image = image.resize((width, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
+        if width == size:
+            image = fit_image(image, size)
+        else:
+            shrink = image.width > width or image.height > size
+            image = image.resize((width, size), Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC)
     pixels = np.array(image, dtype=np.uint8)
     return np.ascontiguousarray(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)), changes

@@ -3,6 +3,8 @@ output width differs. A new model is one `@register_model` entry: its factory an
 
 $ ambig-bench run --model small-cnn --width 32      # any size from 8x8 grey to 32x32 RGB
 $ ambig-bench run --dataset cifar10 --model fast-cifar --device cuda
+$ ambig-bench run --model resnet18 --pretrained --dataset folder --labels photos/labels.csv --freeze
+$ ambig-bench models                               # every model, its input size and recipe
 """
 
 from __future__ import annotations
@@ -12,18 +14,55 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ambig_bench.config import ModelOptions
+from ambig_bench.errors import UserError
 from ambig_bench.registry import Registry
+from ambig_bench.weights import Start, pretrained_start, read_start
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, image_size, num_outputs, width)
-MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def register_model(name: str, **recipe: object) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a network factory with its default recipe (the `config.ModelOptions` fields it sets)."""
+def timm_family(name: str) -> ModelFactory | None:
+    """`timm:<architecture>`: any timm classifier (optional extra), registered on first use with the fine-tuning
+    recipe; None for other names."""
+    if not name.startswith("timm:"):
+        return None
+    architecture = name.removeprefix("timm:")
+    try:
+        import timm  # optional: pip install 'ambig-bench[timm]'
+    except ImportError:
+        raise UserError(f"--model {name}: needs the optional timm package: pip install 'ambig-bench[timm]'") from None
+    if architecture not in timm.list_models(pretrained=False):
+        raise UserError(f"--model {name}: timm has no model {architecture!r} (timm.list_models() lists them)")
+
+    def factory(in_channels: int, image_size: int, num_outputs: int, width: int = 0) -> nn.Module:
+        return timm.create_model(architecture, pretrained=False, num_classes=num_outputs)
+
+    factory.__doc__ = f"timm {architecture}: head replaced; --pretrained for timm's default weights"
+    pretrained = timm.get_pretrained_cfg(architecture)
+    return declare(factory, pretrained.input_size[-1] if pretrained else 224, True, False, lr=1e-3, **FINE_TUNE)
+
+
+MODELS: Registry[ModelFactory] = Registry("model", timm_family)
+
+
+def declare(factory: ModelFactory, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
+            **recipe: object) -> ModelFactory:
+    """A factory with its default recipe (the `config.ModelOptions` fields it sets) and what it is.
+
+    input_size: the size its standard weights were trained at (None: any size); rgb: it takes 3 channels, so grey
+    images are repeated into RGB; widenable: `batched.widen` can fuse copies of it (plain conv/BN/linear layers).
+    """
+    factory.recipe, factory.input_size, factory.rgb, factory.widenable = recipe, input_size, rgb, widenable
+    return factory
+
+
+def register_model(name: str, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
+                   **recipe: object) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a network factory with its default recipe and what it is (`declare`)."""
 
     def add(factory: ModelFactory) -> ModelFactory:
-        factory.recipe = recipe
-        return MODELS.register(name)(factory)
+        return MODELS.register(name)(declare(factory, input_size, rgb, widenable, **recipe))
 
     return add
 
@@ -50,7 +89,7 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model("small-cnn", width=32, optimizer="adamw", batch_size=128, lr=3e-3, weight_decay=5e-4,
-                momentum=0.9, lookahead="off", schedule="linear")
+                momentum=0.9, lookahead="off", schedule="linear", backbone_lr=1.0)
 def small_cnn(in_channels: int, image_size: int, num_outputs: int, width: int = 32) -> nn.Module:
     """Small CNN for CPU: conv-BN-ReLU-pool stages (widths w, 2w, 4w), as many as the image size allows."""
     layers: list[nn.Module] = []
@@ -120,7 +159,7 @@ class Scale(nn.Module):
 
 # airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
 @register_model("fast-cifar", width=64, optimizer="sgd", batch_size=1024, lr=1.5, weight_decay=1.33e-3,
-                momentum=0.85, lookahead="on", schedule="triangle")
+                momentum=0.85, lookahead="on", schedule="triangle", backbone_lr=1.0)
 def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int = 64) -> nn.Module:
     """airbench94's net for 32x32: whitening stem, GELU blocks 64/256/256, max-pool head, SGD + lookahead."""
     w = (width, 4 * width, 4 * width)
@@ -132,6 +171,78 @@ def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int =
     )
 
 
+# -- torchvision backbones -------------------------------------------------------------------------------------
+# Fine-tuning recipe per family: AdamW, the pretrained layers at a tenth of the new head's learning rate, one epoch
+# of warm-up then cosine decay (the usual transfer-learning recipe; each field is overridable on the command line).
+FINE_TUNE = dict(optimizer="adamw", batch_size=64, weight_decay=0.05, momentum=0.9, lookahead="off",
+                 schedule="cosine", backbone_lr=0.1)
+BACKBONES = {  # torchvision architecture -> its family's peak learning rate (of the head)
+    "resnet18": 1e-3, "resnet50": 1e-3, "mobilenet_v3_small": 2e-3, "mobilenet_v3_large": 2e-3,
+    "efficientnet_b0": 1e-3, "convnext_tiny": 5e-4,
+}
+
+
+def head_name(net: nn.Module) -> str:
+    """The classifier head: the network's last linear layer (`fc` of a ResNet, `classifier.3` of a MobileNet)."""
+    names = [name for name, layer in net.named_modules() if isinstance(layer, nn.Linear)]
+    if not names:
+        raise TypeError(f"{type(net).__name__} has no linear classifier head")
+    return names[-1]
+
+
+
+
+def torchvision_backbone(architecture: str) -> ModelFactory:
+    def factory(in_channels: int, image_size: int, num_outputs: int, width: int = 0) -> nn.Module:
+        from torchvision.models import get_model  # importing torchvision takes a second; only its models pay
+
+        net = get_model(architecture, weights=None)
+        head = head_name(net)
+        net.set_submodule(head, nn.Linear(net.get_submodule(head).in_features, num_outputs))
+        return net
+
+    factory.__doc__ = (f"torchvision {architecture}: ImageNet architecture, head replaced; --pretrained for its "
+                       "ImageNet weights")
+    return factory
+
+
+for _arch, _lr in BACKBONES.items():
+    register_model(_arch, input_size=224, rgb=True, widenable=False, lr=_lr, **FINE_TUNE)(
+        torchvision_backbone(_arch))
+
+
+def load_start(net: nn.Module, start: Start, name: str) -> None:
+    """Copy the starting weights into `net`, all but its head (which stays freshly initialised). Every other
+    tensor must be there with its shape: otherwise a one-line UserError naming the first key at fault."""
+    head = head_name(net) + "."
+    where = start.origin.get("path", start.origin.get("weights", "weights"))
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
+    for key, tensor in expected.items():
+        found = start.state.get(key)
+        if found is None:
+            raise UserError(f"{where}: does not fit {name}: key {key} is missing (expected "
+                            f"{tuple(tensor.shape)})")
+        if found.shape != tensor.shape:
+            raise UserError(f"{where}: does not fit {name}: key {key} has shape {tuple(found.shape)}, {name} "
+                            f"needs {tuple(tensor.shape)}")
+    extra = next((k for k in start.state if k not in expected and not k.startswith(head)), None)
+    if extra is not None:
+        raise UserError(f"{where}: does not fit {name}: unexpected key {extra}")
+    net.load_state_dict({k: start.state[k].to(v.dtype) for k, v in expected.items()}, strict=False)
+
+
+def starting_weights(options: ModelOptions) -> Start | None:
+    """The weights a run starts from (--pretrained or --weights), or None to train from scratch."""
+    if options.weights:
+        return read_start(options.weights)
+    if not options.pretrained:
+        return None
+    if MODELS.get(options.name).input_size is None:
+        raise UserError(f"--pretrained: {options.name} has no standard pretrained weights; use a torchvision model "
+                        f"(ambig-bench models) or --weights FILE|RUN_DIR")
+    return pretrained_start(options.name)
+
+
 def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, width: int) -> nn.Module:
     return MODELS.get(name)(in_channels, image_size, num_outputs, width)
 
@@ -139,11 +250,28 @@ def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, 
 FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at, evenly spaced
 
 
-def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width: int) -> nn.Sequential:
-    """Preprocess fitted on the uint8 training images, then the network, its data-fitted layers fitted too."""
+def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width: int, start: Start | None = None,
+                  backbone_lr: float = 1.0) -> nn.Sequential:
+    """Preprocess, then the network. From scratch: Preprocess fitted on the uint8 training images and data-fitted
+    layers fitted too. From `start`: its weights (all but the head), its normalisation when it has one, and its
+    layers' learning rate at `backbone_lr` times the head's (`lr_share`, read by train.make_optimizer)."""
     _, channels, size, _ = train_images.shape
-    preprocess = Preprocess.fit(train_images)
+    factory = MODELS.get(name)
     net = build_model(name, channels, size, num_outputs, width)
+    if start is not None and start.mean is not None:
+        preprocess = Preprocess(start.mean.float(), start.std.float())
+    else:
+        preprocess = Preprocess.fit(train_images)
+    if factory.rgb and preprocess.mean.numel() == 1:
+        # One grey channel normalised, then broadcast against 3: grey images enter an RGB network as RGB.
+        preprocess = Preprocess(preprocess.mean.flatten().repeat(3), preprocess.std.flatten().repeat(3))
+    if start is not None:
+        load_start(net, start, name)
+        head = net.get_submodule(head_name(net))
+        for layer in net.modules():
+            if layer is not head and backbone_lr != 1.0:
+                layer.lr_share = backbone_lr
+        return nn.Sequential(preprocess, net)
     # Evenly spaced, not the first ones: datasets often come sorted by class.
     n, k = len(train_images), min(len(train_images), FIT_IMAGES)
     sample = preprocess(train_images[torch.arange(k) * (n - 1) // max(k - 1, 1)])

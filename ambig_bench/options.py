@@ -34,6 +34,7 @@ IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an
 OUTSIDE_EXPERIMENT = (("strategy",), ("strategy_options",), ("seed",), ("runtime",), ("data", "download"))
 # Option tables declared by the registered sources and strategies: RunConfig field -> {name: options dataclass}.
 DECLARED = {"source": SOURCE_OPTIONS, "strategy_options": STRATEGY_OPTIONS}
+AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.pick_source)
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     their defaults, then check every value and name, so a saved config always holds what the run used."""
     check_names(cfg)
     resolve_loader(cfg)
-    for name, value in MODELS.get(cfg.model.name).recipe.items():
+    model = MODELS.get(cfg.model.name)
+    for name, value in model.recipe.items():
         if getattr(cfg.model, name) is None:
             setattr(cfg.model, name, value)
+    if cfg.data.image_size is None and cfg.model.pretrained:  # the size the standard weights were trained at
+        cfg.data.image_size = model.input_size
     for group, declared in DECLARED.items():
         tables = getattr(cfg, group)
         for name, cls in declared.items():
@@ -183,15 +187,15 @@ def outside_experiment() -> list[str]:
 
 def experiment(cfg: RunConfig) -> dict[str, Any]:
     """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, of the sources' options only
-    those of the source the run uses (under `auto`, of every source it may pick), and its dataset's options."""
+    those of the source the run uses (under `auto`, of the sources it may pick), and its dataset's options."""
     d = cfg.to_dict()
     for path in OUTSIDE_EXPERIMENT:
         parent = d
         for part in path[:-1]:
             parent = parent[part]
         parent.pop(path[-1])
-    used = cfg.data.between_source
-    d["source"] = {k: v for k, v in d["source"].items() if used in ("auto", k)}
+    used = AUTO_PICKS if cfg.data.between_source == "auto" else (cfg.data.between_source,)
+    d["source"] = {k: v for k, v in d["source"].items() if k in used}
     if not d["loader"]:  # a dataset without options: the key it had before datasets could declare options
         d.pop("loader")
     return d

@@ -20,9 +20,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, family: Callable[[str], T | None] | None = None) -> None:
         self.kind = kind  # "strategy", "dataset", ...: used in error messages
         self._items: dict[str, T] = {}
+        # Entries made on first use from a name pattern (e.g. `timm:<architecture>`); None for other names.
+        self._family = family
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(item: T) -> T:
@@ -35,6 +37,8 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        if name not in self._items and self._family and (item := self._family(name)) is not None:
+            self.register(name)(item)
         if name not in self._items:
             raise unknown(self.kind, name, self.names())
         return self._items[name]

@@ -183,6 +183,7 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
         ("runs", f"{len(done)} finished, {int((runs.status == 'failed').sum())} failed"),
         ("model", ", ".join(f"{m} (width {w or 'default'})" for m, w in
                             dict.fromkeys(zip(runs.model, runs.width, strict=True)))),
+        ("weights and mode", start_text(runs)),
         ("training", ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in TRAINING
                                if f in runs and not (f == "momentum" and (runs.optimizer == "adamw").all()))),
         ("train-size", train_sizes(runs.train_size)),
@@ -191,6 +192,16 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
         ("platform", distinct(e.get("platform", "?") for e in envs)),
     ]
     return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def start_text(runs: pd.DataFrame) -> str:
+    """Where the networks started (random, ImageNet, a file or run) and what trained (all, or the head only)."""
+    def one(row: pd.Series) -> str:
+        weights = row.get("weights")
+        start = ("ImageNet (--pretrained)" if row.get("pretrained") is True
+                 else f"--weights {weights}" if isinstance(weights, str) and weights else "random initialisation")
+        return f"{start}, {'linear probe (frozen backbone)' if row.get('freeze') is True else 'all layers trained'}"
+    return distinct(runs.apply(one, axis=1))
 
 
 # -- "what this means" ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ $ ambig-bench run --strategy soft,hard --seeds 3 --out results/demo    # Ctrl-C,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -34,8 +35,9 @@ from ambig_bench.data import LabelledImages
 from ambig_bench.datasets import prepare
 from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.errors import RunFailed
+from ambig_bench.features import Probe, probe
 from ambig_bench.metrics import evaluate, set_objective
-from ambig_bench.models import build_network
+from ambig_bench.models import build_network, starting_weights
 from ambig_bench.options import strategy_options
 from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, data_fingerprint, experiment_key
 from ambig_bench.strategies import STRATEGIES, Strategy
@@ -115,6 +117,7 @@ class Built:
     data: LabelledImages
     strategy: Strategy
     model: nn.Module
+    probe: Probe | None = None  # --freeze: only this head trains, over cached features
 
     @property
     def config(self) -> RunConfig:
@@ -122,11 +125,30 @@ class Built:
 
 
 def build_run(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tuple[Strategy, nn.Module]:
-    """The run's strategy and its untrained model (Preprocess fitted on the training images + network)."""
+    """The run's strategy and its untrained model (Preprocess + network, from scratch or from its starting
+    weights)."""
     strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs, strategy_options(cfg))
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
-    model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width)
+    model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width,
+                          starting_weights(cfg.model), cfg.model.backbone_lr)
     return strategy, device_layout(model.to(device), device)
+
+
+def built_run(claim: Claim, data: LabelledImages, device: torch.device) -> Built:
+    strategy, model = build_run(claim.config, data, device)
+    return Built(claim, data, strategy, model, probe(model, data, device) if claim.config.model.freeze else None)
+
+
+def trained_part(built: Built) -> tuple[nn.Module, LabelledImages]:
+    """What trains and on what: the network on the images, or under --freeze its head on the features."""
+    return (built.probe.head, built.probe.data) if built.probe else (built.model, built.data)
+
+
+def training_config(cfg: RunConfig) -> RunConfig:
+    """A head over features trains without image augmentation (the features are of the plain images)."""
+    if not cfg.model.freeze:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, augment="off"))
 
 
 def evaluate_run(built: Built, model: nn.Module, device: torch.device, history: list[dict], train_seconds: float,
@@ -135,16 +157,19 @@ def evaluate_run(built: Built, model: nn.Module, device: torch.device, history: 
     cfg, data, strategy = built.config, built.data, built.strategy
     val, test = data.subset("val"), data.subset("test")
     # Models trained with augmentation are evaluated on mirrored and shifted views too (cheap, fair to every strategy).
-    tta = tta_level(cfg, data.images)
-    val_logits = predict_logits(model, val.images, device, tta)
-    test_logits = predict_logits(model, test.images, device, tta)
+    tta = tta_level(training_config(cfg), data.images)
+    net, inputs = trained_part(built) if built.probe else (model, data)
+    val_logits = predict_logits(net, inputs.subset("val").images, device, tta)
+    test_logits = predict_logits(net, inputs.subset("test").images, device, tta)
     threshold = choose_threshold(strategy, val_logits, val)
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
                        test.label_a, test.label_b, test.share_a, test.votes)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
-                   batched_runs=batched_runs)
-    weights, meta = model_files(getattr(model, "_orig_mod", model), cfg, data, strategy, threshold, tta)
+                   batched_runs=batched_runs, feature_seconds=round(built.probe.seconds, 3) if built.probe else 0.0)
+    start = starting_weights(cfg.model)
+    weights, meta = model_files(getattr(model, "_orig_mod", model), cfg, data, strategy, threshold, tta,
+                                start.origin if start else {"weights": "random initialisation"})
     return RunRecord(
         metrics=metrics,
         data={"class_names": data.class_names, "pairs": data.pairs, **data.info,
@@ -175,17 +200,17 @@ def train_group(group: list[Built], device: torch.device, reporter: Reporter | N
         # Progress shows the first run's loss: the group's runs share every step but not their losses.
         first = group[0].claim.run_dir.name
         reporter.start_run(f"{len(group)} runs together, {first}" if len(group) > 1 else first, cfg.train.epochs)
-    jobs = [Job(b.model, b.strategy, b.data.subset("train"), b.config.seed,
+    jobs = [Job(trained_part(b)[0], b.strategy, trained_part(b)[1].subset("train"), b.config.seed,
                 reporter.epoch if reporter and i == 0 else None) for i, b in enumerate(group)]
     if len(group) == 1:
-        trained = [torch.compile(group[0].model) if cfg.runtime.compile else group[0].model]
-        module = trained[0]
+        trained = [torch.compile(group[0].model) if cfg.runtime.compile and not group[0].probe else group[0].model]
+        module = jobs[0].model if group[0].probe else trained[0]
     else:
         trained = [b.model for b in group]
         module = device_layout(widen(trained).to(device), device)
     started = time.perf_counter()
     try:
-        outcomes = train(jobs, cfg, device, module)
+        outcomes = train(jobs, training_config(cfg), device, module)
     except (RunFailed, torch.cuda.OutOfMemoryError) as e:
         outcomes = [failure_reason(e, cfg, len(group))] * len(group)
     seconds = time.perf_counter() - started
@@ -199,9 +224,7 @@ def train_claimed(claim: Claim, reporter: Reporter | None = None) -> RunRecord |
     """Train and evaluate one claimed run in this process: its record, or why it failed."""
     cfg = claim.config
     device = pick_device(cfg.runtime.device)
-    data = prepare_data(cfg)
-    strategy, model = build_run(cfg, data, device)
-    [outcome] = train_group([Built(claim, data, strategy, model)], device, reporter)
+    [outcome] = train_group([built_run(claim, prepare_data(cfg), device)], device, reporter)
     return outcome
 
 
@@ -257,9 +280,8 @@ def run_together(runs: list[RunConfig], out: str, force: bool, reporter: Reporte
                 results[i] = claimed
                 continue
             data = prepare_data(cfg)
-            strategy, model = build_run(cfg, data, device)
-            built[i] = Built(claimed, data, strategy, model)
-            train_split = data.subset("train")
+            built[i] = Built(claimed, data, *build_run(cfg, data, device))
+            strategy, train_split = built[i].strategy, data.subset("train")
             shape = (experiment_key(cfg), strategy.num_outputs,
                      strategy.images_per_epoch(train_split.is_between), tuple(train_split.images.shape))
             groups.setdefault(shape, []).append(i)

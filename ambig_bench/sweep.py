@@ -59,7 +59,7 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
 def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
     """One template run per combination of the varied values (the last --vary changes fastest)."""
     source = run.data.between_source
-    if "between_fraction" in vary and source != "blend" and "between_source" not in vary:
+    if "between_fraction" in vary and source not in ("blend", "auto") and "between_source" not in vary:
         raise UserError(f"--vary between-fraction: only the blend source generates in-between images by "
                         f"fraction; with --between-source {source} the data fix them")
     # A varied model takes its own recipe (its models.MODELS entry) unless the recipe is varied too; every

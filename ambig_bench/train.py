@@ -110,18 +110,20 @@ def autocast(device: torch.device):
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    """One parameter group per learning-rate multiplier a layer declares (`lr_scale`); frozen weights are left out.
+    """One parameter group per learning-rate multiplier; frozen weights are left out.
 
-    Under SGD a group's weight decay is divided by its multiplier, so every parameter decays at the same rate
-    per step whatever its learning rate (airbench's decoupled form). AdamW's steps do not scale with the
-    gradient, so it ignores the multipliers.
+    A layer's multiplier is its `lr_share` (layers that start from pretrained weights: --backbone-lr, under any
+    optimizer) times, under SGD, its `lr_scale` (airbench's faster BatchNorm shifts). Under SGD a group's weight
+    decay is divided by its lr_scale, so every parameter decays at the same rate per step whatever its learning
+    rate (airbench's decoupled form). AdamW's steps do not scale with the gradient, so it ignores lr_scale.
     """
-    by_scale: dict[float, list[nn.Parameter]] = {}
+    by_scale: dict[tuple[float, float], list[nn.Parameter]] = {}
     for layer in model.modules():
         scale = getattr(layer, "lr_scale", 1.0) if cfg.model.optimizer == "sgd" else 1.0
-        by_scale.setdefault(scale, []).extend(p for p in layer.parameters(recurse=False) if p.requires_grad)
-    groups = [{"params": params, "lr_scale": scale, "lr": cfg.model.lr * scale,
-               "weight_decay": cfg.model.weight_decay / scale} for scale, params in by_scale.items() if params]
+        share = getattr(layer, "lr_share", 1.0)
+        by_scale.setdefault((scale, share), []).extend(p for p in layer.parameters(recurse=False) if p.requires_grad)
+    groups = [{"params": params, "lr_scale": scale * share, "lr": cfg.model.lr * scale * share,
+               "weight_decay": cfg.model.weight_decay / scale} for (scale, share), params in by_scale.items() if params]
     if cfg.model.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.model.lr, momentum=cfg.model.momentum, nesterov=cfg.model.momentum > 0)
     # The fused kernel updates every parameter in one launch on CUDA.
@@ -132,8 +134,9 @@ def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -
     """The learning rate at `step` of `epoch`, as a fraction of the peak.
 
     linear: warm-up from 0 over the first epoch, then straight down to 0 (small-cnn's default).
+    cosine: the same warm-up, then down to 0 along a half cosine (the fine-tuning recipes' default).
     triangle: airbench's: from 0.2 up to the peak at 23% of training, then down to 0.07 at the end.
-    Both are defined in epochs, so strategies with more images per epoch (duplicate) get the same curve over
+    All are defined in epochs, so strategies with more images per epoch (duplicate) get the same curve over
     training as the others.
     """
     progress = (epoch + step / n_steps) / epochs
@@ -141,6 +144,8 @@ def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -
         rise = 0.23
         return 0.2 + 0.8 * progress / rise if progress < rise else 1 - 0.93 * (progress - rise) / (1 - rise)
     warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if epochs > 1 else 1.0
+    if schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * progress))
     return warm * (1 - progress)
 
 

@@ -26,7 +26,7 @@ import torch
 from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, SPLITS, LabelledImages, RawImages, parse_pairs
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import cache_dir
+from ambig_bench.imageio import cache_dir, fit_images
 from ambig_bench.registry import Registry
 
 # (training images, seed, epochs, image batches) -> class probabilities of each batch from a plain
@@ -94,6 +94,8 @@ def load_raw(cfg: RunConfig) -> RawImages:
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
     raw = DATASETS.get(cfg.data.dataset)(cfg)
     check_raw(raw, cfg.data.dataset)
+    if cfg.data.image_size and tuple(raw.images.shape[2:]) != (cfg.data.image_size,) * 2:
+        raw = dataclasses.replace(raw, images=torch.from_numpy(fit_images(raw.images.numpy(), cfg.data.image_size)))
     return raw
 
 
@@ -109,7 +111,7 @@ def pairs_of(raw: RawImages, cfg: RunConfig) -> list[tuple[int, int]]:
 def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
     """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
     raw = load_raw(cfg)
-    source_name = raw.default_source if cfg.data.between_source == "auto" else cfg.data.between_source
+    source_name, notes = pick_source(raw, cfg)
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
@@ -128,8 +130,27 @@ def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImage
     options_type = SOURCE_OPTIONS.get(source_name)
     options = options_type(**cfg.source.get(source_name, {})) if options_type else None
     data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
-    data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts())
+    data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts(),
+                     image_policy={"size": list(data.images.shape[2:]), "requested": cfg.data.image_size,
+                                   "resize": RESIZE_POLICY}, notes=notes)
     return data
+
+
+RESIZE_POLICY = "shorter side to the size, then the centre square (imageio.fit_image)"
+def pick_source(raw: RawImages, cfg: RunConfig) -> tuple[str, list[str]]:
+    """The in-between source and notes for the user (data.info["notes"], printed by `run` before training):
+    `auto` takes the dataset's (human when it has in-between votes or A|B rows) and says which; an explicit
+    source that leaves in-between rows unused says how many."""
+    n_between = int((judge_votes(raw.labels, raw.votes, cfg).kind == BETWEEN_KIND).sum()) if raw.votes is not None \
+        else 0
+    if cfg.data.between_source == "auto":
+        why = f"{n_between} in-between images in the labels" if n_between else "no in-between labels in the data"
+        return raw.default_source, [f"in-between source: {raw.default_source} (--between-source auto: {why})"]
+    if n_between and cfg.data.between_source != "human":
+        return cfg.data.between_source, [
+            f"warning: --between-source {cfg.data.between_source} ignores the {n_between} in-between (A|B or "
+            f"split-vote) images of the labels; --between-source human (or auto) trains on them"]
+    return cfg.data.between_source, []
 
 
 def check_raw(raw: RawImages, dataset: str) -> None:

@@ -1,7 +1,12 @@
 """`folder`: your own images, as a class-per-folder tree and/or a labels CSV with in-between labels.
 
 Tree (`--data-dir DIR`, a folder or a .tgz/.tar of one): `DIR/<class>/<image>`, or with fixed splits
-`DIR/{train,val,test}/<class>/<image>` (val optional). Class = folder name, classes sorted by name.
+`DIR/{train,val,test}/<class>/<image>` (val optional; `validation` also names it). Class = folder name,
+classes sorted by name.
+
+Hugging Face imagefolder layout as it is: `DIR/metadata.csv` with a `file_name` column is read as the labels
+CSV when --labels is not given; files under `train/`, `validation/` (or `val/`) and `test/` take that split.
+Images of any size are resized by `imageio.fit_image` (shorter side to --image-size, centre crop).
 
 Labels CSV (`--labels FILE`): lists every image used; `file` paths are relative to `--data-dir` (default:
 the CSV's folder). Either a `label` column (`cat`, or `cat|dog` for an image between cat and dog), or one
@@ -30,7 +35,9 @@ from ambig_bench.datasets.crowd import CROWD_METHODS, aggregate_votes, is_long_f
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
 
-SPLIT_DIRS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}  # Hugging Face: validation
+FILE_COLUMNS = ("file", "path", "file_name")  # file_name: Hugging Face imagefolder's metadata.csv
+HF_METADATA = "metadata.csv"
 
 
 @dataclass
@@ -47,11 +54,14 @@ class FolderOptions:
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
     if cfg.data.labels:
-        return from_csv(cfg)
+        return from_csv(cfg, existing(cfg.data.labels, "--labels"))
     if not cfg.data.data_dir:
         raise UserError("dataset folder: give --data-dir (a <class>/<image> tree or a .tgz of one) "
                         "and/or --labels FILE.csv")
-    raw, _ = read_image_folder(existing(cfg.data.data_dir, "--data-dir"))
+    root = existing(cfg.data.data_dir, "--data-dir")
+    if (root / HF_METADATA).is_file():
+        return from_csv(cfg, root / HF_METADATA)
+    raw, _ = read_image_folder(root, cfg.data.image_size)
     return raw
 
 
@@ -62,12 +72,13 @@ def existing(path: str, option: str) -> Path:
     return p
 
 
-def read_image_folder(source: Path) -> tuple[RawImages, list[str]]:
-    """A `<class>/<image>` or `<split>/<class>/<image>` tree (folder or archive) -> raw images and their paths."""
-    decoded = decode_tree(source)
+def read_image_folder(source: Path, size: int | None = None) -> tuple[RawImages, list[str]]:
+    """A `<class>/<image>` or `<split>/<class>/<image>` tree (folder or archive) -> raw images (fitted to `size`)
+    and their paths."""
+    decoded = decode_tree(source, size)
     parts = [tuple(p.split("/")) for p in decoded.paths]  # decode_tree gives clean posix paths
-    with_splits = any(len(p) == 3 and p[0] in SPLIT_DIRS for p in parts)
-    fits = (lambda p: len(p) == 3 and p[0] in SPLIT_DIRS) if with_splits else (lambda p: len(p) == 2)
+    with_splits = any(len(p) == 3 and p[0] in SPLIT_NAMES for p in parts)
+    fits = (lambda p: len(p) == 3 and p[0] in SPLIT_NAMES) if with_splits else (lambda p: len(p) == 2)
     odd = next((path for path, p in zip(decoded.paths, parts, strict=True) if not fits(p)), None)
     if odd is not None:
         layout = "<split>/<class>/<image> with split train, val or test" if with_splits else "<class>/<image>"
@@ -79,11 +90,11 @@ def read_image_folder(source: Path) -> tuple[RawImages, list[str]]:
     labels = torch.tensor([index[p[class_col]] for p in parts], dtype=torch.long)
     split = None
     if with_splits:
-        present = {p[0] for p in parts}
+        present = {SPLIT_NAMES[p[0]] for p in parts}
         if not {"train", "test"} <= present:
             raise UserError(f"{source}: split folders need train/ and test/ (val/ is optional); found "
                             f"{', '.join(sorted(present))}/")
-        split = torch.tensor([SPLITS[p[0]] for p in parts], dtype=torch.int8)
+        split = torch.tensor([SPLITS[SPLIT_NAMES[p[0]]] for p in parts], dtype=torch.int8)
     raw = RawImages(torch.from_numpy(decoded.images), labels, class_names, split, source=str(source),
                     files=decoded.paths)
     return raw, decoded.paths
@@ -100,12 +111,11 @@ class LabelTable:
     split: np.ndarray | None  # int8 N of SPLITS, when the CSV has a split column
 
 
-def from_csv(cfg: RunConfig) -> RawImages:
-    csv_path = existing(cfg.data.labels, "--labels")
+def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
     root = existing(cfg.data.data_dir, "--data-dir") if cfg.data.data_dir else csv_path.parent
     table = read_labels_csv(csv_path, loader_options(cfg).crowd_method)
     if is_archive(root):
-        decoded = decode_tree(root)
+        decoded = decode_tree(root, cfg.data.image_size)
         row = {p: i for i, p in enumerate(decoded.paths)}
         gone = next((i for i, f in enumerate(table.files) if f not in row), None)
         if gone is not None:
@@ -115,7 +125,11 @@ def from_csv(cfg: RunConfig) -> RawImages:
         gone = next((i for i, f in enumerate(table.files) if not (root / f).is_file()), None)
         if gone is not None:
             raise UserError(f"{csv_path} line {table.lines[gone]}: file {root / table.files[gone]} not found")
-        images = decode_listed(root, table.files).images
+        images = decode_listed(root, table.files, cfg.data.image_size).images
+    if table.split is None and all(f.split("/", 1)[0] in SPLIT_NAMES for f in table.files):
+        # Hugging Face imagefolder: the split is the top folder (train/, validation/, test/)
+        table.split = read_split(csv_path, [(line, [f.split("/", 1)[0]]) for line, f in
+                                            zip(table.lines, table.files, strict=True)], 0)
     split = torch.from_numpy(table.split) if table.split is not None else None
     return voted_images(torch.from_numpy(images), torch.from_numpy(table.votes), table.class_names, split, cfg,
                         f"{csv_path} ({root})", files=table.files)
@@ -138,9 +152,10 @@ def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
     dup = next((h for i, h in enumerate(lower) if h in lower[:i]), None)
     if dup is not None:
         raise UserError(f"{path}: column {dup!r} appears twice in the header")
-    file_col = next((lower.index(c) for c in ("file", "path") if c in lower), None)
+    file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
     if file_col is None:
-        raise UserError(f"{path}: the header needs a 'file' column (file,label or file,<class>,<class>,...)")
+        raise UserError(f"{path}: the header needs a 'file' column (file,label or file,<class>,<class>,...; "
+                        f"Hugging Face's file_name also works)")
     split_col = lower.index("split") if "split" in lower else None
     for line, row in body:
         if len(row) != len(header):
@@ -223,9 +238,9 @@ def read_split(path: Path, body: list[tuple[int, list[str]]], col: int) -> np.nd
     split = np.zeros(len(body), dtype=np.int8)
     for r, (line, row) in enumerate(body):
         value = row[col].strip().lower()
-        if value not in SPLIT_DIRS:
-            raise UserError(f"{path} line {line}: split {row[col]!r} must be train, val or test")
-        split[r] = SPLITS[value]
+        if value not in SPLIT_NAMES:
+            raise UserError(f"{path} line {line}: split {row[col]!r} must be train, val (validation) or test")
+        split[r] = SPLITS[SPLIT_NAMES[value]]
     for needed in ("train", "test"):
         if not (split == SPLITS[needed]).any():
             raise UserError(f"{path}: the split column has no {needed!r} row")

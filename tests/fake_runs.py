@@ -1,4 +1,4 @@
-"""Run directories written by hand for compare and report tests: config.json only, no training.
+"""Run directories written by hand for compare and report tests: config.json (and data.json's source), no training.
 
 The config is what a run of this version saves (options.build, nested), or the same fields flat, as runs of
 older versions saved them: compare must read both.
@@ -23,4 +23,7 @@ def fake_run_dir(out: Path, strategy: str, seed: int, nest: bool = True, **optio
     run_dir = out / "runs" / f"{strategy}-seed{seed}-{key}"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config if nest else flat))
+    # What a run records of its data: `auto` picks blend for these vote-free datasets.
+    source = flat["between_source"]
+    (run_dir / "data.json").write_text(json.dumps({"between_source": "blend" if source == "auto" else source}))
     return run_dir, flat

@@ -44,12 +44,6 @@ def truncated_tree(tmp: Path) -> Path:
     return root
 
 
-def two_sizes_tree(tmp: Path) -> Path:
-    root = write_tree(tmp / "sizes", ["cat", "dog"], 2)
-    write_image(root / "dog" / "9.png", 1, size=9)
-    return root
-
-
 def truncated_idx(tmp: Path) -> Path:
     folder = write_fashion(tmp / "fm")
     labels = folder / "train-labels-idx1-ubyte.gz"
@@ -81,8 +75,6 @@ CASES = {
     "unreadable image": (lambda t: dict(dataset="folder", data_dir=str(junk_tree(t)), pairs="cat:dog"), "dog/0.png"),
     "truncated image": (lambda t: dict(dataset="folder", data_dir=str(truncated_tree(t)), pairs="cat:dog"),
                         "dog/1.png: unreadable or truncated"),
-    "two image sizes": (lambda t: dict(dataset="folder", data_dir=str(two_sizes_tree(t)), pairs="cat:dog"),
-                        "dog/9.png: 9x9 pixels"),
     "truncated idx": (lambda t: dict(dataset="fashion-mnist", data_dir=str(truncated_idx(t))),
                       "train-labels-idx1-ubyte.gz: truncated"),
     "unknown class": (lambda t: dict(dataset="folder", labels=csv_with("new.png,cat|cow")(t)),

@@ -62,7 +62,8 @@ def test_a_new_source_is_one_declaration_with_its_own_options():
         assert cfg.source["echo"] == {"echo_level": 5}
         # Its option is part of its own runs' experiment, and of no other source's runs.
         assert experiment_key(cfg) != experiment_key(options.build({"between_source": "echo"}))
-        assert experiment_key(options.build({"echo_level": 5})) == experiment_key(options.build({}))
+        blend = {"between_source": "blend"}
+        assert experiment_key(options.build({**blend, "echo_level": 5})) == experiment_key(options.build(blend))
         with pytest.raises(UserError, match="--echo-level must be >= 0"):
             options.build({"echo_level": -1})
     finally:

@@ -72,7 +72,9 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict, predictions: bo
     counts = {"train": {"clear": 400, "between": round(400 * cfg["between_fraction"])},
               "val": {"clear": 24, "between": 8}, "test": {"clear": 24, "between": 8}}
     (run_dir / "data.json").write_text(json.dumps({"class_names": CLASSES, "pairs": PAIRS, "dataset": cfg["dataset"],
-                                                   "origin": "planted test data", "counts": counts}))
+                                                   "origin": "planted test data", "counts": counts,
+                                                   "between_source": json.loads((run_dir / "data.json").read_text())[
+                                                       "between_source"]}))
     (run_dir / "env.json").write_text(json.dumps(ENV))
     # human_ce is NaN, as in a run on images without votes.
     (run_dir / "metrics.json").write_text(json.dumps({m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics))
@@ -201,7 +203,8 @@ def test_report_files_and_golden(tmp_path):
     assert (out / "report.md").read_text() == built.markdown
     for link in re.findall(r"\]\((figures/[^)]+\.png)\)", built.markdown):
         assert (out / link).read_bytes()[:4] == b"\x89PNG", link
-    assert "ambig-bench sweep --strategy soft,reassign,duplicate,extra-class,multilabel" in built.markdown
+    assert "ambig-bench sweep --between-source blend --strategy soft,reassign,duplicate,extra-class,multilabel" in \
+        built.markdown
 
 
 class Page(HTMLParser):

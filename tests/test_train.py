@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,9 +60,12 @@ class Float(torch.nn.Module):
     ("linear", {(0, 0): 0.1, (0, 4): 0.5 * 0.96, (1, 0): 0.9, (5, 0): 0.5, (9, 9): 0.01}),
     ("triangle", {(0, 0): 0.2, (1, 0): 0.2 + 0.8 * 0.1 / 0.23, (2, 3): 1.0, (6, 0): 1 - 0.93 * 0.37 / 0.77,
                   (9, 9): 1 - 0.93 * 0.76 / 0.77}),
+    ("cosine", {(0, 0): 0.1 * 1.0, (0, 4): 0.5 * (0.5 + 0.5 * math.cos(math.pi * 0.04)), (5, 0): 0.5,
+                (1, 0): 0.5 + 0.5 * math.cos(math.pi * 0.1), (9, 9): 0.5 + 0.5 * math.cos(math.pi * 0.99)}),
 ])
 def test_learning_rate_schedules(schedule, expected):
-    """linear: one-epoch warm-up then down to 0; triangle (airbench): 0.2 -> 1 at 23% of training -> 0.07."""
+    """linear: one-epoch warm-up then down to 0; cosine: the same warm-up then a half cosine down to 0;
+    triangle (airbench): 0.2 -> 1 at 23% of training -> 0.07."""
     from ambig_bench.train import lr_factor
 
     for (epoch, step), value in expected.items():
