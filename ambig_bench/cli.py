@@ -381,16 +381,14 @@ def strategies() -> None:
 @app.command()
 def models() -> None:
     """List the registered models: input size, what they are and their default recipe (each field an option)."""
-    from ambig_bench.models import MODELS  # torch: only this listing pays for it, not the others or --help
     table = Table(title="models (--model); recipe fields are options (--lr, --batch-size, ...)",
                   caption="also timm:<architecture>, any timm classifier (pip install 'ambig-bench\\[timm]')")
     for column in ("model", "input size", "description", "default recipe"):
         table.add_column(column, overflow="fold")
-    for name, text in MODELS.describe().items():
-        factory = MODELS.get(name)
-        size = f"{factory.input_size}x{factory.input_size} RGB" if factory.input_size else "any"
-        recipe = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in factory.recipe.items())
-        table.add_row(name, size, text, recipe)
+    for name, model in catalogue()["models"].items():
+        size = f"{model['input_size']}x{model['input_size']} RGB" if model["input_size"] else "any"
+        recipe = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in model["recipe"].items())
+        table.add_row(name, size, model["description"], recipe)
     out.print(table)
 
 
