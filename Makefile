@@ -10,8 +10,8 @@ DEMO_OUT ?= results/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing ambig-bench and its dependencies into $(VENV): torch and torchvision (CUDA builds, about" \
-	      "5.5 GB), Ray, the integrations the tests cover (Hugging Face datasets, MLflow, TensorBoard, crowd-kit, timm:" \
-	      "about 0.35 GB and more) and the test tools: about 7 GB and a few minutes the first time."
+	      "5.5 GB), Ray, the integrations the tests cover (Hugging Face datasets, MLflow, TensorBoard, crowd-kit," \
+	      "timm) and the test tools: about 6.8 GB and a few minutes the first time."
 	$(PY) -m pip install --progress-bar on -e '.[dev,ray,hf,mlflow,tensorboard,crowd,timm]'
 	touch $(STAMP)
 
