@@ -121,6 +121,9 @@ class ModelOptions:
                                   choices=SCHEDULES)
     lookahead: str | None = option(None, "on | off: average the weights late in training, airbench-style "
                                          "(default: the model's)", choices=LOOKAHEAD)
+    crop_scale: float | None = option(None, "augmentation: random-resized crops keep at least this share of the image "
+                                            "area, in (0, 1]; 1 = shifts of --translate instead (default: the "
+                                            "model's)")
     backbone_lr: float | None = option(None, "learning rate of the layers that start from --pretrained or --weights, "
                                              "as a share of --lr (the new head gets --lr) (default: the model's)")
     pretrained: bool = option(False, "start from the architecture's standard ImageNet weights (torchvision's "
@@ -145,6 +148,8 @@ class ModelOptions:
         for name in ("optimizer", "schedule", "lookahead"):
             if (value := getattr(self, name)) is not None:
                 check_choice(name, value, MODEL_FIELDS[name].metadata["choices"])
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise UserError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if self.backbone_lr is not None and (not math.isfinite(self.backbone_lr) or self.backbone_lr < 0):
             raise UserError(f"--backbone-lr must be >= 0 and finite, got {self.backbone_lr}")
         if self.pretrained and self.weights:

@@ -88,7 +88,7 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-@register_model("small-cnn", width=32, optimizer="adamw", batch_size=128, lr=3e-3, weight_decay=5e-4,
+@register_model("small-cnn", width=32, optimizer="adamw", batch_size=128, lr=3e-3, weight_decay=5e-4, crop_scale=1.0,
                 momentum=0.9, lookahead="off", schedule="linear", backbone_lr=1.0)
 def small_cnn(in_channels: int, image_size: int, num_outputs: int, width: int = 32) -> nn.Module:
     """Small CNN for CPU: conv-BN-ReLU-pool stages (widths w, 2w, 4w), as many as the image size allows."""
@@ -158,7 +158,7 @@ class Scale(nn.Module):
 
 
 # airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
-@register_model("fast-cifar", width=64, optimizer="sgd", batch_size=1024, lr=1.5, weight_decay=1.33e-3,
+@register_model("fast-cifar", width=64, optimizer="sgd", batch_size=1024, lr=1.5, weight_decay=1.33e-3, crop_scale=1.0,
                 momentum=0.85, lookahead="on", schedule="triangle", backbone_lr=1.0)
 def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int = 64) -> nn.Module:
     """airbench94's net for 32x32: whitening stem, GELU blocks 64/256/256, max-pool head, SGD + lookahead."""
@@ -174,8 +174,10 @@ def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int =
 # -- torchvision backbones -------------------------------------------------------------------------------------
 # Fine-tuning recipe per family: AdamW, the pretrained layers at a tenth of the new head's learning rate, one epoch
 # of warm-up then cosine decay (the usual transfer-learning recipe; each field is overridable on the command line).
+# Random-resized crops keeping at least 35% of the area, and flips: the usual fine-tuning augmentation, milder than
+# ImageNet training's 8% because a few thousand photos leave little to spare.
 FINE_TUNE = dict(optimizer="adamw", batch_size=64, weight_decay=0.05, momentum=0.9, lookahead="off",
-                 schedule="cosine", backbone_lr=0.1)
+                 schedule="cosine", backbone_lr=0.1, crop_scale=0.35)
 BACKBONES = {  # torchvision architecture -> its family's peak learning rate (of the head)
     "resnet18": 1e-3, "resnet50": 1e-3, "mobilenet_v3_small": 2e-3, "mobilenet_v3_large": 2e-3,
     "efficientnet_b0": 1e-3, "convnext_tiny": 5e-4,

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ambig_bench.config import RunConfig
@@ -72,6 +73,32 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: int) -> torch.Tensor:
     return torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
 
 
+def resized_crop(x: torch.Tensor, gen: torch.Generator, min_scale: float) -> torch.Tensor:
+    """Random-resized crops, on the device: each image's crop covers a random share of its area in
+    [min_scale, 1] with an aspect ratio in [3/4, 4/3] at a random place, resampled (bilinear) to the full size."""
+    n, device = len(x), x.device
+    area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen, device=device)
+    ratio = torch.exp((torch.rand(n, generator=gen, device=device) * 2 - 1) * math.log(4 / 3))
+    width, height = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)  # shares of the sides
+    # affine_grid's coordinates run from -1 to 1: a crop of side share s may be centred anywhere in ±(1 - s).
+    cx = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - width)
+    cy = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (1 - height)
+    zero = torch.zeros(n, device=device)
+    theta = torch.stack([torch.stack([width, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    crops = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return crops.round().clamp(0, 255).to(x.dtype)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, cfg: RunConfig) -> torch.Tensor:
+    """The recipe's augmentation: random-resized crops and flips (crop_scale < 1), else shifts and flips."""
+    if cfg.model.crop_scale is not None and cfg.model.crop_scale < 1:
+        x = resized_crop(x, gen, cfg.model.crop_scale)
+        flip = torch.rand(len(x), generator=gen, device=x.device) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    return augment(x, gen, cfg.train.translate)
+
+
 def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
     augment_opt, shift = cfg.train.augment, cfg.train.translate
     on = augment_opt == "on" or (augment_opt == "auto" and images.shape[1] == 3 and images.shape[2] >= 24)
@@ -84,7 +111,8 @@ def tta_level(cfg: RunConfig, images: torch.Tensor) -> int:
     """Test-time views that match training: 0 none, 1 image + mirror, 2 also one-pixel shifts (airbench's levels)."""
     if not use_augmentation(cfg, images):
         return 0
-    return 2 if cfg.train.translate > 0 else 1
+    shifts = cfg.train.translate > 0 and not (cfg.model.crop_scale is not None and cfg.model.crop_scale < 1)
+    return 2 if shifts else 1
 
 
 def device_layout(t, device: torch.device):
@@ -198,6 +226,21 @@ class Job:
     on_epoch: EpochCallback | None = None
 
 
+def resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The training images on the device when they fit in half its free memory (the rest is the network's); else
+    in pinned host memory, each batch copied over as it is formed: slower, but a dataset larger than the GPU trains."""
+    if device.type != "cuda":
+        return images.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    if fits(images.numel() * images.element_size(), free):
+        return images.to(device)
+    return images.pin_memory()
+
+
+def fits(nbytes: int, free: int) -> bool:
+    return nbytes <= free // 2
+
+
 def failure(mean_loss: float, epoch: int) -> str:
     return f"training loss became {mean_loss} in epoch {epoch}; try a lower --lr"
 
@@ -213,7 +256,7 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
     """
     m_count = len(jobs)
     module = module if module is not None else jobs[0].model
-    images = [job.data.images.to(device) for job in jobs]
+    images = [resident(job.data.images, device) for job in jobs]
     labels = [labels_of(job.data, device) for job in jobs]
     gens = [torch.Generator(device=device).manual_seed(job.seed) for job in jobs]
     do_augment = use_augmentation(cfg, jobs[0].data.images)
@@ -237,8 +280,9 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
             xs, ts = [], []
             for m in range(m_count):
                 batch = orders[m][step * batch_size:(step + 1) * batch_size]
-                x = images[m][plans[m][0][batch]]
-                x = augment(x, gens[m], cfg.train.translate) if do_augment else x
+                index = plans[m][0][batch]
+                x = images[m][index.to(images[m].device)].to(device, non_blocking=True)
+                x = augment_batch(x, gens[m], cfg) if do_augment else x
                 # Each run mixes its own batch with its own generator (mixup), whether trained alone or grouped.
                 x, t = jobs[m].strategy.mix_batch(x, plans[m][1][batch], gens[m])
                 xs.append(x)

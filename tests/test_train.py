@@ -110,3 +110,37 @@ def test_test_time_views_follow_training_augmentation(augment, translate, level)
 
     images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
     assert tta_level(build(dict(augment=augment, translate=translate)), images) == level
+
+
+def test_resized_crops_keep_shape_order_and_the_chosen_share_of_the_image():
+    from ambig_bench.train import resized_crop
+
+    ramp = (torch.arange(32) * 8).to(torch.uint8).expand(6, 3, 32, 32).contiguous()  # brightness = column
+    crops = resized_crop(ramp, torch.Generator().manual_seed(0), 0.5)
+    again = resized_crop(ramp, torch.Generator().manual_seed(0), 0.5)
+    assert crops.shape == ramp.shape and crops.dtype == torch.uint8 and torch.equal(crops, again)
+    rows = crops[:, 0].float()
+    assert (rows.diff(dim=2) >= 0).all(), "a crop of a left-to-right ramp still runs left to right"
+    assert (rows == rows[:, :1]).all(), "every row of the crop is the same part of the ramp"
+    span = (rows[:, 0, -1] - rows[:, 0, 0]) / (8 * 31)  # share of the image's width the crop covers
+    # area >= 0.5 with aspect ratio <= 4/3 keeps at least sqrt(0.5 * 3/4) of the width, minus a pixel of resampling
+    assert (span >= (0.5 * 3 / 4) ** 0.5 - 2 / 31).all() and (span < 1).any()
+
+
+def test_crop_recipes_use_mirror_views_only_and_big_data_streams_from_host_memory():
+    from ambig_bench.options import build
+    from ambig_bench.train import fits, tta_level
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    assert tta_level(build({"augment": "on", "crop_scale": 0.35}), images) == 1
+    assert tta_level(build({"augment": "on"}), images) == 2
+    assert build({"model": "resnet18"}).model.crop_scale == 0.35 and build({}).model.crop_scale == 1.0
+    assert fits(10, 20) and not fits(11, 20), "the images may take half of the device's free memory"
+
+
+def test_a_crop_recipe_trains_end_to_end(tmp_path):
+    from ambig_bench.runner import run_experiment
+    from tests.conftest import tiny_config
+
+    result = run_experiment(tiny_config(augment="on", crop_scale=0.5, translate=1), tmp_path)
+    assert result.status == "done" and 0 <= result.metrics["clear_acc"] <= 1
