@@ -132,11 +132,12 @@ def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImage
     data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
     data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts(),
                      image_policy={"size": list(data.images.shape[2:]), "requested": cfg.data.image_size,
-                                   "resize": RESIZE_POLICY}, notes=notes)
+                                   "resize": RESIZE_POLICY, "exif_orientation": EXIF_POLICY}, notes=notes)
     return data
 
 
 RESIZE_POLICY = "shorter side to the size, then the centre square (imageio.fit_image)"
+EXIF_POLICY = "applied: photos are turned upright as their EXIF tag says, in training and in predict alike"
 def pick_source(raw: RawImages, cfg: RunConfig) -> tuple[str, list[str]]:
     """The in-between source and notes for the user (data.info["notes"], printed by `run` before training):
     `auto` takes the dataset's (human when it has in-between votes or A|B rows) and says which; an explicit

@@ -135,13 +135,38 @@ def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
                         f"{csv_path} ({root})", files=table.files)
 
 
-def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
+def read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The CSV's non-empty rows with their line numbers. A file listed twice (where one row is one image, not one
+    vote) stops the reading there, so a huge file of repeats is refused without being held in memory."""
+    numbered: list[tuple[int, list[str]]] = []
+    first_line: dict[str, int] = {}
+    file_col = None
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            for line, row in enumerate(csv.reader(f), 1):
+                if not any(cell.strip() for cell in row):
+                    continue
+                if not numbered:  # the header: where the file names are, and whether a row is one image
+                    lower = [h.strip().lower() for h in row]
+                    file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
+                    file_col = None if is_long_form(row) else file_col
+                elif file_col is not None and len(row) > file_col:
+                    name = posixpath.normpath(row[file_col].strip().replace("\\", "/"))
+                    if name in first_line:
+                        raise listed_twice(path, line, name, first_line[name])
+                    first_line[name] = line
+                numbered.append((line, row))
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
-    numbered = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]
+    return numbered
+
+
+def listed_twice(path: Path, line: int, name: str, first: int) -> UserError:
+    return UserError(f"{path} line {line}: {name} is listed twice (also on line {first})")
+
+
+def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
+    numbered = read_rows(path)
     if not numbered:
         raise UserError(f"{path}: empty; expected a header such as file,label")
     header = [h.strip() for h in numbered[0][1]]
@@ -193,7 +218,7 @@ def normalised_files(path: Path, body: list[tuple[int, list[str]]], col: int) ->
         if raw.startswith("/") or re.match(r"[A-Za-z]:/", raw) or norm == ".." or norm.startswith("../"):
             raise UserError(f"{path} line {line}: {raw!r} escapes the data root (use a path relative to it)")
         if norm in first_line:
-            raise UserError(f"{path} line {line}: {norm} is listed twice (also on line {first_line[norm]})")
+            raise listed_twice(path, line, norm, first_line[norm])
         first_line[norm] = line
         files.append(norm)
     return files

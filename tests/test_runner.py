@@ -55,3 +55,11 @@ def test_unset_recipe_options_take_the_models_defaults_and_key_on_the_values():
     cfg = tiny_config(batch_size=None)
     assert cfg.model.batch_size == 128 and cfg.model.width == 8
     assert experiment_key(tiny_config(batch_size=None)) == experiment_key(tiny_config(batch_size=128))
+
+
+def test_the_image_policy_is_recorded_with_the_model(tmp_path):
+    import json
+
+    run = run_experiment(tiny_config(), tmp_path)
+    policy = json.loads((run.run_dir / "model.json").read_text())["image_policy"]
+    assert policy["size"] == [8, 8] and "centre square" in policy["resize"] and "EXIF" in policy["exif_orientation"]
