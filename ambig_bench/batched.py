@@ -52,8 +52,9 @@ def widen(models: list[nn.Module]) -> nn.Module:
     # Frozen weights stay frozen and learning-rate multipliers stay, so the wide layer trains like each one.
     for name, param in first.named_parameters(recurse=False):
         getattr(wide, name).requires_grad_(param.requires_grad)
-    if hasattr(first, "lr_scale"):
-        wide.lr_scale = first.lr_scale
+    for multiplier in ("lr_scale", "lr_share"):  # per-layer learning rates (BN shifts, --backbone-lr)
+        if hasattr(first, multiplier):
+            setattr(wide, multiplier, getattr(first, multiplier))
     return wide
 
 

@@ -399,8 +399,21 @@ def datasets() -> None:
     listing("in-between sources (--between-source)", catalogue()["sources"])
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    """The console entry point. Usage errors (an unknown option, a value of the wrong type) are one line, like every
+    other error, instead of click's framed box; `--help` and the commands' own exit codes pass through."""
+    try:
+        return app(standalone_mode=False) or 0
+    except Exception as e:
+        # typer ships its own copy of click, so its usage errors are recognised by name.
+        kinds = {kind.__name__ for kind in type(e).__mro__}
+        if "UsageError" not in kinds:
+            raise
+        if "NoArgsIsHelpError" in kinds:  # plain `ambig-bench`: the help was the answer
+            return e.exit_code
+        command = f" {e.ctx.command_path}" if getattr(e, "ctx", None) else ""
+        say("error:", "red", f"{e.format_message()} (see ambig-bench{command.removeprefix(' ambig-bench')} --help)")
+        return 2
 
 
 if __name__ == "__main__":

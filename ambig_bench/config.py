@@ -168,8 +168,8 @@ class TrainOptions:
     """Read by the training loop."""
 
     epochs: int = option(20, "passes over the training set")
-    augment: str = option("auto", "auto (on for RGB 24x24 and larger) | on | off: random translation + "
-                                  "horizontal flip", choices=AUGMENT)
+    augment: str = option("auto", "auto (on for RGB 24x24 and larger) | on | off: random shifts (or the recipe's "
+                                  "random-resized crops, --crop-scale) + horizontal flips", choices=AUGMENT)
     translate: int = option(2, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)")
 
     def validate(self) -> None:
@@ -233,7 +233,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)  # template; strategy and seed are filled per run
     strategies: list[str] = field(default_factory=lambda: ["soft"])  # names, in order
     seeds: int = 3  # runs per strategy, seeds first_seed .. first_seed + seeds - 1
-    out: str = "results/demo"  # results directory
+    out: str = "results/digits"  # results directory (the CLI and the API default to results/<dataset>)
     force: bool = False  # retrain even when a finished run exists
     given: dict[str, Any] = field(default_factory=dict)  # the run options as given (flat names), for sweeps
 

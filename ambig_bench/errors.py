@@ -2,7 +2,7 @@
 made to interrupt like Ctrl-C.
 
 $ ambig-bench run --strategy nope; echo $?
-error: unknown strategy 'nope'; choose from: discard, duplicate, extra-class, hard, multilabel, partial, reassign, soft
+error: unknown strategy 'nope'; choose from: discard, duplicate, extra-class, hard, soft, label-smoothing, ...
 2
 """
 

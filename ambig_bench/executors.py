@@ -37,7 +37,7 @@ from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
 from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, listed_images_key
 from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")
@@ -60,9 +60,14 @@ class Sequential:
 
     def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
             wait: bool) -> list[RunResult]:
-        if runs and batching_on(runs[0]):
-            return run_together(runs, out, force, reporter, wait)
-        return [run_experiment(cfg, out, force, reporter, wait) for cfg in runs]
+        # Decided run by run: a sweep can vary the model, --freeze or --batch-runs between its points.
+        together = [i for i, cfg in enumerate(runs) if batching_on(cfg)]
+        results: dict[int, RunResult] = dict(zip(together, run_together([runs[i] for i in together], out, force,
+                                                                        reporter, wait), strict=True))
+        for i, cfg in enumerate(runs):
+            if i not in results:
+                results[i] = run_experiment(cfg, out, force, reporter, wait)
+        return [results[i] for i in range(len(runs))]
 
 
 def cpu_count() -> int:
@@ -195,8 +200,8 @@ class RayExecutor:
                 pass
             while pending:
                 [ref], _ = self.ray.wait(list(pending), num_returns=1)
+                outcome = self.ray.get(ref)  # a task that raised keeps its claim in `pending`, released below
                 i, claimed = pending.pop(ref)
-                outcome = self.ray.get(ref)
                 if isinstance(outcome, Refused):
                     claimed.release()
                     raise UserError(outcome.message)
@@ -251,6 +256,7 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[s
     full and its starting weights, and for every other data setting of the grid (sweep points) its files, class
     pairs and image size. The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
     fingerprint.cache_clear()  # the data files as they are now key this command's runs
+    listed_images_key.cache_clear()
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)

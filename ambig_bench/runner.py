@@ -243,15 +243,16 @@ def finish(store: RunStore, claim: Claim, outcome: RunRecord | str, reporter: Re
     return result
 
 
-def run_experiment(cfg: RunConfig, out: str | Path = "results/demo", force: bool = False,
+def run_experiment(cfg: RunConfig, out: str | Path | None = None, force: bool = False,
                    reporter: Reporter | None = None, wait: bool = True) -> RunResult:
-    """Train and evaluate one (strategy, seed); reuse the finished run unless `force`.
+    """Train and evaluate one (strategy, seed) into `out` (default results/<dataset>); reuse the finished run unless
+    `force`.
 
     When another process is training the same run, wait for it (then reuse its result), or with
     wait=False return at once with status "busy" so the caller can train other runs meanwhile.
     """
     cfg.validate()
-    store = RunStore(out)
+    store = RunStore(out if out is not None else f"results/{cfg.data.dataset}")
     claimed = claim(store, cfg, force, wait, reporter)
     if isinstance(claimed, RunResult):
         return claimed
@@ -279,8 +280,12 @@ def run_together(runs: list[RunConfig], out: str, force: bool, reporter: Reporte
             if isinstance(claimed, RunResult):
                 results[i] = claimed
                 continue
-            data = prepare_data(cfg)
-            built[i] = Built(claimed, data, *build_run(cfg, data, device))
+            try:
+                data = prepare_data(cfg)
+                built[i] = Built(claimed, data, *build_run(cfg, data, device))
+            except BaseException:
+                claimed.release()  # not yet in `built`, whose claims the finally below releases
+                raise
             strategy, train_split = built[i].strategy, data.subset("train")
             shape = (experiment_key(cfg), strategy.num_outputs,
                      strategy.images_per_epoch(train_split.is_between), tuple(train_split.images.shape))

@@ -18,6 +18,7 @@ other, and leftovers of a killed process are removed when the run is next claime
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -32,7 +33,9 @@ import pandas as pd
 from safetensors.torch import save
 
 from ambig_bench.config import RunConfig
-from ambig_bench.imageio import fingerprint
+from ambig_bench.datasets.folder import read_labels_csv
+from ambig_bench.errors import UserError
+from ambig_bench.imageio import fingerprint, folder_key
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
 from ambig_bench.locks import RunLock
 from ambig_bench.options import experiment, run_label
@@ -83,8 +86,29 @@ def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
     runs sit next to the old ones instead of being mistaken for them."""
     labels = cfg.data.labels
     root = cfg.data.data_dir or (str(Path(labels).expanduser().parent) if labels else None)
+    if labels and cfg.data.dataset == "folder":
+        # The CSV says which images are used: others under the folder (results, figures) are not the data.
+        return {"labels": fingerprint(labels), "data_dir": listed_images_key(root, labels, fingerprint(labels))}
     given = {"data_dir": root, "labels": labels}
     return {name: fingerprint(path) for name, path in given.items() if path}
+
+
+@functools.lru_cache(maxsize=8)
+def listed_images_key(root: str, labels: str, labels_key: str) -> str:
+    """The images a labels CSV lists, by path, size and modification time ("" when the CSV or an image cannot be
+    read: the loader then says which, in one line). Keyed on the CSV's own fingerprint, so an edit re-reads it."""
+    try:
+        files = read_labels_csv(Path(labels).expanduser()).files
+        return folder_key(Path(root).expanduser(), sorted(files))
+    except (UserError, OSError):
+        return ""
+
+
+def weights_fingerprint(cfg: RunConfig) -> str:
+    """The starting weights' bytes (a file, or a run directory's model.safetensors): retrained or replaced weights
+    make a new experiment."""
+    path = Path(cfg.model.weights).expanduser()
+    return fingerprint(str(path / "model.safetensors" if path.is_dir() else path))
 
 
 def data_version(cfg: RunConfig) -> dict[str, str]:
@@ -99,6 +123,8 @@ def experiment_key(cfg: RunConfig) -> str:
     content = experiment(cfg)
     if files := data_fingerprint(cfg):
         content["files"] = files
+    if cfg.model.weights:
+        content["weights_file"] = weights_fingerprint(cfg)
     return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -96,3 +96,14 @@ def test_run_without_out_writes_to_a_directory_of_its_dataset_and_says_so(tmp_pa
 def test_shell_completion_is_offered():
     result = CliRunner().invoke(cli.app, ["--help"])
     assert "--install-completion" in result.output
+
+
+def test_usage_errors_are_one_line_too():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ambig_bench.cli", "run", "--epochs", "many"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--epochs" in lines[0], done.stderr
