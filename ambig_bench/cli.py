@@ -70,7 +70,6 @@ def guarded(fn: Callable) -> Callable:
 
 
 STRATEGY_HELP = f"Strategies: all, or a comma list of {', '.join(catalogue()['strategies'])}"
-IDENTITY = ("strategy", "seed")  # options of their own below (--strategy is a list, --seed the first of --seeds)
 KINDS = {"bool": bool, "int": int, "float": float, "str": str}
 WHERE = "Where runs train"
 # The options every grid command (run, sweep) shares besides the run options: name -> (type, typer option).
@@ -116,7 +115,9 @@ def with_run_options(fn: Callable) -> Callable:
         annotations[name] = kind
     for opt in catalogue()["options"]:
         name, kind = opt["flag"], KINDS[opt["kind"]]
-        if name in IDENTITY:
+        # The "run" panel holds a run's identity, strategy and seed: they are grid options here (--strategy takes
+        # a list, --seed is the first of --seeds).
+        if opt["panel"] == "run":
             continue
         flag = f"--{name.replace('_', '-')}"
         decls = [f"{flag}/--no-{name.replace('_', '-')}"] if kind is bool else [flag]
