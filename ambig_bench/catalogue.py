@@ -1,7 +1,7 @@
 """What the CLI shows before any work: registered names with their one-line descriptions, and every run option.
 
 Listing them means importing the registries, and those import torch (seconds). The catalogue is therefore
-built once and kept in the cache directory, keyed on the size and modification time of every source file
+built once and kept in the cache (`cache`), keyed on the size and modification time of every source file
 of the package, so `ambig-bench --help`, `strategies`, `datasets`, `models` and argument errors answer at
 once, and a new or edited strategy, dataset, source or model file is picked up by the next command.
 
@@ -13,17 +13,13 @@ $ ambig-bench strategies        # from the catalogue; the first call after an ed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
-import json
-import os
 import sys
-import tempfile
-from functools import cache
 from pathlib import Path
 
-from ambig_bench import __version__
-from ambig_bench.paths import cache_dir
+from ambig_bench import __version__, cache
 
 PACKAGES = ("ambig_bench", "ambig_bench.strategies", "ambig_bench.datasets")
 
@@ -65,21 +61,6 @@ def build() -> dict:
     }
 
 
-@cache
+@functools.cache
 def catalogue() -> dict:
-    path = cache_dir() / f"catalogue-{fingerprint()}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    built = build()
-    try:  # a cache that cannot be written (read-only home) only costs speed
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".catalogue-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(built, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return built
-
+    return cache.cached(cache.file("catalogue", [fingerprint()]), cache.JSON, build)

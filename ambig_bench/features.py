@@ -4,9 +4,12 @@ so that every strategy x seed trains only a head over them.
 The head is the network's own last linear layer (the same module object), so training it over the features
 trains the full network's head: the run saves, evaluates and predicts the full network like any other. Features
 are taken of the images as the run sees them, in-between blends included (blended in pixel space first), in eval
-mode and without test-time views (frozen runs are trained and evaluated on the plain image). The cache key is the
-images' bytes and the extractor's weights (normalisation included), so other images or another backbone are
-computed afresh, and the seeds of a dataset whose images do not change (human labels) share one file.
+mode and without test-time views (frozen runs are trained and evaluated on the plain image). The cache (`cache`)
+keeps one file per extractor (its weights, normalisation included, and the image shape) holding a row per image,
+found by a hash of the image's pixels: a run computes only the images no earlier run had, whatever their order,
+so the seeds and strategies of a grid share one pass over the dataset's images and each seed adds its own
+blends. On the CPU an image's features do not depend on the other images of its batch, so they are the same
+whichever run computed them; on the GPU they may differ in the last bits, as cuDNN's choice of algorithm does.
 
 $ ambig-bench run --model resnet18 --pretrained --freeze --dataset folder --labels photos/labels.csv --strategy all \\
       --seeds 10        # features once, then 80 heads
@@ -16,24 +19,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from ambig_bench import cache
 from ambig_bench.data import LabelledImages
-from ambig_bench.imageio import cache_dir
 from ambig_bench.models import head_name
 from ambig_bench.train import predict_logits
-
-CACHE_VERSION = "1"
 
 
 @dataclass
@@ -53,48 +54,69 @@ def extractor_of(model: nn.Sequential) -> tuple[nn.Module, nn.Module]:
     return extractor.eval(), model[1].get_submodule(name)
 
 
-def feature_key(images: torch.Tensor, extractor: nn.Module) -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0{tuple(images.shape)}\0".encode())
-    digest.update(images.contiguous().numpy().tobytes())
+@dataclass
+class Bank:
+    """Features of images, one row per image, sorted by the hash of its pixels."""
+
+    digests: np.ndarray  # M of dtype V20 (sha1), sorted
+    features: torch.Tensor  # float32 M×D, row i of the image with digests[i]
+
+    def rows(self, digests: np.ndarray) -> np.ndarray:
+        """The row of each digest, -1 where the bank has none."""
+        at = np.minimum(np.searchsorted(self.digests, digests), len(self.digests) - 1)
+        return np.where(self.digests[at] == digests, at, -1)
+
+    def add(self, digests: np.ndarray, features: torch.Tensor) -> Bank:
+        merged = np.concatenate([self.digests, digests])
+        order = np.argsort(merged, kind="stable")
+        return Bank(merged[order], torch.cat([self.features, features])[torch.from_numpy(order)])
+
+
+def digests_of(images: torch.Tensor) -> np.ndarray:
+    flat = images.contiguous().numpy().reshape(len(images), -1)
+    return np.frombuffer(b"".join(hashlib.sha1(row).digest() for row in flat), dtype="V20")
+
+
+def extractor_parts(extractor: nn.Module, image_shape: tuple[int, ...]) -> Iterator[str | bytes]:
+    """What names a bank: the extractor's weights and the shape of the images it sees."""
+    yield str(image_shape)
     for name, tensor in extractor.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+        yield name
+        yield tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
-_memo: dict[str, torch.Tensor] = {}  # the last features, so the runs of a grid in one process skip the disk
+def read_bank(path: Path) -> Bank:
+    saved = load_file(path)
+    return Bank(saved["digests"].numpy().view("V20").reshape(-1), saved["features"])
+
+
+def write_bank(f: BinaryIO, bank: Bank) -> None:
+    digests = torch.from_numpy(bank.digests.view(np.uint8).reshape(-1, 20).copy())
+    f.write(save({"digests": digests, "features": bank.features.contiguous()}))
+
+
+BANK = cache.Format(read_bank, write_bank, (SafetensorError, KeyError, ValueError))
+_memo: dict[Path, Bank] = {}  # the last bank, so the runs of a grid in one process skip the disk
 
 
 def cached_features(images: torch.Tensor, extractor: nn.Module, device: torch.device) -> tuple[torch.Tensor, float]:
-    """N×D float32 features of uint8 images and the seconds spent computing them (0 if cached)."""
-    key = feature_key(images, extractor)
-    if key in _memo:
-        return _memo[key], 0.0
-    path = cache_dir() / f"features-{key[:24]}.safetensors"
-    try:
-        feats, seconds = load_file(path)["features"], 0.0
-    except (OSError, SafetensorError, KeyError):
+    """N×D float32 features of uint8 images and the seconds spent computing them (0 if all were cached)."""
+    path = cache.file("features", extractor_parts(extractor, tuple(images.shape[1:])))
+    digests = digests_of(images)
+    bank = _memo.get(path) or cache.load(path, BANK)
+    missing = bank.rows(digests) < 0 if bank else np.ones(len(digests), dtype=bool)
+    seconds = 0.0
+    if missing.any():
+        new, first = np.unique(digests[missing], return_index=True)  # each new image once, in digest order
         started = time.perf_counter()
-        feats = predict_logits(extractor.to(device), images, device, batch_size=256).flatten(1)
+        computed = predict_logits(extractor.to(device), images[torch.from_numpy(np.flatnonzero(missing)[first])],
+                                  device, batch_size=256).flatten(1)
         seconds = time.perf_counter() - started
-        store(path, feats)
+        bank = bank.add(new, computed) if bank else Bank(new, computed)
+        cache.keep(path, BANK, bank)
     _memo.clear()
-    _memo[key] = feats
-    return feats, seconds
-
-
-def store(path: Path, feats: torch.Tensor) -> None:
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".features-", suffix=".safetensors")
-        os.close(fd)
-        save_file({"features": feats.contiguous()}, tmp)
-        os.replace(tmp, path)  # whole or absent: a concurrent reader never sees half a file
-    except OSError as e:  # a read-only cache must not stop a run; it only costs the speed-up
-        print(f"warning: could not write the feature cache {path}: {e}", file=sys.stderr)
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
+    _memo[path] = bank
+    return bank.features[torch.from_numpy(bank.rows(digests))], seconds
 
 
 def probe(model: nn.Sequential, data: LabelledImages, device: torch.device) -> Probe:

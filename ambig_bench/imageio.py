@@ -1,11 +1,10 @@
 """Read image files to uint8 arrays: whole folder trees (or a .tgz / .tar of one) for the dataset loaders, through
 a disk cache, and single files for prediction, converted to a model's input format.
 
-Decoding 60,000 small JPEGs takes seconds; the second load of the same files reads one cache file
-(`$AMBIG_BENCH_CACHE`, else `$XDG_CACHE_HOME/ambig-bench`, else `~/.cache/ambig-bench`). The cache key is
-the archive's bytes, or for a folder every decoded file's path, size and modification time, so an edited
-file is decoded again, plus the resize policy. Images stay uint8 (N×C×H×W): grey when every image is grey, RGB
-otherwise.
+Decoding 60,000 small JPEGs takes seconds; the second load of the same files reads one cache file (`cache`).
+Its key is the archive's bytes, or for a folder every decoded file's path, size and modification time, so an
+edited file is decoded again, plus the resize target. Images stay uint8 (N×C×H×W): grey when every image is
+grey, RGB otherwise.
 
 Resize policy (`fit_image`, for training and for predict alike): an image whose size is not the target is scaled
 so that its shorter side is the target (pixels averaged when shrinking, bicubic when enlarging), then its centre
@@ -33,17 +32,19 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from ambig_bench import cache
 from ambig_bench.errors import UserError
-from ambig_bench.io import write_atomic
-from ambig_bench.paths import cache_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
-CACHE_VERSION = "3"  # in every cache key: bump it when decoding changes (2: EXIF; 3: the key holds the resize target)
+# In every file's fingerprint, hence in the experiment key of every run on the user's files: changing it would
+# make every such finished run train again.
+FINGERPRINT_VERSION = "3"
 MAX_PIXELS = 40_000_000  # per image (a 7300×5500 photo): a larger header is refused before decoding
 MAX_FILE_BYTES = 256 << 20  # per image file: what is read of it at most
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -103,7 +104,7 @@ def archive_key(path: Path, size: int | None) -> str:
 
 
 def folder_key(root: Path, names: list[str], size: int | None = None) -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0folder\0{root.resolve()}\0{size}\0".encode())
+    digest = hashlib.sha1(f"{FINGERPRINT_VERSION}\0folder\0{root.resolve()}\0{size}\0".encode())
     top = str(root)
     for name in names:
         st = os.stat(os.path.join(top, name))
@@ -114,7 +115,7 @@ def folder_key(root: Path, names: list[str], size: int | None = None) -> str:
 @functools.cache
 def fingerprint(path: str) -> str:
     """What a file or folder holds, for the experiment key: a folder's images by path, size and modification time
-    (the decode cache's key), a file by its bytes ("" when absent: the loader reports that). Cached for the
+    (as the image cache keys them), a file by its bytes ("" when absent: the loader reports that). Cached for the
     process: `fingerprint.cache_clear()` before checking a new command's data."""
     source = Path(path).expanduser()
     if source.is_dir():
@@ -125,26 +126,27 @@ def fingerprint(path: str) -> str:
 
 
 def file_key(path: Path, kind: str = "file") -> str:
-    digest = hashlib.sha1(f"{CACHE_VERSION}\0{kind}\0".encode())
+    digest = hashlib.sha1(f"{FINGERPRINT_VERSION}\0{kind}\0".encode())
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
+def read_decoded(path: Path) -> DecodedImages:
+    with np.load(path, allow_pickle=False) as saved:
+        return DecodedImages(saved["paths"].tolist(), saved["images"])
+
+
+def write_decoded(f: BinaryIO, decoded: DecodedImages) -> None:
+    np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images)
+
+
+DECODED = cache.Format(read_decoded, write_decoded, (KeyError, ValueError, EOFError, zipfile.BadZipFile))
+
+
 def cached(key: str, decode: Callable[[], DecodedImages]) -> DecodedImages:
-    path = cache_dir() / f"images-{key[:24]}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            return DecodedImages(saved["paths"].tolist(), saved["images"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        pass  # absent or unreadable (e.g. damaged on disk): decode again and overwrite it
-    decoded = decode()
-    try:  # whole or absent: a concurrent reader never sees half a file
-        write_atomic(path, lambda f: np.savez(f, paths=np.array(decoded.paths, dtype=str), images=decoded.images))
-    except OSError as e:  # a read-only home or a full disk must not stop a run; it only costs the speed-up
-        print(f"warning: could not write the image cache {path}: {e}", file=sys.stderr)
-    return decoded
+    return cache.cached(cache.file("images", [key]), DECODED, decode)
 
 
 def decode_archive(path: Path, size: int | None) -> DecodedImages:

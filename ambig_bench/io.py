@@ -17,11 +17,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
-
-import pandas as pd
+from typing import TYPE_CHECKING, BinaryIO
 
 from ambig_bench.errors import UserError
+
+if TYPE_CHECKING:  # pandas is not imported for the CLI's start (the catalogue's cache is written here)
+    import pandas as pd
 
 
 def fsync_dir(path: Path) -> None:

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
+from ambig_bench import cache
 from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, SPLITS, LabelledImages, RawImages, parse_pairs
 from ambig_bench.errors import UserError
-from ambig_bench.imageio import cache_dir, fit_images
+from ambig_bench.imageio import fit_images
 from ambig_bench.registry import Registry
 
 # (training images, seed, epochs, image batches) -> class probabilities of each batch from a plain
@@ -369,7 +370,7 @@ def default_roots(*system: str) -> list[Path]:
 
 def download_root(cfg: RunConfig) -> Path:
     """Where --download lets torchvision put files: --data-dir, else the cache directory."""
-    return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else cache_dir() / "torchvision"
+    return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else cache.library_folder("torchvision")
 
 
 def not_found(dataset: str, what: str, roots: list[Path], hint: str) -> UserError:

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ambig_bench import cache
 from ambig_bench.config import RunConfig, option
 from ambig_bench.data import SPLITS, RawImages
 from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
 from ambig_bench.datasets.folder import label_votes
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_one, stack
-from ambig_bench.paths import cache_dir
 
 # A dataset's split names -> ours; a DatasetDict with other names is refused, naming them.
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
@@ -84,7 +84,8 @@ def load_splits(lib: ModuleType, cfg: RunConfig) -> dict[str, Any]:
             loaded = lib.load_from_disk(str(path))
         elif path.is_dir():
             # The library converts the folder to Arrow files once; they go where ambig-bench caches decoded images.
-            loaded = lib.load_dataset("imagefolder", data_dir=str(path), cache_dir=str(cache_dir() / "huggingface"))
+            arrow = cache.library_folder("huggingface")
+            loaded = lib.load_dataset("imagefolder", data_dir=str(path), cache_dir=str(arrow))
         elif path.exists():
             raise UserError(f"--data-dir {where}: a file; give the folder save_to_disk wrote, or an image folder")
         elif not cfg.data.download:

@@ -204,12 +204,14 @@ def test_features_are_cached_and_recomputed_when_images_or_backbone_change(tmp_p
     features._memo.clear()  # a new process: read from disk
     again, seconds = features.cached_features(images, extractor, torch.device("cpu"))
     assert seconds == 0 and torch.equal(first, again)
-    _, seconds = features.cached_features(images.flip(0), extractor, torch.device("cpu"))
+    flipped, seconds = features.cached_features(images.flip(0), extractor, torch.device("cpu"))
+    assert seconds == 0 and torch.equal(flipped, first.flip(0))  # the same images in another order
+    _, seconds = features.cached_features(255 - images, extractor, torch.device("cpu"))
     assert seconds > 0
     with torch.no_grad():
         extractor[1].features[0][0].weight.add_(1)
     _, seconds = features.cached_features(images, extractor, torch.device("cpu"))
-    assert seconds > 0 and len(list(tmp_path.glob("features-*"))) == 3
+    assert seconds > 0 and len(list(tmp_path.glob("features-*"))) == 2  # one file per backbone
 
 
 def test_weights_from_a_run_dir(tmp_path, monkeypatch):

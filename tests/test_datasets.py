@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ambig_bench import imageio
+from ambig_bench import cache, imageio
 from ambig_bench.data import CLEAR, SPLITS, RawImages
 from ambig_bench.datasets import DATASETS, prepare
 from ambig_bench.datasets.base import BETWEEN_KIND, CLEAR_KIND, UNSURE_KIND, SourceContext, judge_votes
@@ -94,7 +94,7 @@ def test_decode_tree_grey_rgb_and_sizes(tmp_path):
 def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     root = write_tree(tmp_path / "tree", ["x", "y"], 2)
     first = decode_tree(root)
-    assert len(list(imageio.cache_dir().glob("images-*.npz"))) == 1
+    assert len(list(cache.directory().glob("images-*.npz"))) == 1
 
     def no_decoding(*args):
         raise AssertionError("decoded again although the cache is valid")
@@ -106,7 +106,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))
     write_image(root / "x" / "0.png", 255)  # new content, size and mtime: a new key
     assert decode_tree(root).images[0].min() == 255
-    for damaged in imageio.cache_dir().glob("images-*.npz"):  # a damaged cache file is decoded anew
+    for damaged in cache.directory().glob("images-*.npz"):  # a damaged cache file is decoded anew
         damaged.write_bytes(b"garbage")
     assert np.array_equal(decode_tree(root).images[1:], first.images[1:])
 
