@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= results/demo
 
-.PHONY: install demo test lint data clean docs-figure
+.PHONY: install demo test test-fast lint data clean docs-figure
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The unit tests that train nothing or a few steps (about a minute on 2 cores); `make test` runs the slow ones too.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

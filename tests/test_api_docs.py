@@ -22,6 +22,7 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
+@pytest.mark.slow
 def test_the_api_page_runs(tmp_path, monkeypatch, capsys):
     blocks = python_blocks(ROOT / "docs" / "api.md")
     assert len(blocks) >= 5
@@ -48,6 +49,7 @@ def test_the_package_exports_the_api_lazily():
     assert subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_sweep_from_python(tmp_path):
     exp = ambig_bench.experiment(strategies="soft", seeds=1, out=tmp_path, epochs=1, width=8, device="cpu",
                                  test_between_per_pair=20, val_between_per_pair=10)

@@ -231,6 +231,7 @@ def test_weights_from_a_run_dir(tmp_path, monkeypatch):
     assert torch.equal(net[0].mean.flatten(), start.mean.flatten())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", [False, True])
 def test_predict_on_a_fine_tuned_run_gives_its_own_test_probabilities(tmp_path, monkeypatch, freeze):
     labels = photos(tmp_path)
@@ -274,6 +275,7 @@ def test_pretrained_reads_torchvisions_cache_with_the_weights_own_normalisation(
     pretrained_start.cache_clear()  # the next test's TORCH_HOME is another folder
 
 
+@pytest.mark.slow
 def test_timm_models_are_registered_on_first_use(tmp_path, monkeypatch):
     pytest.importorskip("timm")
     factory = MODELS.get("timm:resnet10t")

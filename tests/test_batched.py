@@ -35,6 +35,7 @@ def test_wide_forward_equals_each_model(model, channels, size):
         assert torch.allclose(out[:, m], single.eval()(x[:, m]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_loop_trains_a_wide_network_like_the_runs_one_by_one():
     # Same output size and images per epoch; mixup mixes each run's own batch (float images beside uint8 ones).
     names = ["soft", "reassign", "partial", "mixup"]
@@ -61,6 +62,7 @@ def test_one_loop_trains_a_wide_network_like_the_runs_one_by_one():
         assert (la.argmax(1) == lb.argmax(1)).float().mean() > 0.97
 
 
+@pytest.mark.slow
 def test_batched_grid_writes_the_same_runs_as_sequential(tmp_path):
     """--batch-runs on groups soft/hard (same shape) and leaves extra-class alone; files match run by run."""
     import json
@@ -87,6 +89,7 @@ def test_batched_grid_writes_the_same_runs_as_sequential(tmp_path):
         assert (p_on[probs] - p_off[probs]).abs().max().max() < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wide_cost, expected", [(0.5, {"soft": 2, "extra-class": 2}),
                                                  (1.0, {"soft": 1, "extra-class": 1})])
 def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monkeypatch, wide_cost, expected):

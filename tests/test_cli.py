@@ -55,6 +55,7 @@ def test_malformed_config_file(tmp_path):
     assert result.exit_code == 2 and "malformed TOML" in result.stderr and str(bad) in result.stderr
 
 
+@pytest.mark.slow
 def test_run_then_compare_end_to_end(tmp_path):
     out = tmp_path / "demo"
     config = tmp_path / "exp.toml"

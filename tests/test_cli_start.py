@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ambig_bench import catalogue
 
 HEAVY = ("torch", "pandas", "matplotlib", "numpy", "PIL", "sklearn")
@@ -25,6 +27,7 @@ print(json.dumps({"codes": codes, "heavy": [m for m in %r if m in sys.modules]})
 """
 
 
+@pytest.mark.slow
 def test_help_listings_and_argument_errors_import_nothing_heavy(tmp_path):
     env = {**os.environ, "AMBIG_BENCH_CACHE": str(tmp_path)}
     # The first command builds the catalogue (importing the registries); every later one reads it.

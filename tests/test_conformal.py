@@ -249,6 +249,7 @@ def digits_probabilities() -> tuple[np.ndarray, np.ndarray]:
     return probs, np.eye(10, dtype=bool)[y]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_coverage_on_real_images_held_back(method: str) -> None:
     """Calibrate on one half of real predictions, cover the held-back half: >= 1 - alpha - 0.02, averaged over
@@ -281,6 +282,7 @@ class _Fixed:
         return self.predict_proba(x).argmax(1)
 
 
+@pytest.mark.slow
 def test_lac_sets_match_mapies_split_conformal_classifier() -> None:
     """The same scores through MAPIE (a test-only dependency): its LAC sets are ours, image by image."""
     mapie = pytest.importorskip("mapie.classification")

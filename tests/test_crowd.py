@@ -55,6 +55,7 @@ def test_bad_long_form_rows_are_one_line_errors_naming_the_line(rows, header, me
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_dawid_skene_discounts_a_worker_who_votes_at_random(tmp_path):
     pytest.importorskip("crowdkit")
     rng = np.random.default_rng(1)

@@ -37,6 +37,7 @@ def test_cifar10_archive_counts():
     assert torch.bincount(raw.labels[train]).tolist() == [5000] * 10
 
 
+@pytest.mark.slow
 def test_cifar10h_protocol_counts_and_soft_targets(cifar10h_config):
     counts = np.load(shared_path("cifar10h", "cifar10h-counts.npy"))
     data = prepare(tiny_config(**cifar10h_config))
@@ -71,6 +72,7 @@ def test_cifar10h_without_the_extra_training_images(cifar10h_config):
     assert data.counts()["val"]["between"] > 0  # validation is stratified on in-between-ness too
 
 
+@pytest.mark.slow
 def test_cifar10h_halves_are_drawn_per_seed(cifar10h_config):
     one, again, other = (prepare(tiny_config(**cifar10h_config, human_extra_train=False, seed=s)) for s in (0, 0, 1))
     assert torch.equal(one.split, again.split) and not torch.equal(one.split, other.split)

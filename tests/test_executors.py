@@ -59,6 +59,7 @@ def assert_same_as_sequential(results: list[RunResult], tmp_path) -> None:
                 assert (ours.run_dir / name).read_bytes() == (theirs.run_dir / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_process_pool_gives_the_files_of_a_sequential_grid(tmp_path):
     exp = experiment(tmp_path / "pool")
     reporter = Finished()
@@ -81,6 +82,7 @@ def ray_instance():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_files_of_a_sequential_grid_and_resumes(ray_instance, tmp_path):
     exp = experiment(tmp_path / "ray")
     reporter = Finished()
@@ -94,6 +96,7 @@ def test_ray_gives_the_files_of_a_sequential_grid_and_resumes(ray_instance, tmp_
     assert list(compare(exp.out).summary.n_seeds) == [1, 1]
 
 
+@pytest.mark.slow  # starts Ray (seconds), like every test that takes ray_instance
 def test_ray_refuses_a_gpu_the_cluster_does_not_have(ray_instance):
     if ray_instance.cluster_resources().get("GPU"):
         pytest.skip("this Ray instance has a GPU")
@@ -112,6 +115,7 @@ def test_bad_executor_options_are_user_errors(kind, jobs, address, message):
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("address, message", [
     ("127.0.0.1:1", "--ray-address 127.0.0.1:1: nothing answers at 127.0.0.1:1"),  # loopback, refused at once
     ("head-node", "--ray-address head-node: expected auto, HOST:PORT or ray://HOST:PORT"),
@@ -121,6 +125,7 @@ def test_a_ray_address_nobody_answers_on_is_refused_at_once(ray_instance, addres
         pass
 
 
+@pytest.mark.slow
 def test_missing_ray_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail as if it were not installed
     with pytest.raises(UserError, match=r"pip install 'ambig-bench\[ray\]'"), open_executor("ray"):

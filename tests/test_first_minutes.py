@@ -73,6 +73,7 @@ def test_intervals_stay_inside_the_metric_range_and_need_three_seeds(tmp_path):
     assert fmt(0.5, 0.4, 0.6) == "0.500 ± 0.100" and fmt(0.5, float("nan"), float("nan"), 1) == "0.500"
 
 
+@pytest.mark.slow
 def test_a_one_strategy_report_says_there_is_nothing_to_compare(tmp_path):
     for seed in range(3):
         full_fake_run(tmp_path, "hard", seed, {})

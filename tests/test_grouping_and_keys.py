@@ -24,6 +24,7 @@ def fresh_keys() -> None:
     listed_images_key.cache_clear()
 
 
+@pytest.mark.slow
 def test_batching_is_decided_run_by_run_and_results_keep_their_order(tmp_path, monkeypatch):
     """A sweep may vary what decides batching (model, --freeze, --batch-runs): each run follows its own setting."""
     monkeypatch.setattr(executors, "batching_on", lambda cfg: cfg.strategy == "soft")

@@ -110,6 +110,7 @@ def assert_tables_whole(markdown: str) -> None:
         cells = n
 
 
+@pytest.mark.slow
 def test_hostile_names_through_run_compare_report_and_predict(tmp_path, monkeypatch):
     monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))
     root = hostile_data(tmp_path)
@@ -173,6 +174,7 @@ def run_names(out: Path) -> set[str]:
     return {p.name for p in (out / "runs").iterdir() if not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_relabelled_or_edited_data_give_new_runs_and_keep_the_old(tmp_path, monkeypatch):
     monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))
     root = hostile_data(tmp_path)
@@ -369,6 +371,7 @@ def terminate_and_check(grid: subprocess.Popen, workers: set[int]) -> None:
     assert workers and not [cmdline(w) for w in workers if alive(w)], "no worker keeps training after SIGTERM"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
 def test_sigterm_stops_the_jobs_workers_and_keeps_finished_runs(tmp_path):
     grid = grid_process(tmp_path, "--jobs", "2")
@@ -381,6 +384,7 @@ def test_sigterm_stops_the_jobs_workers_and_keeps_finished_runs(tmp_path):
     terminate_and_check(grid, workers)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
 def test_sigterm_stops_the_ray_tasks(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'ambig-bench[ray]'); CI installs it")

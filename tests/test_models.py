@@ -68,6 +68,7 @@ def test_sgd_groups_frozen_weights_out_and_speeds_up_batchnorm_shifts():
     assert not plain.defaults["nesterov"]  # Nesterov needs momentum; --momentum 0 is plain SGD
 
 
+@pytest.mark.slow
 def test_frozen_weights_stay_put_alone_and_batched():
     """Sequential and batched training of fast-cifar leave BN scales at 1 and the stem as fitted, and agree."""
     datas = [random_data(96, 3, 32, torch.Generator().manual_seed(s)) for s in (0, 1)]

@@ -128,6 +128,7 @@ def top_pairs(table: pd.DataFrame, n: int) -> set[frozenset]:
     return {frozenset((r.class_a, r.class_b)) for r in table.head(n).itertuples()}
 
 
+@pytest.mark.slow
 def test_cifar10h_votes_rank_the_known_confusable_pairs_first():
     archive, counts = shared_path("cifar10.tgz"), shared_path("cifar10h", "cifar10h-counts.npy")
     assert counts.exists()
@@ -138,6 +139,7 @@ def test_cifar10h_votes_rank_the_known_confusable_pairs_first():
     assert table.pair[0] == "cat:dog"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(DEBIAN).is_dir(), reason=f"{DEBIAN} absent (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_reference_ranks_the_known_confusable_pairs_near_the_top():
     """A small reference (3 folds × 3 epochs on 3,000 training images, width 16): about 25 s of one CPU core."""

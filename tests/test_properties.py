@@ -38,6 +38,7 @@ def check_pairs(pairs: list[tuple[int, int]], k: int) -> None:
     assert len({frozenset(p) for p in pairs}) == len(pairs), "no pair twice, in either order"
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(names_and_pairs(), st.data())
 def test_pairs_written_by_name_or_index_parse_back(case, data):
@@ -65,6 +66,7 @@ def test_any_ascii_text_parses_to_valid_pairs_or_a_user_error(text):
     check_pairs(pairs, len(DIGITS))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(st.text(max_size=12))
 @example("²:1")
@@ -113,6 +115,7 @@ def allowed_outputs(strategy: Strategy, labels: Labels, i: int) -> set[int]:
     return allowed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STRATEGIES.names())
 @SETTINGS
 @given(case=label_sets(), seed=st.integers(0, 2**31 - 1))

@@ -129,6 +129,7 @@ def test_power_bound_matches_the_tests():
     assert seeds_needed(7) == 9 and seeds_needed(1) == 6
 
 
+@pytest.mark.slow
 def test_best_only_when_significantly_better_than_every_other(tmp_path):
     plant_comparison(tmp_path, predictions=False)
     c = compare(tmp_path)
@@ -153,11 +154,13 @@ def test_few_seeds_never_give_a_best(tmp_path):
     assert row["answer"] == "indistinguishable at this sample size: all 3 strategies"
 
 
+@pytest.mark.slow
 def test_sweep_claims_supported(tmp_path):
     plant_sweep(tmp_path, predictions=False)
     assert verdicts_of(tmp_path) == {"equivalent": "supported", "efficient": "supported", "rare": "supported"}
 
 
+@pytest.mark.slow
 def test_sweep_claims_contradicted(tmp_path):
     # At the largest fraction reassign falls 0.05 behind soft, and extra-class lags there too.
     plant_sweep(tmp_path, predictions=False, large={
@@ -179,6 +182,7 @@ def test_plain_comparison_needs_a_sweep_and_gives_the_command(tmp_path):
     assert set(verdicts_of(tmp_path).values()) == {"needs a sweep"}
 
 
+@pytest.mark.slow
 def test_claims_about_between_fraction_do_not_apply_to_human_in_between_images(tmp_path):
     for seed in range(3):
         for strategy in ("soft", "extra-class"):
@@ -195,6 +199,7 @@ def check_golden(text: str, name: str) -> None:
     assert text == path.read_text(), f"report format changed: rerun with UPDATE_GOLDEN=1 and review {path}"
 
 
+@pytest.mark.slow
 def test_report_files_and_golden(tmp_path):
     out = tmp_path / "golden-demo"
     plant_comparison(out)
@@ -228,6 +233,7 @@ class Page(HTMLParser):
             self.links.append(attrs["href"])
 
 
+@pytest.mark.slow
 def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
     out = tmp_path / "html-demo"
     plant_comparison(out)
@@ -248,6 +254,7 @@ def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
     assert "<strong>extra-class</strong> is best" in built.html and "<code>clear_acc</code>" in built.html
 
 
+@pytest.mark.slow
 def test_sweep_report_golden(tmp_path):
     out = tmp_path / "golden-sweep"
     plant_sweep(out)
@@ -266,6 +273,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
         report(tmp_path, margin=0)
 
 
+@pytest.mark.slow
 def test_the_alternatives_to_soft_are_judged_against_soft(tmp_path):
     """votes: better agreement with the votes, worse in-between sets; mixup: better calibrated; label smoothing
     (with its own ε, a row of its own): no different from soft."""

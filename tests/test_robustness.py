@@ -75,6 +75,7 @@ def trained_and_reused(stderr: str) -> tuple[int, int]:
     return int(m[1]) - int(m[2]), int(m[2])
 
 
+@pytest.mark.slow
 def test_kill_9_part_way_then_resume_gives_the_table_of_an_uninterrupted_grid(tmp_path):
     killed, whole = tmp_path / "killed" / "demo", tmp_path / "whole" / "demo"
     proc = cli_process(killed)
@@ -103,6 +104,7 @@ def test_kill_9_part_way_then_resume_gives_the_table_of_an_uninterrupted_grid(tm
     assert resumed_table.markdown == whole_table.markdown
 
 
+@pytest.mark.slow
 def test_two_invocations_on_one_results_directory_train_each_run_once(tmp_path):
     out = tmp_path / "shared"
     procs = [cli_process(out) for _ in range(2)]
@@ -113,6 +115,7 @@ def test_two_invocations_on_one_results_directory_train_each_run_once(tmp_path):
     assert not [p for p in (out / "runs").iterdir() if LEFTOVER.match(p.name)]
 
 
+@pytest.mark.slow
 def test_a_run_another_process_holds_is_skipped_then_waited_for(tmp_path):
     exp = ExperimentConfig(tiny_config(), ["soft", "hard"], 1, str(tmp_path))
     first, second = (tmp_path / "runs" / run_name(cfg) for cfg in grid(exp))
@@ -149,6 +152,7 @@ class InterruptIn:
         pass
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_runs_and_leaves_nothing_half_written(tmp_path):
     exp = ExperimentConfig(tiny_config(), ["soft", "hard"], 1, str(tmp_path))
     with pytest.raises(KeyboardInterrupt):
@@ -161,6 +165,7 @@ def test_ctrl_c_keeps_finished_runs_and_leaves_nothing_half_written(tmp_path):
     assert [r.status for r in run_grid(exp)] == ["reused", "done"]
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_process_are_ignored_then_removed(tmp_path):
     run_experiment(tiny_config(strategy="soft"), tmp_path)
     cfg = tiny_config(strategy="hard")
@@ -177,6 +182,7 @@ def test_leftovers_of_a_killed_process_are_ignored_then_removed(tmp_path):
     assert not half.exists() and not aside.exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_is_a_failed_run_the_grid_goes_on_and_compare_shows_it(tmp_path):
     out = str(tmp_path / "out")
     diverged = cli.invoke(app, ["run", *TINY, "--strategy", "soft,hard", "--seeds", "1", "--lr", "1e9",

@@ -10,6 +10,7 @@ from ambig_bench.store import experiment_key
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["reassign", "mixup"])  # targets redrawn / batches mixed from the seed
 def test_same_seed_same_metrics_on_cpu(tmp_path, strategy):
     cfg = tiny_config(strategy=strategy, epochs=3)
@@ -19,6 +20,7 @@ def test_same_seed_same_metrics_on_cpu(tmp_path, strategy):
     assert first.metrics == {**second.metrics, "train_seconds": first.metrics["train_seconds"]}
 
 
+@pytest.mark.slow
 def test_reuse_and_force(tmp_path):
     cfg = tiny_config(strategy="soft")
     assert run_experiment(cfg, tmp_path).status == "done"

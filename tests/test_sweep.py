@@ -54,6 +54,7 @@ def test_bad_value_fails_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_tiny_sweep_trains_reuses_and_draws(tmp_path):
     exp = ExperimentConfig(tiny_config(epochs=1, train_size=300), ["soft"], seeds=1, out=str(tmp_path))
     first = run_sweep(exp, parse_vary(["between-fraction=0.05,0.2"]))

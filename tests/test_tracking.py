@@ -29,6 +29,7 @@ def experiment(out) -> ExperimentConfig:
     return ExperimentConfig(tiny_config(), ["soft", "extra-class"], 1, str(out))
 
 
+@pytest.mark.slow
 @needs_mlflow
 def test_mlflow_gets_params_metrics_tags_and_files_and_reuse_adds_nothing(tmp_path, monkeypatch):
     from mlflow import MlflowClient
@@ -60,6 +61,7 @@ def test_mlflow_gets_params_metrics_tags_and_files_and_reuse_adds_nothing(tmp_pa
     assert len(client.search_runs([exp_id])) == 2  # reusing runs adds nothing
 
 
+@pytest.mark.slow
 @needs_mlflow
 def test_mlflow_defaults_to_a_store_in_the_results_directory(tmp_path, monkeypatch):
     from mlflow import MlflowClient
@@ -75,6 +77,7 @@ def test_mlflow_defaults_to_a_store_in_the_results_directory(tmp_path, monkeypat
     assert (out / "mlartifacts").is_dir() and logged.data.tags["strategy"] == "soft"
 
 
+@pytest.mark.slow
 @needs_tensorboard
 def test_tensorboard_writes_one_event_file_per_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -108,6 +111,7 @@ def test_an_unknown_tracker_is_refused(tmp_path):
         api.run(experiment(tmp_path), track="wandb")
 
 
+@pytest.mark.slow
 @needs_tensorboard
 def test_runs_trained_in_worker_processes_are_tracked_by_the_driver(tmp_path):
     results = api.run(experiment(tmp_path), jobs=2, track="tensorboard")
