@@ -10,6 +10,7 @@ $ python -m pytest tests/test_architecture.py      # also run by `make lint`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -39,3 +40,30 @@ def test_import_linter_contracts_hold(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "0 broken" in done.stdout
+
+
+def layered_modules() -> list[str]:
+    """The modules named in the layers contract, top to bottom."""
+    [contract] = [c for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+                  if c["type"] == "layers"]
+    return [name.strip() for layer in contract["layers"] for name in layer.split("|")]
+
+
+def test_every_module_is_in_a_layer():
+    """A module left out of the contract is checked by nothing: every engine module has its layer."""
+    modules = {p.stem for p in (ROOT / "ambig_bench").glob("*.py") if p.stem != "__init__"}
+    layered = layered_modules()
+    assert len(layered) == len(set(layered)), "a module is in two layers"
+    assert modules - {"strategies", "datasets"} == set(layered) - {"strategies", "datasets"}
+
+
+def test_readme_picture_matches_the_contract():
+    """README's layers picture lists the contract's layers, in its order."""
+    readme = (ROOT / "README.md").read_text()
+    picture = readme[readme.index("import-linter contract in `pyproject.toml`"):]
+    picture = picture[:picture.index("\n\n", picture.index("    cli"))]
+    # Each layer is a line indented four spaces: its modules, then (after two spaces or more) what they do.
+    rows = [re.split(r"\s{2,}", line.strip())[0] for line in picture.splitlines()
+            if line.startswith("    ") and not line.startswith("     ")]
+    names = [name.strip() for row in rows for name in row.split("|")]
+    assert names == layered_modules()
