@@ -10,7 +10,7 @@ from torch import nn
 
 from ambig_bench.batched import copy_back, widen
 from ambig_bench.models import Preprocess, build_model, build_network
-from ambig_bench.runner import prepare_data
+from ambig_bench.prepare import prepare_data
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import Job, predict_logits, train
 from tests.conftest import tiny_config
@@ -97,10 +97,10 @@ def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monk
 
     from typer.testing import CliRunner
 
-    from ambig_bench import batched, executors
+    from ambig_bench import batched, runner
     from ambig_bench.cli import app
 
-    monkeypatch.setattr(executors, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
+    monkeypatch.setattr(runner, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
     monkeypatch.setattr(batched, "step_seconds", lambda wide, cfg, shape, k, m, dev: 1.0 if m == 1 else wide_cost * m)
     args = ["run", "--strategy", "soft,extra-class", "--seeds", "2", "--epochs", "1", "--width", "8",
             "--test-between-per-pair", "20", "--val-between-per-pair", "10", "--device", "cpu",
