@@ -1,9 +1,10 @@
 """Where the runs of a grid are trained: here one after another, in N local processes, or as Ray tasks.
 
-Every executor claims and writes runs through the one run store (`store.py`): local processes train and
-write a run themselves, a Ray worker trains it and sends its record back for the driver to write. So a
-run's directory is the same whatever trained it, and resuming, locking and `compare` work unchanged.
-Runs that another invocation is training are skipped first and waited for at the end.
+Every executor runs the one pipeline (`runner.run_pipeline`: plan -> claim -> prepare -> train -> evaluate ->
+save) and decides only where a batch of claimed runs is prepared, trained and evaluated (a `runner.Placement`).
+The driver claims and writes every run through the one run store (`store.py`); worker processes and Ray tasks
+send each run's record back. So a run's directory is the same whatever trained it, and resuming, locking and
+`compare` work unchanged. Runs that another invocation is training are skipped first and waited for at the end.
 
 $ ambig-bench run --strategy all --seeds 5 --jobs 2                          # two local processes
 $ ambig-bench run --strategy all --seeds 5 --executor ray                    # a local Ray instance
@@ -18,8 +19,10 @@ $ ambig-bench run --strategy all --seeds 5 --executor ray --ray-address auto # a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 from collections.abc import Iterator
@@ -30,14 +33,14 @@ from typing import Protocol
 
 import torch
 
-from ambig_bench.batched import batching_on
 from ambig_bench.config import ExperimentConfig, RunConfig
-from ambig_bench.datasets import load_raw, pairs_of
+from ambig_bench.datasets import pairs_of
 from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
-from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, listed_images_key
+from ambig_bench.prepare import forget_data, prepare_data, raw_of, untrained
+from ambig_bench.runner import Here, Outcome, Reporter, run_pipeline, train_claimed
+from ambig_bench.store import Claim, RunResult, RunStore, Status, listed_images_key
 from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")
@@ -52,22 +55,21 @@ class Executor(Protocol):
         """One result per run, in order; with wait=False, runs another process holds come back "busy"."""
 
 
+def sendable(claims: list[Claim]) -> list[Claim]:
+    """The claims as another process receives them: without their locks, which the driver holds until it saves."""
+    return [dataclasses.replace(claim, lock=None) for claim in claims]
+
+
 class Sequential:
-    """One run after another in this process (the default)."""
+    """One run after another in this process (the default); runs of one shape as one wide network where their
+    --batch-runs allows it (decided run by run: a sweep can vary the model, --freeze or --batch-runs)."""
 
     def check_device(self, device: str) -> None:
         pick_device(device)
 
     def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
             wait: bool) -> list[RunResult]:
-        # Decided run by run: a sweep can vary the model, --freeze or --batch-runs between its points.
-        together = [i for i, cfg in enumerate(runs) if batching_on(cfg)]
-        results: dict[int, RunResult] = dict(zip(together, run_together([runs[i] for i in together], out, force,
-                                                                        reporter, wait), strict=True))
-        for i, cfg in enumerate(runs):
-            if i not in results:
-                results[i] = run_experiment(cfg, out, force, reporter, wait)
-        return [results[i] for i in range(len(runs))]
+        return run_pipeline(runs, out, force, reporter, wait, Here(reporter, batching=True))
 
 
 def cpu_count() -> int:
@@ -83,9 +85,36 @@ def _start_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_indexed(job: tuple[int, RunConfig, str, bool, bool]) -> tuple[int, RunResult]:
-    i, cfg, out, force, wait = job
-    return i, run_experiment(cfg, out, force, None, wait)
+class InProcesses:
+    """Each claimed run trained in one of a pool's worker processes, `slots` at a time."""
+
+    def __init__(self, pool: multiprocessing.pool.Pool, slots: int) -> None:
+        self.pool, self.slots = pool, slots
+        self.running: dict[int, list[Claim]] = {}
+        self.finished: queue.Queue[tuple[int, list[Outcome] | BaseException]] = queue.Queue()
+        self.tokens = itertools.count()
+
+    def together(self, cfg: RunConfig) -> bool:
+        return False
+
+    def start(self, claims: list[Claim]) -> None:
+        token = next(self.tokens)
+        self.running[token] = claims
+        done = lambda outcome: self.finished.put((token, outcome))  # noqa: E731
+        self.pool.apply_async(train_claimed, (sendable(claims),), callback=done, error_callback=done)
+
+    def busy(self) -> int:
+        return len(self.running)
+
+    def next_done(self) -> list[tuple[Claim, Outcome]]:
+        token, outcomes = self.finished.get()
+        claims = self.running.pop(token)
+        if isinstance(outcomes, BaseException):  # e.g. a UserError on the worker: the driver's to report
+            raise outcomes
+        return list(zip(claims, outcomes, strict=True))
+
+    def stop(self) -> None:
+        self.running.clear()  # the executor terminates the pool
 
 
 @dataclass
@@ -102,15 +131,12 @@ class ProcessPool:
         # Share the cores: N processes each using every core would thrash. Results are bit-identical to a
         # sequential run with the same torch thread count, which env.json records.
         threads = max(1, cpu_count() // self.jobs)
-        # Forking a process whose torch thread pools are running can deadlock; spawn starts clean.
-        pool = multiprocessing.get_context("spawn").Pool(min(self.jobs, len(runs)), _start_worker, (threads,))
-        results: dict[int, RunResult] = {}
+        # Forking a process whose torch thread pools are running can deadlock; spawn starts clean. Each worker
+        # loads the data itself (the decoded images come from the disk cache) and keeps them for its next run.
+        slots = min(self.jobs, len(runs))
+        pool = multiprocessing.get_context("spawn").Pool(slots, _start_worker, (threads,))
         try:
-            for i, result in pool.imap_unordered(_run_indexed, [(i, cfg, out, force, wait)
-                                                                for i, cfg in enumerate(runs)]):
-                results[i] = result
-                if reporter and result.status != Status.BUSY:
-                    reporter.end_run(result)
+            results = run_pipeline(runs, out, force, reporter, wait, InProcesses(pool, slots))
             pool.close()
         except BaseException:
             # Ctrl-C or an error: stop every worker now. A run cut short leaves only its temporary directory,
@@ -119,7 +145,7 @@ class ProcessPool:
             raise
         finally:
             pool.join()
-        return [results[i] for i in range(len(runs))]
+        return results
 
 
 @dataclass
@@ -129,13 +155,45 @@ class Refused:
     message: str
 
 
-def train_remote(claim: Claim) -> RunRecord | str | Refused:
-    """On a Ray worker: train one run the driver claimed (and holds the lock of: the claim comes without it);
-    its record, or why it failed, for the driver to write."""
+def train_remote(claims: list[Claim]) -> list[Outcome] | Refused:
+    """On a Ray worker: train runs the driver claimed (and holds the locks of); their outcomes for the driver to
+    write."""
     try:
-        return train_claimed(claim)
+        return train_claimed(claims)
     except UserError as e:
         return Refused(str(e))
+
+
+class OnRay:
+    """Each claimed run a Ray task, `slots` at a time."""
+
+    def __init__(self, ray, task_resources, slots: int) -> None:
+        self.ray, self.task_resources, self.slots = ray, task_resources, slots
+        self.remote = ray.remote(train_remote)
+        self.running: dict[object, list[Claim]] = {}
+
+    def together(self, cfg: RunConfig) -> bool:
+        return False
+
+    def start(self, claims: list[Claim]) -> None:
+        task = self.remote.options(**self.task_resources(claims[0].config)).remote(sendable(claims))
+        self.running[task] = claims
+
+    def busy(self) -> int:
+        return len(self.running)
+
+    def next_done(self) -> list[tuple[Claim, Outcome]]:
+        [ref], _ = self.ray.wait(list(self.running), num_returns=1)
+        outcomes = self.ray.get(ref)  # a task that raised leaves its claims unsaved: the pipeline releases them
+        claims = self.running.pop(ref)
+        if isinstance(outcomes, Refused):
+            raise UserError(outcomes.message)
+        return list(zip(claims, outcomes, strict=True))
+
+    def stop(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref, force=True)
+        self.running.clear()
 
 
 class RayExecutor:
@@ -176,44 +234,9 @@ class RayExecutor:
 
     def run(self, runs: list[RunConfig], out: str, force: bool, reporter: Reporter | None,
             wait: bool) -> list[RunResult]:
-        remote = self.ray.remote(train_remote)
         # Claim (lock) only as many runs as can train at once, so another invocation can take the rest.
         slots = max(1, int(self.resources.get("GPU" if "num_gpus" in self.task_resources(runs[0]) else "CPU", 1)))
-        store = RunStore(out)
-        results: dict[int, RunResult] = {}
-        pending: dict[object, tuple[int, Claim]] = {}
-        todo = iter(enumerate(runs))
-
-        def submit_next() -> bool:
-            for i, cfg in todo:
-                claimed = claim(store, cfg, force, wait, reporter)
-                if isinstance(claimed, RunResult):
-                    results[i] = claimed
-                    continue
-                task = remote.options(**self.task_resources(cfg)).remote(dataclasses.replace(claimed, lock=None))
-                pending[task] = (i, claimed)
-                return True
-            return False
-
-        try:
-            while len(pending) < slots and submit_next():
-                pass
-            while pending:
-                [ref], _ = self.ray.wait(list(pending), num_returns=1)
-                outcome = self.ray.get(ref)  # a task that raised keeps its claim in `pending`, released below
-                i, claimed = pending.pop(ref)
-                if isinstance(outcome, Refused):
-                    claimed.release()
-                    raise UserError(outcome.message)
-                result = results[i] = store.save(claimed, outcome)
-                if reporter:
-                    reporter.end_run(result)
-                submit_next()
-        finally:
-            for ref, (_, claimed) in pending.items():
-                self.ray.cancel(ref, force=True)
-                claimed.release()
-        return [results[i] for i in range(len(runs))]
+        return run_pipeline(runs, out, force, reporter, wait, OnRay(self.ray, self.task_resources, slots))
 
 
 def check_reachable(address: str) -> None:
@@ -252,21 +275,23 @@ def open_executor(kind: str = "local", jobs: int = 1, ray_address: str = "") -> 
 
 
 def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[str]:
-    """Refuse bad input before any file is written: every run's options, the device, the first run's data in
-    full and its starting weights, and for every other data setting of the grid (sweep points) its files, class
-    pairs and image size. The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
+    """Prepare without training, refusing bad input before any file is written: every run's options, the device,
+    the first run's data in full and its starting weights, and for every other data setting of the grid (sweep
+    points) its files, class pairs and image size. The data loaded here stay in memory for the runs
+    (`prepare.prepare_data`). The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
     fingerprint.cache_clear()  # the data files as they are now key this command's runs
     listed_images_key.cache_clear()
+    forget_data()
     for cfg in runs:
         cfg.validate()
     (executor or Sequential()).check_device(runs[0].runtime.device)
     data = prepare_data(runs[0])
-    build_run(runs[0], data, torch.device("cpu"))  # starting weights that are missing or do not fit fail here
+    untrained(runs[0], data, torch.device("cpu"))  # starting weights that are missing or do not fit fail here
     loads: dict[str, list[RunConfig]] = {}  # runs by what their loader reads (all data options but the pairs)
     for cfg in runs:
         loads.setdefault(repr({**dataclasses.asdict(cfg.data), "pairs": None}), []).append(cfg)
     for group in loads.values():
-        raw = load_raw(group[0])  # decoded images come from the cache after the first load
+        raw = raw_of(group[0])  # the first run's images are already in memory
         for cfg in group:
             if not wants_auto_pairs(cfg):  # found from the data when the run prepares it
                 pairs_of(raw, cfg)

@@ -90,7 +90,10 @@ MIN_DEFAULT_PAIR = 2
 
 
 def load_raw(cfg: RunConfig) -> RawImages:
-    """The dataset's images and labels, checked (before they are split and labelled)."""
+    """The dataset's images and labels, checked (before they are split and labelled).
+
+    A loader reads the data options and its own; one whose images or splits also depend on the seed says so with
+    `draws_from_seed = True`, so that the runs of other seeds do not reuse its images."""
     if cfg.data.between_source != "auto":
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
     raw = DATASETS.get(cfg.data.dataset)(cfg)
@@ -111,7 +114,11 @@ def pairs_of(raw: RawImages, cfg: RunConfig) -> list[tuple[int, int]]:
 
 def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
     """Load, split and label the run's data; `reference` trains judge networks for the `natural` source."""
-    raw = load_raw(cfg)
+    return split_and_label(load_raw(cfg), cfg, reference)
+
+
+def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
+    """The run's data from its dataset's raw images (`load_raw`): split, and labelled by the in-between source."""
     source_name, notes = pick_source(raw, cfg)
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -64,6 +64,9 @@ def cifar10h(cfg: RunConfig) -> RawImages:
                      f"{raw.source} + {votes_file} ({protocol})", default_source="human")
 
 
+cifar10h.draws_from_seed = True  # the halves are drawn per seed
+
+
 def locate_votes(cfg: RunConfig) -> Path:
     # Beside --data-dir first, then the default places: the votes can live apart from the images.
     roots = search_roots(cfg) + (default_roots() if cfg.data.data_dir else [])

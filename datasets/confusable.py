@@ -62,7 +62,7 @@ def evidence(raw: RawImages, cfg: RunConfig, reference: Reference | None) -> Evi
         return Evidence("votes", votes / votes.sum(1, keepdim=True), raw.labels.long(), names)
     if reference is None:
         raise UserError(f"dataset {cfg.data.dataset}: no votes to find confusable pairs from, and no reference "
-                        "network trainer (use runner.prepare_data or `ambig-bench pairs`)")
+                        "network trainer (use prepare.prepare_data or `ambig-bench pairs`)")
     # A generator of its own: the pairs found do not change the random draws of the run that uses them.
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = dataclasses.replace(raw, files=names)

@@ -67,7 +67,7 @@ def natural(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) ->
 def reference_probs(data: LabelledImages, ctx: SourceContext) -> torch.Tensor:
     """N×K probabilities: out-of-fold for training images, the fold models' mean for val and test."""
     if ctx.reference is None:
-        raise UserError("--between-source natural needs a reference network trainer (use runner.prepare_data)")
+        raise UserError("--between-source natural needs a reference network trainer (use prepare.prepare_data)")
     opts: NaturalOptions = ctx.options
     folds = opts.natural_folds
     train_idx = (data.split == SPLITS["train"]).nonzero().squeeze(1)

@@ -10,7 +10,7 @@ from torch import nn
 
 from ambig_bench.batched import copy_back, widen
 from ambig_bench.models import Preprocess, build_model, build_network
-from ambig_bench.runner import prepare_data
+from ambig_bench.prepare import prepare_data
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import Job, predict_logits, train
 from tests.conftest import tiny_config
@@ -100,10 +100,10 @@ def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monk
 
     from typer.testing import CliRunner
 
-    from ambig_bench import batched, executors
+    from ambig_bench import batched, runner
     from ambig_bench.cli import app
 
-    monkeypatch.setattr(executors, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
+    monkeypatch.setattr(runner, "batching_on", lambda cfg: True)  # auto probes on CUDA only; here on the CPU
     monkeypatch.setattr(batched, "step_seconds", lambda wide, cfg, shape, k, m, dev: 1.0 if m == 1 else wide_cost * m)
     args = ["run", "--strategy", "soft,extra-class", "--seeds", "2", "--epochs", "1", "--width", "8",
             "--test-between-per-pair", "20", "--val-between-per-pair", "10", "--device", "cpu",
@@ -115,8 +115,9 @@ def test_auto_batches_only_when_the_timed_probe_says_it_is_faster(tmp_path, monk
         assert json.loads((run / "metrics.json").read_text())["batched_runs"] == expected[strategy], run.name
 
 
-def test_probe_times_training_steps_without_touching_the_runs_model():
-    from ambig_bench.batched import group_size, step_seconds, widen
+def test_probe_times_training_steps_without_touching_the_runs_model(monkeypatch):
+    from ambig_bench import batched
+    from ambig_bench.batched import PROBE_STEPS, PROBE_WARMUP, group_size, step_seconds, widen
     from ambig_bench.models import build_network
     from ambig_bench.options import build
 
@@ -124,8 +125,21 @@ def test_probe_times_training_steps_without_touching_the_runs_model():
     model = build_network("small-cnn", images, 10, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = build(dict(batch_runs="auto", batch_size=32))
-    seconds = step_seconds(widen([model] * 3), cfg, tuple(images.shape), 10, 3, torch.device("cpu"))
-    assert 0 < seconds < 10
-    assert group_size(cfg, model, tuple(images.shape), 10, 3, torch.device("cpu")) in (1, 3)
-    assert group_size(build(dict(batch_runs="on")), model, tuple(images.shape), 10, 40, torch.device("cpu")) == 16
+    wide = widen([model] * 3)
+    steps = []
+    wide.register_forward_hook(lambda *args: steps.append(1))
+    monkeypatch.setattr(batched, "timed", lambda device, fn: (fn(), 2.5)[1])  # the timed steps take 2.5 s
+    assert step_seconds(wide, cfg, tuple(images.shape), 10, 3, torch.device("cpu")) == 2.5 / PROBE_STEPS
+    assert len(steps) == PROBE_WARMUP + PROBE_STEPS, "warm-up steps, then the timed ones"
+    assert any(not torch.equal(a, b) for a, b in zip(wide.state_dict().values(), widen([model] * 3).state_dict()
+                                                     .values(), strict=True)), "they trained the wide copy"
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the probe trained a copy"
+
+    def stub(cost_of_three):  # seconds per step: 1 for one network alone, `cost_of_three` for the wide one of 3
+        monkeypatch.setattr(batched, "step_seconds", lambda w, c, shape, k, m, dev: 1.0 if m == 1 else cost_of_three)
+
+    for cost, size in ((2.7, 3), (2.71, 1), (0.5, 3)):  # batched only when it costs at most 0.9 of 3 alone
+        stub(cost)
+        assert group_size(cfg, model, tuple(images.shape), 10, 3, torch.device("cpu")) == size, cost
+    assert group_size(cfg, model, tuple(images.shape), 10, 1, torch.device("cpu")) == 1, "one run: nothing to time"
+    assert group_size(build(dict(batch_runs="on")), model, tuple(images.shape), 10, 40, torch.device("cpu")) == 16

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from ambig_bench.checkpoint import FORMAT, load_checkpoint
 from ambig_bench.errors import UserError
 from ambig_bench.models import build_model
-from ambig_bench.runner import prepare_data, run_experiment
+from ambig_bench.prepare import prepare_data
+from ambig_bench.runner import run_experiment
 from ambig_bench.train import predict_logits
 from tests.conftest import tiny_config
 

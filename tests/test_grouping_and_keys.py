@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ambig_bench import executors, runner
+from ambig_bench import prepare, runner
 from ambig_bench.batched import widen
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Sequential
@@ -27,7 +27,7 @@ def fresh_keys() -> None:
 @pytest.mark.slow
 def test_batching_is_decided_run_by_run_and_results_keep_their_order(tmp_path, monkeypatch):
     """A sweep may vary what decides batching (model, --freeze, --batch-runs): each run follows its own setting."""
-    monkeypatch.setattr(executors, "batching_on", lambda cfg: cfg.strategy == "soft")
+    monkeypatch.setattr(runner, "batching_on", lambda cfg: cfg.strategy == "soft")
     runs = [tiny_config(strategy=s, seed=seed) for seed in (0, 1) for s in ("extra-class", "soft")]
     results = Sequential().run(runs, str(tmp_path), False, None, True)
     assert [r.run_dir.name for r in results] == [run_name(c) for c in runs]
@@ -47,10 +47,10 @@ def test_a_run_that_cannot_be_prepared_gives_its_lock_back(tmp_path, monkeypatch
     def broken(cfg):
         raise UserError("the data went away")
 
-    monkeypatch.setattr(runner, "prepare_data", broken)
+    monkeypatch.setattr(prepare, "prepare_data", broken)
     cfg = tiny_config()
     with pytest.raises(UserError, match="went away"):
-        runner.run_together([cfg], str(tmp_path), False, None, True)
+        Sequential().run([cfg], str(tmp_path), False, None, True)
     lock = RunLock(tmp_path / ".locks" / f"{run_name(cfg)}.lock")
     assert lock.acquire(wait=False), "the claim was released"
     lock.release()

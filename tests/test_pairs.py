@@ -16,7 +16,7 @@ from ambig_bench.cli import app
 from ambig_bench.datasets.confusable import Evidence, auto_pairs, find_pairs, rank_pairs, resolve_auto
 from ambig_bench.datasets.fashion_mnist import DEBIAN
 from ambig_bench.errors import UserError
-from ambig_bench.runner import prepare_data
+from ambig_bench.prepare import prepare_data
 from ambig_bench.train import fit_reference
 from tests.conftest import shared_path, tiny_config
 from tests.test_datasets import private_cache, shade, write_image, write_labels  # noqa: F401 (fixture)

@@ -17,7 +17,8 @@ from ambig_bench.conformal import calibrate, prediction_sets, set_metrics
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import find_images, read_image
 from ambig_bench.predict import PredictionReport, predict_paths, render
-from ambig_bench.runner import prepare_data, run_experiment
+from ambig_bench.prepare import prepare_data
+from ambig_bench.runner import run_experiment
 from tests.conftest import tiny_config
 
 
