@@ -36,8 +36,9 @@ from ambig_bench.datasets import load_raw, pairs_of
 from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
+from ambig_bench.keys import listed_images_key
 from ambig_bench.runner import Reporter, build_run, claim, prepare_data, run_experiment, run_together, train_claimed
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, listed_images_key
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")

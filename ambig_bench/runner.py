@@ -36,10 +36,11 @@ from ambig_bench.datasets import prepare
 from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.errors import RunFailed
 from ambig_bench.features import Probe, probe
+from ambig_bench.keys import data_fingerprint, experiment_key
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import build_network, starting_weights
 from ambig_bench.options import strategy_options
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status, data_fingerprint, experiment_key
+from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import Job, device_layout, fit_reference, pick_device, predict_logits, train, tta_level
 

@@ -12,9 +12,9 @@ from ambig_bench.batched import widen
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Sequential
 from ambig_bench.imageio import fingerprint
+from ambig_bench.keys import experiment_key, listed_images_key, run_name
 from ambig_bench.locks import RunLock
 from ambig_bench.models import build_network
-from ambig_bench.store import experiment_key, listed_images_key, run_name
 from tests.conftest import tiny_config
 from tests.test_hostile_input import hostile_data, png
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ambig_bench.keys import experiment_key
 from ambig_bench.options import replace
 from ambig_bench.runner import run_experiment
-from ambig_bench.store import experiment_key
 from tests.conftest import tiny_config
 
 
