@@ -92,6 +92,9 @@ class ModelEntry:
     widenable: bool = True  # `batched.widen` can fuse copies of it (plain conv/BN/linear layers)
     name: str = ""  # filled in by the registry
 
+    def __post_init__(self) -> None:
+        self.__doc__ = self.factory.__doc__  # what `ambig-bench models` says of it (`Registry.describe`)
+
 
 def timm_family(name: str) -> ModelEntry | None:
     """`timm:<architecture>`: any timm classifier (optional extra), registered on first use with the fine-tuning

@@ -143,6 +143,7 @@ def test_a_recipe_is_frozen_and_its_option_defaults_are_run_options(name):
     cfg = build({"model": name})
     assert {flag: options.get(cfg, flag) for flag in defaults} == defaults, "unset options take the recipe's values"
     assert build({"model": name, "lr": 0.5}).model.lr == 0.5, "an option overrides the recipe"
+    assert MODELS.describe()[name] == MODELS.get(name).factory.__doc__.strip().splitlines()[0]
 
 
 def test_the_training_loop_reads_the_recipes_constants():
