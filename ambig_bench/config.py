@@ -233,6 +233,9 @@ GROUPS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "train": 
 
 @dataclass
 class ExperimentConfig:
+    """An experiment: every strategy and seed of one run setting. Strategy and seed stay out of the experiment key
+    (`keys`), so its runs share one key and compare; `experiments.experiment` builds it."""
+
     run: RunConfig = field(default_factory=RunConfig)  # template; strategy and seed are filled per run
     strategies: list[str] = field(default_factory=lambda: ["soft"])  # names, in order
     seeds: int = 3  # runs per strategy, seeds first_seed .. first_seed + seeds - 1

@@ -134,9 +134,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
     What depends on the data or the machine stays as given, here and in config.json (and so in the key), and is
     settled where that is known: `--pairs auto` and `--between-source auto` when the data are prepared
-    (`runner.resolve_auto`, `datasets.base.pick_source`; data.json records the outcome), `--augment auto` once the
-    images are known (`train.use_augmentation`), `--image-size` unset without weights by the images' own size
-    (the loader), `--device auto` by `train.pick_device` and `--batch-runs auto` by the runner on the device."""
+    (`datasets.confusable.resolve_auto`, `datasets.base.pick_source`; data.json records the outcome),
+    `--augment auto` once the images are known (`train.use_augmentation`), `--image-size` unset without weights
+    by the images' own size (the loader), `--device auto` by `train.pick_device` and `--batch-runs auto` by
+    `batched` on the device."""
     check_names(cfg)
     resolve_loader(cfg)
     model = MODELS.get(cfg.model.name)
