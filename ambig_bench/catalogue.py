@@ -54,7 +54,7 @@ def build() -> dict:
         "strategies": STRATEGIES.describe(),
         "datasets": DATASETS.describe(),
         "sources": BETWEEN_SOURCES.describe(),
-        "models": {name: {"description": text, "recipe": MODELS.get(name).recipe,
+        "models": {name: {"description": text, "recipe": MODELS.get(name).recipe.option_defaults(),
                           "input_size": MODELS.get(name).input_size} for name, text in MODELS.describe().items()},
         "options": [{"flag": o.flag, "kind": o.kind.__name__, "help": o.help, "panel": o.panel}
                     for o in options.table().values()],

@@ -154,7 +154,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
     try:
         strategy = STRATEGIES.get(meta["strategy"])(len(meta["class_names"]), [tuple(p) for p in meta["pairs"]])
         # Width 0 in files of earlier versions meant the model's default width.
-        width = meta["width"] or MODELS.get(meta["model"]).recipe.get("width", 0)
+        width = meta["width"] or (MODELS.get(meta["model"]).recipe.width or 0)
         # Built without memory first: a "width" of millions is refused by the shapes, never allocated.
         with torch.device("meta"):
             problem = mismatch(network().state_dict(), state)

@@ -1,7 +1,7 @@
 """Typed configuration, grouped by what reads each option; `None` means "the model's (or dataset's) default".
 
 A run's options live in small dataclasses: the data (`DataOptions`, read by the loaders), the network and
-its recipe (`ModelOptions`, defaults from the model's registry entry), the training loop (`TrainOptions`),
+its recipe (`ModelOptions`, defaults from the model's `models.Recipe`), the training loop (`TrainOptions`),
 where it runs (`Runtime`, never part of the experiment), and one table per in-between source, declared by
 the source's own file (`datasets/blend.py`, `datasets/natural.py`). Every leaf field has one flat name
 that is its CLI option, TOML key and sweep axis (`ambig_bench.options` builds that table); its `help`
@@ -104,7 +104,7 @@ SCHEDULES = ("linear", "triangle", "cosine")  # learning-rate shapes over traini
 
 @dataclass
 class ModelOptions:
-    """The network and its optimisation recipe; None takes the model's default (its `models.MODELS` entry)."""
+    """The network and overrides of its recipe; None takes the model's recipe (`models.Recipe`)."""
 
     name: str = option("small-cnn", "registered model name", flag="model")
     width: int | None = option(None, "channels of the first conv stage (default: the model's: 32 small-cnn, "
@@ -165,17 +165,21 @@ AUGMENT = ("auto", "on", "off")
 
 @dataclass
 class TrainOptions:
-    """Read by the training loop."""
+    """Read by the training loop; None takes the model's recipe (`models.Recipe`)."""
 
     epochs: int = option(20, "passes over the training set")
-    augment: str = option("auto", "auto (on for RGB 24x24 and larger) | on | off: random shifts (or the recipe's "
-                                  "random-resized crops, --crop-scale) + horizontal flips", choices=AUGMENT)
-    translate: int = option(2, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips only)")
+    augment: str | None = option(None, "auto (on for RGB 24x24 and larger) | on | off: random shifts (or the recipe's "
+                                       "random-resized crops, --crop-scale) + horizontal flips", choices=AUGMENT)
+    translate: int | None = option(None, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips "
+                                         "only)")
 
     def validate(self) -> None:
+        """Checks the values that are set (a resolved recipe has them all)."""
         check_at_least("epochs", self.epochs, 1)
-        check_choice("augment", self.augment, AUGMENT)
-        check_at_least("translate", self.translate, 0)
+        if self.augment is not None:
+            check_choice("augment", self.augment, AUGMENT)
+        if self.translate is not None:
+            check_at_least("translate", self.translate, 0)
 
 
 BATCH_RUNS = ("auto", "on", "off")
@@ -199,18 +203,17 @@ class Runtime:
 
 @dataclass
 class RunConfig:
-    """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source's
-    file declares them (`datasets.SOURCE_OPTIONS`), and a run reads only its own source's. `loader` holds the
-    options of the run's dataset, for the datasets that declare some (`datasets.DATASET_OPTIONS`).
-    `strategy_options` holds each strategy's (`strategies.STRATEGY_OPTIONS`)."""
+    """One (strategy, seed) run. `source` holds each in-between source's options by source name; the source
+    declares them where it registers (`BETWEEN_SOURCES.register(name, options=...)`), and a run reads only its own
+    source's. `loader` holds the options of the run's dataset, for the datasets that declare some (`DATASETS`)."""
 
     strategy: str = option("soft", "registered strategy name")
     seed: int = option(0, "seeds the data split, the in-between draw, initialisation and batch order")
     data: DataOptions = field(default_factory=DataOptions)
     source: dict[str, dict[str, Any]] = field(default_factory=dict)
     loader: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Each strategy's options by strategy name, declared by the strategy's file (`strategies.STRATEGY_OPTIONS`);
-    # a run reads only its own strategy's, and they name its variant (`options.strategy_label`).
+    # Each strategy's options by strategy name, declared where the strategy registers (`STRATEGIES`); a run reads
+    # only its own strategy's, and they name its variant (`options.strategy_label`).
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelOptions = field(default_factory=ModelOptions)
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -230,6 +233,9 @@ GROUPS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "train": 
 
 @dataclass
 class ExperimentConfig:
+    """An experiment: every strategy and seed of one run setting. Strategy and seed stay out of the experiment key
+    (`keys`), so its runs share one key and compare; `experiments.experiment` builds it."""
+
     run: RunConfig = field(default_factory=RunConfig)  # template; strategy and seed are filled per run
     strategies: list[str] = field(default_factory=lambda: ["soft"])  # names, in order
     seeds: int = 3  # runs per strategy, seeds first_seed .. first_seed + seeds - 1

@@ -38,9 +38,10 @@ from ambig_bench.datasets import pairs_of
 from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
+from ambig_bench.keys import listed_images_key
 from ambig_bench.prepare import forget_data, prepare_data, raw_of, untrained
 from ambig_bench.runner import Here, Outcome, Reporter, run_pipeline, train_claimed
-from ambig_bench.store import Claim, RunResult, RunStore, Status, listed_images_key
+from ambig_bench.store import Claim, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
 
 EXECUTORS = ("local", "ray")

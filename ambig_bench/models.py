@@ -1,5 +1,6 @@
 """Networks, registered by name with their training recipe. Every strategy trains the same network; only the
-output width differs. A new model is one `@register_model` entry: its factory and the recipe beside it.
+output width differs. A new model is one `@register_model(name, Recipe(...))` entry: its factory, what it takes
+and its recipe beside it (as timm registers a model with its default config). Run options override the recipe.
 
 $ ambig-bench run --model small-cnn --width 32      # any size from 8x8 grey to 32x32 RGB
 $ ambig-bench run --dataset cifar10 --model fast-cifar --device cuda
@@ -10,6 +11,8 @@ $ ambig-bench models                               # every model, its input size
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +25,78 @@ from ambig_bench.weights import Start, pretrained_start, read_start
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, image_size, num_outputs, width)
 
 
-def timm_family(name: str) -> ModelFactory | None:
+@dataclass(frozen=True)
+class Recipe:
+    """Every hyperparameter a model trains with, each with its reason, in one place (as airbench keeps its `hyp`).
+
+    The fields named like a run option (`--lr`, `--translate`, ...; `Recipe.option_defaults`) are that option's
+    default for this model; the others are fixed parts of the recipe that no option changes.
+    """
+
+    width: int | None  # channels of the first stage: the network's size (--width); None: the architecture's own
+    optimizer: str  # adamw | sgd with Nesterov momentum (--optimizer)
+    batch_size: int  # images per step (--batch-size)
+    lr: float  # peak learning rate (--lr), reached and left as `schedule` says
+    weight_decay: float  # decoupled for AdamW; under SGD divided by each layer's lr multiplier (--weight-decay)
+    momentum: float  # SGD's Nesterov momentum; AdamW ignores it (--momentum)
+    schedule: str  # the learning rate's shape over training: linear | triangle | cosine (--schedule)
+    lookahead: str  # on | off: average the weights late in training, airbench-style (--lookahead)
+    crop_scale: float  # < 1: random-resized crops keeping at least this share of the area; 1: shifts (--crop-scale)
+    backbone_lr: float  # learning rate of the layers that start from given weights, as a share of lr (--backbone-lr)
+    # auto: augment RGB images of 24x24 and larger, i.e. photos, where shifts and mirror images are still the same
+    # class; not digits or glyphs, whose orientation can be the class (--augment; settled by train.use_augmentation
+    # once the images are known).
+    augment: str = "auto"
+    translate: int = 2  # largest random shift in pixels, edges mirrored: airbench's 2 at 32x32 (--translate)
+    # Predict over the views training augmented with (the mirror image; one-pixel shifts when training shifted), as
+    # airbench's test-time augmentation does: the network was taught they are the same image.
+    test_views: bool = True
+    warmup_epochs: int = 1  # linear and cosine rise from 0 to the peak over the first epoch: early steps stay small
+    # triangle (airbench94): from 0.2 of the peak, up to the peak at 23% of training, then down by 0.93 of the peak
+    # to 0.07 at the end; short runs start fast and end on a small step.
+    triangle_start: float = 0.2
+    triangle_peak_at: float = 0.23
+    triangle_drop: float = 0.93
+    # lookahead (airbench94): from 30% of training on, every 5 steps the weights move to a slow average of
+    # themselves, whose memory (0.95 per step) grows as progress**3, so the end of training averages most.
+    lookahead_start: float = 0.3
+    lookahead_every: int = 5
+    lookahead_decay: float = 0.95
+    lookahead_power: int = 3
+    # The learning-rate multiplier of BatchNorm shifts whose scale is fixed at 1 (fast-cifar's `batch_norm`), under
+    # SGD: airbench's 64, so the shifts keep up with the conv weights.
+    bn_lr_scale: float = 64.0
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The values of the fields that run options override, by flat option name; not those that do not apply
+        to the model (None)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in OVERRIDABLE and getattr(self, f.name) is not None}
+
+
+# Recipe fields a run option of the same name overrides: the model's (config.ModelOptions) and the training
+# loop's augmentation (config.TrainOptions).
+OVERRIDABLE = ("width", "optimizer", "batch_size", "lr", "weight_decay", "momentum", "schedule", "lookahead",
+               "crop_scale", "backbone_lr", "augment", "translate")
+
+
+@dataclass
+class ModelEntry:
+    """A registered network: its factory, what it takes and its recipe. Normalisation is not a property of the
+    entry: it is fitted on the training images, or comes with the starting weights (`weights.Start`)."""
+
+    factory: ModelFactory
+    recipe: Recipe
+    input_size: int | None = None  # the size its standard weights were trained at (None: any size)
+    rgb: bool = False  # it takes 3 channels, so grey images are repeated into RGB
+    widenable: bool = True  # `batched.widen` can fuse copies of it (plain conv/BN/linear layers)
+    name: str = ""  # filled in by the registry
+
+    def __post_init__(self) -> None:
+        self.__doc__ = self.factory.__doc__  # what `ambig-bench models` says of it (`Registry.describe`)
+
+
+def timm_family(name: str) -> ModelEntry | None:
     """`timm:<architecture>`: any timm classifier (optional extra), registered on first use with the fine-tuning
     recipe; None for other names."""
     if not name.startswith("timm:"):
@@ -40,29 +114,20 @@ def timm_family(name: str) -> ModelFactory | None:
 
     factory.__doc__ = f"timm {architecture}: head replaced; --pretrained for timm's default weights"
     pretrained = timm.get_pretrained_cfg(architecture)
-    return declare(factory, pretrained.input_size[-1] if pretrained else 224, True, False, lr=1e-3, **FINE_TUNE)
+    return ModelEntry(factory, fine_tune(1e-3), pretrained.input_size[-1] if pretrained else 224, rgb=True,
+                      widenable=False)
 
 
-MODELS: Registry[ModelFactory] = Registry("model", timm_family)
+MODELS: Registry[ModelEntry] = Registry("model", timm_family)
 
 
-def declare(factory: ModelFactory, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
-            **recipe: object) -> ModelFactory:
-    """A factory with its default recipe (the `config.ModelOptions` fields it sets) and what it is.
-
-    input_size: the size its standard weights were trained at (None: any size); rgb: it takes 3 channels, so grey
-    images are repeated into RGB; widenable: `batched.widen` can fuse copies of it (plain conv/BN/linear layers).
-    """
-    factory.recipe, factory.input_size, factory.rgb, factory.widenable = recipe, input_size, rgb, widenable
-    return factory
-
-
-def register_model(name: str, input_size: int | None = None, rgb: bool = False, widenable: bool = True,
-                   **recipe: object) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a network factory with its default recipe and what it is (`declare`)."""
+def register_model(name: str, recipe: Recipe, input_size: int | None = None, rgb: bool = False,
+                   widenable: bool = True) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a network factory with its recipe and what it takes (`ModelEntry`)."""
 
     def add(factory: ModelFactory) -> ModelFactory:
-        return MODELS.register(name)(declare(factory, input_size, rgb, widenable, **recipe))
+        MODELS.register(name)(ModelEntry(factory, recipe, input_size, rgb, widenable))
+        return factory
 
     return add
 
@@ -88,8 +153,18 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-@register_model("small-cnn", width=32, optimizer="adamw", batch_size=128, lr=3e-3, weight_decay=5e-4, crop_scale=1.0,
-                momentum=0.9, lookahead="off", schedule="linear", backbone_lr=1.0)
+@register_model("small-cnn", Recipe(
+    width=32,  # a few seconds per epoch on a laptop CPU, and enough for digits and CIFAR-sized images
+    optimizer="adamw",  # forgiving of the learning rate across image sizes and strategies
+    batch_size=128,
+    lr=3e-3,
+    weight_decay=5e-4,
+    momentum=0.9,  # unused by AdamW; SGD's usual value, for --optimizer sgd
+    schedule="linear",  # one epoch of warm-up, then straight down to 0
+    lookahead="off",
+    crop_scale=1.0,  # small images: shifts, not crops
+    backbone_lr=1.0,  # with --weights, every layer learns at the head's rate
+))
 def small_cnn(in_channels: int, image_size: int, num_outputs: int, width: int = 32) -> nn.Module:
     """Small CNN for CPU: conv-BN-ReLU-pool stages (widths w, 2w, 4w), as many as the image size allows."""
     layers: list[nn.Module] = []
@@ -104,11 +179,26 @@ def small_cnn(in_channels: int, image_size: int, num_outputs: int, width: int = 
     return nn.Sequential(*layers)
 
 
+# airbench94's recipe, for a mean loss over the batch.
+FAST_CIFAR = Recipe(
+    width=64,  # airbench94's block widths 64/256/256
+    optimizer="sgd",
+    batch_size=1024,
+    lr=1.5,  # airbench's 11.5 per 1024 images for a summed loss, for the mean loss
+    weight_decay=1.33e-3,  # airbench's 0.0153 per 1024 images, for the mean loss
+    momentum=0.85,
+    schedule="triangle",
+    lookahead="on",
+    crop_scale=1.0,  # 32x32 images: shifts of 2 pixels, not crops
+    backbone_lr=1.0,  # with --weights, every layer learns at the head's rate
+)
+
+
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     """airbench's BatchNorm: the scale stays 1 (only the shift learns, 64× faster under SGD), fast statistics."""
     bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
     bn.weight.requires_grad_(False)
-    bn.lr_scale = 64.0  # read by train.make_optimizer
+    bn.lr_scale = FAST_CIFAR.bn_lr_scale  # read by train.make_optimizer
     return bn
 
 
@@ -157,9 +247,7 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-# airbench94's recipe (lr 11.5 and weight decay 0.0153 per 1024 images, momentum 0.85) for a mean loss.
-@register_model("fast-cifar", width=64, optimizer="sgd", batch_size=1024, lr=1.5, weight_decay=1.33e-3, crop_scale=1.0,
-                momentum=0.85, lookahead="on", schedule="triangle", backbone_lr=1.0)
+@register_model("fast-cifar", FAST_CIFAR)
 def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int = 64) -> nn.Module:
     """airbench94's net for 32x32: whitening stem, GELU blocks 64/256/256, max-pool head, SGD + lookahead."""
     w = (width, 4 * width, 4 * width)
@@ -172,12 +260,24 @@ def fast_cifar(in_channels: int, image_size: int, num_outputs: int, width: int =
 
 
 # -- torchvision backbones -------------------------------------------------------------------------------------
-# Fine-tuning recipe per family: AdamW, the pretrained layers at a tenth of the new head's learning rate, one epoch
-# of warm-up then cosine decay (the usual transfer-learning recipe; each field is overridable on the command line).
-# Random-resized crops keeping at least 35% of the area, and flips: the usual fine-tuning augmentation, milder than
-# ImageNet training's 8% because a few thousand photos leave little to spare.
-FINE_TUNE = dict(optimizer="adamw", batch_size=64, weight_decay=0.05, momentum=0.9, lookahead="off",
-                 schedule="cosine", backbone_lr=0.1, crop_scale=0.35)
+def fine_tune(lr: float) -> Recipe:
+    """The usual transfer-learning recipe, with the family's peak learning rate (of the new head)."""
+    return Recipe(
+        width=None,  # the architecture's own size: --width does not apply
+        optimizer="adamw",
+        batch_size=64,  # 224x224 photos: a batch that fits next to a ResNet-50 in a few GB
+        lr=lr,
+        weight_decay=0.05,
+        momentum=0.9,  # unused by AdamW
+        schedule="cosine",  # one epoch of warm-up, then cosine decay
+        lookahead="off",
+        # Random-resized crops keeping at least 35% of the area, and flips: milder than ImageNet training's 8%,
+        # because a few thousand photos leave little to spare.
+        crop_scale=0.35,
+        backbone_lr=0.1,  # the pretrained layers move at a tenth of the new head's rate
+    )
+
+
 BACKBONES = {  # torchvision architecture -> its family's peak learning rate (of the head)
     "resnet18": 1e-3, "resnet50": 1e-3, "mobilenet_v3_small": 2e-3, "mobilenet_v3_large": 2e-3,
     "efficientnet_b0": 1e-3, "convnext_tiny": 5e-4,
@@ -190,8 +290,6 @@ def head_name(net: nn.Module) -> str:
     if not names:
         raise TypeError(f"{type(net).__name__} has no linear classifier head")
     return names[-1]
-
-
 
 
 def torchvision_backbone(architecture: str) -> ModelFactory:
@@ -209,8 +307,7 @@ def torchvision_backbone(architecture: str) -> ModelFactory:
 
 
 for _arch, _lr in BACKBONES.items():
-    register_model(_arch, input_size=224, rgb=True, widenable=False, lr=_lr, **FINE_TUNE)(
-        torchvision_backbone(_arch))
+    register_model(_arch, fine_tune(_lr), input_size=224, rgb=True, widenable=False)(torchvision_backbone(_arch))
 
 
 def load_start(net: nn.Module, start: Start, name: str) -> None:
@@ -246,7 +343,7 @@ def starting_weights(options: ModelOptions) -> Start | None:
 
 
 def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, width: int) -> nn.Module:
-    return MODELS.get(name)(in_channels, image_size, num_outputs, width)
+    return MODELS.get(name).factory(in_channels, image_size, num_outputs, width)
 
 
 FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at, evenly spaced
@@ -258,13 +355,13 @@ def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width
     layers fitted too. From `start`: its weights (all but the head), its normalisation when it has one, and its
     layers' learning rate at `backbone_lr` times the head's (`lr_share`, read by train.make_optimizer)."""
     _, channels, size, _ = train_images.shape
-    factory = MODELS.get(name)
+    entry = MODELS.get(name)
     net = build_model(name, channels, size, num_outputs, width)
     if start is not None and start.mean is not None:
         preprocess = Preprocess(start.mean.float(), start.std.float())
     else:
         preprocess = Preprocess.fit(train_images)
-    if factory.rgb and preprocess.mean.numel() == 1:
+    if entry.rgb and preprocess.mean.numel() == 1:
         # One grey channel normalised, then broadcast against 3: grey images enter an RGB network as RGB.
         preprocess = Preprocess(preprocess.mean.flatten().repeat(3), preprocess.std.flatten().repeat(3))
     if start is not None:

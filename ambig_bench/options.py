@@ -1,9 +1,9 @@
 """Run options by their flat names: the CLI flags, TOML keys and sweep axes, and the config they build.
 
-Each leaf of `RunConfig` (and of every in-between source's options) has one flat name (`lr`, `blend_low`,
-`model`); this module maps those names to the nested config, fills what the user left unset from the
-model's recipe and the sources' defaults, and says which options make up an experiment: those the chosen
-model and source actually read.
+Each leaf of `RunConfig` (and of every registered entry's options) has one flat name (`lr`, `blend_low`,
+`model`); this module maps those names to the nested config, settles in one `resolve` what the user left
+unset (from the model's recipe and the entries' defaults), and says which options are outside an experiment
+(a run's identity within it, and where it runs); `keys` hashes the rest.
 
 $ ambig-bench run --model fast-cifar --lr 1.0 --blend-low 0.3
 
@@ -22,19 +22,18 @@ from types import NoneType, UnionType
 from typing import Any
 
 from ambig_bench.config import GROUPS, RunConfig, coerce
-from ambig_bench.datasets import BETWEEN_SOURCES, DATASET_OPTIONS, DATASETS, SOURCE_OPTIONS
+from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS
-from ambig_bench.strategies import STRATEGIES, STRATEGY_OPTIONS
+from ambig_bench.strategies import STRATEGIES
 
 IDENTITY = ("strategy", "seed")  # a run's identity within an experiment, not an option of the experiment
 # Config paths outside the experiment: a run's identity within it (its strategy, with the strategy's own options,
 # and seed: runs of every strategy compare within one experiment), and what never changes what a run computes
 # (where it runs, permission to download).
 OUTSIDE_EXPERIMENT = (("strategy",), ("strategy_options",), ("seed",), ("runtime",), ("data", "download"))
-# Option tables declared by the registered sources and strategies: RunConfig field -> {name: options dataclass}.
-DECLARED = {"source": SOURCE_OPTIONS, "strategy_options": STRATEGY_OPTIONS}
-AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.pick_source)
+# RunConfig fields holding the options that registered entries declare, one table per entry name.
+DECLARED = {"source": BETWEEN_SOURCES, "strategy_options": STRATEGIES}
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class Option:
     kind: type  # bool | int | float | str
     help: str  # the field's help metadata
     panel: str  # which group reads it (CLI help panel)
+    default: Any  # the field's default (None: the model's recipe sets it)
 
 
 def base_type(hint: Any) -> type:
@@ -57,7 +57,7 @@ def base_type(hint: Any) -> type:
 def fields_of(cls: type, prefix: tuple[str, ...], panel: str) -> list[Option]:
     hints = typing.get_type_hints(cls)
     return [Option(f.metadata.get("flag") or f.name, (*prefix, f.name), base_type(hints[f.name]),
-                   f.metadata.get("help", ""), panel) for f in dataclasses.fields(cls)]
+                   f.metadata.get("help", ""), panel, f.default) for f in dataclasses.fields(cls)]
 
 
 @cache
@@ -66,11 +66,11 @@ def table() -> dict[str, Option]:
     opts = fields_of(RunConfig, (), "run")[:len(IDENTITY)]
     for group, cls in GROUPS.items():
         opts += fields_of(cls, (group,), group)
-    for source, cls in SOURCE_OPTIONS.items():
+    for source, cls in BETWEEN_SOURCES.declared_options().items():
         opts += fields_of(cls, ("source", source), f"source {source}")
-    for dataset, cls in DATASET_OPTIONS.items():  # shown with the data options
+    for dataset, cls in DATASETS.declared_options().items():  # shown with the data options
         opts += fields_of(cls, ("loader", dataset), "data")
-    for strategy, cls in STRATEGY_OPTIONS.items():
+    for strategy, cls in STRATEGIES.declared_options().items():
         opts += fields_of(cls, ("strategy_options", strategy), "strategy_options")
     by_flag = {o.flag: o for o in opts}
     assert len(by_flag) == len(opts), "two run options share a flat name"
@@ -117,28 +117,39 @@ def build(values: dict[str, Any]) -> RunConfig:
 
 
 def replace(cfg: RunConfig, **values: Any) -> RunConfig:
-    """`cfg` with some options changed by flat name; a changed model takes its own recipe for unset options."""
+    """`cfg` with some options changed by flat name. A changed model brings its own model options (its recipe's
+    `--lr`, `--batch-size`, ... unless `values` sets them); the training options stay as they were."""
     given = {k: v for k, v in flat_values(cfg).items() if v is not None}
     if "model" in values:  # the recipe of the old model was filled in; the new model brings its own
-        for flag in MODELS.get(str(given["model"])).recipe:
-            given.pop(flag, None)
+        for flag in MODELS.get(str(given["model"])).recipe.option_defaults():
+            if lookup(flag).path[0] == "model":
+                given.pop(flag, None)
     return build({**given, **{k.replace("-", "_"): v for k, v in values.items()}})
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill unset recipe fields from the model's registry entry, each source's options and the dataset's from
-    their defaults, then check every value and name, so a saved config always holds what the run used."""
+    """Settle every option that the options alone settle, once, then check every value and name, so a saved
+    config holds what the run used: unset recipe fields from the model's `Recipe`, the image size of standard
+    weights, and each source's, strategy's and the dataset's options from their defaults.
+
+    What depends on the data or the machine stays as given, here and in config.json (and so in the key), and is
+    settled where that is known: `--pairs auto` and `--between-source auto` when the data are prepared
+    (`datasets.confusable.resolve_auto`, `datasets.base.pick_source`; data.json records the outcome),
+    `--augment auto` once the images are known (`train.use_augmentation`), `--image-size` unset without weights
+    by the images' own size (the loader), `--device auto` by `train.pick_device` and `--batch-runs auto` by
+    `batched` on the device."""
     check_names(cfg)
     resolve_loader(cfg)
     model = MODELS.get(cfg.model.name)
-    for name, value in model.recipe.items():
-        if getattr(cfg.model, name) is None:
-            setattr(cfg.model, name, value)
+    for flag, value in model.recipe.option_defaults().items():
+        group, name = lookup(flag).path
+        if getattr(getattr(cfg, group), name) is None:
+            setattr(getattr(cfg, group), name, value)
     if cfg.data.image_size is None and cfg.model.pretrained:  # the size the standard weights were trained at
         cfg.data.image_size = model.input_size
-    for group, declared in DECLARED.items():
+    for group, registry in DECLARED.items():
         tables = getattr(cfg, group)
-        for name, cls in declared.items():
+        for name, cls in registry.declared_options().items():
             try:
                 opts = cls(**tables.get(name, {}))
             except TypeError as e:
@@ -158,9 +169,9 @@ def resolve_loader(cfg: RunConfig) -> None:
         name = next(iter(cfg.loader[stray]))
         raise UserError(f"--{name.replace('_', '-')} is an option of --dataset {stray}, not of {dataset}")
     given, cfg.loader = cfg.loader.get(dataset, {}), {}
-    if dataset in DATASET_OPTIONS:
+    if (cls := DATASETS.options(dataset)) is not None:
         try:
-            opts = DATASET_OPTIONS[dataset](**given)
+            opts = cls(**given)
         except TypeError as e:
             raise UserError(f"dataset {dataset}: {e}") from None
         opts.validate()
@@ -185,25 +196,9 @@ def outside_experiment() -> list[str]:
     return [flag for flag, opt in table().items() if not in_experiment(opt)]
 
 
-def experiment(cfg: RunConfig) -> dict[str, Any]:
-    """What makes runs comparable: every option but those OUTSIDE_EXPERIMENT, of the sources' options only
-    those of the source the run uses (under `auto`, of the sources it may pick), and its dataset's options."""
-    d = cfg.to_dict()
-    for path in OUTSIDE_EXPERIMENT:
-        parent = d
-        for part in path[:-1]:
-            parent = parent[part]
-        parent.pop(path[-1])
-    used = AUTO_PICKS if cfg.data.between_source == "auto" else (cfg.data.between_source,)
-    d["source"] = {k: v for k, v in d["source"].items() if k in used}
-    if not d["loader"]:  # a dataset without options: the key it had before datasets could declare options
-        d.pop("loader")
-    return d
-
-
 def strategy_options(cfg: RunConfig) -> Any:
-    """The run's strategy's own options (its STRATEGY_OPTIONS dataclass), or None when it declares none."""
-    cls = STRATEGY_OPTIONS.get(cfg.strategy)
+    """The run's strategy's own options (the dataclass it registered with), or None when it declares none."""
+    cls = STRATEGIES.options(cfg.strategy)
     return cls(**cfg.strategy_options.get(cfg.strategy, {})) if cls else None
 
 
@@ -212,7 +207,7 @@ def strategy_label(strategy: str, values: dict[str, Any]) -> str:
     `label-smoothing@smoothing-eps=0.2`. It names a run (its directory) and its row in compare and report, so runs
     of one strategy with different options stay apart while the experiment key, which leaves strategies out so
     that they compare, stays the same. `values`: flat option values (config.json's, flattened)."""
-    cls = STRATEGY_OPTIONS.get(strategy)
+    cls = STRATEGIES.options(strategy)
     if cls is None:
         return strategy
     changed = [f"@{f.name.replace('_', '-')}={values[f.name]}" for f in dataclasses.fields(cls)

@@ -30,9 +30,9 @@ from ambig_bench.datasets import DATASETS, load_raw
 from ambig_bench.datasets.base import split_and_label
 from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.features import probe
+from ambig_bench.keys import data_fingerprint, experiment_key
 from ambig_bench.models import build_network, starting_weights
 from ambig_bench.options import strategy_options
-from ambig_bench.store import data_fingerprint, experiment_key
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import device_layout, fit_reference, pick_device
 
@@ -51,7 +51,7 @@ def raw_of(cfg: RunConfig) -> RawImages:
     """The dataset's raw images, loaded once for every run that reads the same files the same way: the data
     options but the pairs, the loader's options and the files' fingerprint; and the seed for a loader that draws
     from it (`draws_from_seed`, e.g. cifar10h's halves)."""
-    seeded = getattr(DATASETS.get(cfg.data.dataset), "draws_from_seed", False)
+    seeded = DATASETS.get(cfg.data.dataset).draws_from_seed
     key = (repr({**dataclasses.asdict(cfg.data), "pairs": None}), repr(cfg.loader), repr(data_fingerprint(cfg)),
            cfg.seed if seeded else None)
     if key not in _raw:

@@ -1,12 +1,15 @@
-"""Name -> class registries filled by a decorator, so a new strategy or dataset is one new file.
+"""Name -> entry registries filled by a decorator, so a new strategy, dataset, source or model is one new entry.
+
+An entry may declare the options it reads (a dataclass of `config.option` fields with `validate()`): each becomes
+a run option (CLI flag, TOML key, sweep axis), recorded in every run's config.json.
 
 >>> from ambig_bench.registry import Registry
 >>> shapes = Registry("shape")
 >>> @shapes.register("square")
 ... class Square:
 ...     "Four equal sides."
->>> shapes.names()
-['square']
+>>> shapes.names(), shapes.options("square")
+(['square'], None)
 """
 
 from __future__ import annotations
@@ -23,18 +26,31 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, family: Callable[[str], T | None] | None = None) -> None:
         self.kind = kind  # "strategy", "dataset", ...: used in error messages
         self._items: dict[str, T] = {}
+        self._options: dict[str, type] = {}  # name -> the options dataclass its entry reads, where it declares one
         # Entries made on first use from a name pattern (e.g. `timm:<architecture>`); None for other names.
         self._family = family
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, options: type | None = None) -> Callable[[T], T]:
+        """Add an entry under `name` (refused when the name is taken), with the options dataclass it reads."""
+
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = item
+            if options is not None:
+                self._options[name] = options
             item.name = name
             return item
 
         return add
+
+    def options(self, name: str) -> type | None:
+        """The options dataclass the entry `name` reads; None when it reads none."""
+        return self._options.get(name)
+
+    def declared_options(self) -> dict[str, type]:
+        """Every entry's options dataclass by entry name, for the entries that declare one, in registration order."""
+        return dict(self._options)
 
     def get(self, name: str) -> T:
         if name not in self._items and self._family and (item := self._family(name)) is not None:

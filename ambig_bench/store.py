@@ -18,9 +18,6 @@ other, and leftovers of a killed process are removed when the run is next claime
 from __future__ import annotations
 
 import enum
-import functools
-import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -33,12 +30,9 @@ import pandas as pd
 from safetensors.torch import save
 
 from ambig_bench.config import RunConfig
-from ambig_bench.datasets.folder import read_labels_csv
-from ambig_bench.errors import UserError
-from ambig_bench.imageio import fingerprint, folder_key
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
+from ambig_bench.keys import data_version, run_name
 from ambig_bench.locks import RunLock
-from ambig_bench.options import experiment, run_label
 
 TMP_PREFIX = ".tmp-"  # .tmp-<run name>-<random>: a run being assembled
 OLD_PREFIX = ".old-"  # .old-<run name>-<random>: a failed or --force'd run moved aside to be replaced
@@ -78,58 +72,6 @@ class RunRecord:
     weights: dict  # model.safetensors: name -> CPU tensor
     model_meta: dict  # model.json: how to rebuild the network and decode its outputs
     weights_format: str  # the safetensors metadata "format" that the checkpoint reader expects
-
-
-def data_fingerprint(cfg: RunConfig) -> dict[str, str]:
-    """What the user's data files hold: the labels CSV's bytes, and the images under --data-dir (by default the
-    CSV's folder) by path, size and modification time. Relabelled or edited data make a new experiment, whose
-    runs sit next to the old ones instead of being mistaken for them."""
-    labels = cfg.data.labels
-    root = cfg.data.data_dir or (str(Path(labels).expanduser().parent) if labels else None)
-    if labels and cfg.data.dataset == "folder":
-        # The CSV says which images are used: others under the folder (results, figures) are not the data.
-        return {"labels": fingerprint(labels), "data_dir": listed_images_key(root, labels, fingerprint(labels))}
-    given = {"data_dir": root, "labels": labels}
-    return {name: fingerprint(path) for name, path in given.items() if path}
-
-
-@functools.lru_cache(maxsize=8)
-def listed_images_key(root: str, labels: str, labels_key: str) -> str:
-    """The images a labels CSV lists, by path, size and modification time ("" when the CSV or an image cannot be
-    read: the loader then says which, in one line). Keyed on the CSV's own fingerprint, so an edit re-reads it."""
-    try:
-        files = read_labels_csv(Path(labels).expanduser()).files
-        return folder_key(Path(root).expanduser(), sorted(files))
-    except (UserError, OSError):
-        return ""
-
-
-def weights_fingerprint(cfg: RunConfig) -> str:
-    """The starting weights' bytes (a file, or a run directory's model.safetensors): retrained or replaced weights
-    make a new experiment."""
-    path = Path(cfg.model.weights).expanduser()
-    return fingerprint(str(path / "model.safetensors" if path.is_dir() else path))
-
-
-def data_version(cfg: RunConfig) -> dict[str, str]:
-    """config.json's record of the data files' fingerprint ({} for built-in datasets): compare tells runs on
-    relabelled or edited data apart by it."""
-    files = data_fingerprint(cfg)
-    return {"data_version": hashlib.sha1(json.dumps(files, sort_keys=True).encode()).hexdigest()[:8]} if files else {}
-
-
-def experiment_key(cfg: RunConfig) -> str:
-    """Hash of what makes runs comparable (`options.experiment`) and of the data files: one experiment."""
-    content = experiment(cfg)
-    if files := data_fingerprint(cfg):
-        content["files"] = files
-    if cfg.model.weights:
-        content["weights_file"] = weights_fingerprint(cfg)
-    return hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def run_name(cfg: RunConfig) -> str:
-    return f"{run_label(cfg)}-seed{cfg.seed}-{experiment_key(cfg)}"
 
 
 @dataclass

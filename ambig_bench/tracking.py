@@ -28,10 +28,11 @@ import pandas as pd
 
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json
+from ambig_bench.keys import experiment_key
 from ambig_bench.options import flat_values
 from ambig_bench.registry import Registry
 from ambig_bench.runner import Reporter
-from ambig_bench.store import RunResult, Status, experiment_key
+from ambig_bench.store import RunResult, Status
 
 
 class Tracker(Protocol):

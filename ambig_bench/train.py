@@ -26,7 +26,7 @@ from torch import nn
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import RunFailed, UserError
-from ambig_bench.models import build_network
+from ambig_bench.models import MODELS, Recipe, build_network
 from ambig_bench.strategies import STRATEGIES, Labels, Strategy
 
 EpochCallback = Callable[[int, float], None]  # (epoch finished, 1-based; mean training loss)
@@ -109,7 +109,7 @@ def use_augmentation(cfg: RunConfig, images: torch.Tensor) -> bool:
 
 def tta_level(cfg: RunConfig, images: torch.Tensor) -> int:
     """Test-time views that match training: 0 none, 1 image + mirror, 2 also one-pixel shifts (airbench's levels)."""
-    if not use_augmentation(cfg, images):
+    if not MODELS.get(cfg.model.name).recipe.test_views or not use_augmentation(cfg, images):
         return 0
     shifts = cfg.train.translate > 0 and not (cfg.model.crop_scale is not None and cfg.model.crop_scale < 1)
     return 2 if shifts else 1
@@ -158,10 +158,10 @@ def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> to
     return torch.optim.AdamW(groups, lr=cfg.model.lr, fused=device.type == "cuda")
 
 
-def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -> float:
-    """The learning rate at `step` of `epoch`, as a fraction of the peak.
+def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int, recipe: Recipe) -> float:
+    """The learning rate at `step` of `epoch`, as a fraction of the peak; the recipe's constants shape it.
 
-    linear: warm-up from 0 over the first epoch, then straight down to 0 (small-cnn's default).
+    linear: warm-up from 0 over the first epoch(s), then straight down to 0 (small-cnn's default).
     cosine: the same warm-up, then down to 0 along a half cosine (the fine-tuning recipes' default).
     triangle: airbench's: from 0.2 up to the peak at 23% of training, then down to 0.07 at the end.
     All are defined in epochs, so strategies with more images per epoch (duplicate) get the same curve over
@@ -169,16 +169,20 @@ def lr_factor(schedule: str, epoch: int, step: int, n_steps: int, epochs: int) -
     """
     progress = (epoch + step / n_steps) / epochs
     if schedule == "triangle":
-        rise = 0.23
-        return 0.2 + 0.8 * progress / rise if progress < rise else 1 - 0.93 * (progress - rise) / (1 - rise)
-    warm = min(1.0, (epoch * n_steps + step + 1) / n_steps) if epochs > 1 else 1.0
+        start, rise = recipe.triangle_start, recipe.triangle_peak_at
+        if progress < rise:
+            return start + (1 - start) * progress / rise
+        return 1 - recipe.triangle_drop * (progress - rise) / (1 - rise)
+    warmup = recipe.warmup_epochs
+    warm = min(1.0, (epoch * n_steps + step + 1) / (warmup * n_steps)) if epochs > warmup else 1.0
     if schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * progress))
     return warm * (1 - progress)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, step: int, n_steps: int) -> None:
-    factor = lr_factor(cfg.model.schedule, epoch, step, n_steps, cfg.train.epochs)
+    recipe = MODELS.get(cfg.model.name).recipe
+    factor = lr_factor(cfg.model.schedule, epoch, step, n_steps, cfg.train.epochs, recipe)
     for group in optimizer.param_groups:
         group["lr"] = cfg.model.lr * group["lr_scale"] * factor
 
@@ -186,23 +190,24 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: i
 class Lookahead:
     """airbench's lookahead: from 30% of training on, every 5 steps the weights (and BatchNorm statistics) move to a
     slow average of themselves, from which training continues. The average's memory grows as progress³, so the
-    end of training averages most. Elementwise, so in a batched wide model each run is averaged on its own."""
+    end of training averages most (the recipe's `lookahead_*` constants). Elementwise, so in a batched wide model
+    each run is averaged on its own."""
 
-    EVERY, START, DECAY = 5, 0.3, 0.95
-
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, recipe: Recipe) -> None:
         self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
         self.average: list[torch.Tensor] | None = None
+        self.recipe = recipe
 
     @torch.no_grad()
     def step(self, done: int, total: int) -> None:
         """After optimiser step number `done` (1-based) of `total`."""
-        if done < self.START * total or done % self.EVERY:
+        every = self.recipe.lookahead_every
+        if done < self.recipe.lookahead_start * total or done % every:
             return
         if self.average is None:
             self.average = [t.clone() for t in self.tensors]
             return
-        keep = self.DECAY ** self.EVERY * (done / total) ** 3
+        keep = self.recipe.lookahead_decay ** every * (done / total) ** self.recipe.lookahead_power
         for avg, t in zip(self.average, self.tensors, strict=True):
             avg.lerp_(t, 1 - keep)
             t.copy_(avg)
@@ -261,7 +266,7 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
     gens = [torch.Generator(device=device).manual_seed(job.seed) for job in jobs]
     do_augment = use_augmentation(cfg, jobs[0].data.images)
     optimizer = make_optimizer(module, cfg, device)
-    lookahead = Lookahead(module) if cfg.model.lookahead == "on" else None
+    lookahead = Lookahead(module, MODELS.get(cfg.model.name).recipe) if cfg.model.lookahead == "on" else None
     batch_size, epochs = cfg.model.batch_size, cfg.train.epochs
     histories: list[list[dict] | str] = [[] for _ in jobs]
     for epoch in range(epochs):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ambig_bench.batched import widen
 from ambig_bench.config import RunConfig, TrainOptions
 from ambig_bench.data import CLEAR, LabelledImages
-from ambig_bench.models import build_network
+from ambig_bench.models import MODELS, build_network
 from ambig_bench.options import build
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import (
@@ -81,7 +81,8 @@ def bare_loop(model: nn.Module, data: LabelledImages, cfg: RunConfig, device: to
     images, labels = data.images.to(device), data.label_a.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     optimizer = make_optimizer(model, cfg, device)
-    lookahead = Lookahead(model) if cfg.model.lookahead == "on" else None  # part of the recipe, so part of the work
+    recipe = MODELS.get(cfg.model.name).recipe
+    lookahead = Lookahead(model, recipe) if cfg.model.lookahead == "on" else None  # part of the recipe, so of the work
     total = cfg.train.epochs * math.ceil(len(images) / cfg.model.batch_size)
     done = 0
     model.train()

@@ -11,19 +11,15 @@ import pkgutil
 
 from ambig_bench.datasets.base import (
     BETWEEN_SOURCES,
-    DATASET_OPTIONS,
     DATASETS,
-    SOURCE_OPTIONS,
     load_raw,
     pairs_of,
     prepare,
     register_dataset,
-    register_source,
 )
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["BETWEEN_SOURCES", "DATASET_OPTIONS", "DATASETS", "SOURCE_OPTIONS", "load_raw", "pairs_of", "prepare",
-           "register_dataset", "register_source"]
+__all__ = ["BETWEEN_SOURCES", "DATASETS", "load_raw", "pairs_of", "prepare", "register_dataset"]

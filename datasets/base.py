@@ -48,39 +48,37 @@ class SourceContext:
 Loader = Callable[[RunConfig], RawImages]
 Source = Callable[[RawImages, list[tuple[int, int]], SourceContext], LabelledImages]
 
+# `@BETWEEN_SOURCES.register(name, options=...)`: a source's options count in the experiment key only for runs that
+# use the source. Datasets register through `register_dataset`, which adds what of the user's files keys a run.
 DATASETS: Registry[Loader] = Registry("dataset")
 BETWEEN_SOURCES: Registry[Source] = Registry("between source")
-SOURCE_OPTIONS: dict[str, type] = {}  # source name -> its options dataclass (fields with `config.option`)
-DATASET_OPTIONS: dict[str, type] = {}  # dataset name -> its options dataclass, the same way
 
 
-def register_dataset(name: str, options: type | None = None) -> Callable[[Loader], Loader]:
+def register_dataset(name: str, options: type | None = None,
+                     listed_files: Callable[[Path], list[str]] | None = None,
+                     draws_from_seed: bool = False) -> Callable[[Loader], Loader]:
     """Register a dataset loader and the options it reads (a dataclass with `validate()`); each option becomes
-    a CLI flag and counts in the experiment key only for runs of this dataset (`loader_options` reads them)."""
+    a CLI flag and counts in the experiment key only for runs of this dataset (`loader_options` reads them).
+
+    listed_files: for a dataset that reads only the images its labels CSV lists, the CSV's path -> those images'
+    paths (relative to the data folder): the experiment key then covers those images, not all under the folder
+    (`keys.data_fingerprint`). Without it, the key covers the whole --data-dir and the --labels file.
+
+    draws_from_seed: the loader's images or splits depend on the seed (cifar10h's halves), so the runs of other
+    seeds do not reuse its images (`prepare.raw_of`).
+    """
 
     def add(loader: Loader) -> Loader:
-        if options is not None:
-            DATASET_OPTIONS[name] = options
-        return DATASETS.register(name)(loader)
-
-    return add
-
-
-def register_source(name: str, options: type | None = None) -> Callable[[Source], Source]:
-    """Register an in-between source and the options it reads (a dataclass with `validate()`); each option
-    becomes a CLI flag and counts in the experiment key only for runs that use this source."""
-
-    def add(source: Source) -> Source:
-        if options is not None:
-            SOURCE_OPTIONS[name] = options
-        return BETWEEN_SOURCES.register(name)(source)
+        loader.listed_files = listed_files
+        loader.draws_from_seed = draws_from_seed
+        return DATASETS.register(name, options)(loader)
 
     return add
 
 
 def loader_options(cfg: RunConfig) -> Any:
     """The options of the run's dataset (its `options` dataclass, filled from cfg.loader)."""
-    return DATASET_OPTIONS[cfg.data.dataset](**cfg.loader.get(cfg.data.dataset, {}))
+    return DATASETS.options(cfg.data.dataset)(**cfg.loader.get(cfg.data.dataset, {}))
 
 # What the votes say about an image (Verdict.kind).
 CLEAR_KIND, BETWEEN_KIND, UNSURE_KIND = 0, 1, 2
@@ -92,8 +90,7 @@ MIN_DEFAULT_PAIR = 2
 def load_raw(cfg: RunConfig) -> RawImages:
     """The dataset's images and labels, checked (before they are split and labelled).
 
-    A loader reads the data options and its own; one whose images or splits also depend on the seed says so with
-    `draws_from_seed = True`, so that the runs of other seeds do not reuse its images."""
+    A loader reads the data options and its own (and the seed, where it registered `draws_from_seed`)."""
     if cfg.data.between_source != "auto":
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
     raw = DATASETS.get(cfg.data.dataset)(cfg)
@@ -135,7 +132,7 @@ def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None 
     if missing:
         names = ", ".join(raw.class_names[i] for i in missing)
         raise UserError(f"dataset {cfg.data.dataset}: no (clear-cut) training image for class {names}")
-    options_type = SOURCE_OPTIONS.get(source_name)
+    options_type = BETWEEN_SOURCES.options(source_name)
     options = options_type(**cfg.source.get(source_name, {})) if options_type else None
     data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
     data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts(),

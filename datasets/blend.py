@@ -12,7 +12,7 @@ import torch
 
 from ambig_bench.config import MAX_COUNT, check_between, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
-from ambig_bench.datasets.base import SourceContext, between_count, clear_cut, concat, register_source
+from ambig_bench.datasets.base import BETWEEN_SOURCES, SourceContext, between_count, clear_cut, concat
 from ambig_bench.errors import UserError
 
 
@@ -43,7 +43,7 @@ def blend_pair(images_a: torch.Tensor, images_b: torch.Tensor, n: int, low: floa
     return mixed.round().clamp(0, 255).to(torch.uint8)
 
 
-@register_source("blend", options=BlendOptions)
+@BETWEEN_SOURCES.register("blend", options=BlendOptions)
 def blend(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> LabelledImages:
     """Synthetic in-between images: pixel blends of an A and a B image (λ ~ U(0.4, 0.6) by default)."""
     opts: BlendOptions = ctx.options

@@ -35,7 +35,7 @@ VOTE_FILES = ("cifar10h-counts.npy", "cifar10h-probs.npy")
 HALVES_STREAM = 7919  # added to the seed: the halves get a random stream of their own
 
 
-@register_dataset("cifar10h")
+@register_dataset("cifar10h", draws_from_seed=True)  # the halves are drawn per seed
 def cifar10h(cfg: RunConfig) -> RawImages:
     """CIFAR-10 test images with CIFAR-10H human votes; real in-between images (use --between-source human)."""
     votes_file = locate_votes(cfg)  # before the slow image load, so a missing file fails fast
@@ -63,8 +63,6 @@ def cifar10h(cfg: RunConfig) -> RawImages:
     return RawImages(images, all_labels, raw.class_names, all_split, all_votes, raw.default_pairs,
                      f"{raw.source} + {votes_file} ({protocol})", default_source="human")
 
-
-cifar10h.draws_from_seed = True  # the halves are drawn per seed
 
 
 def locate_votes(cfg: RunConfig) -> Path:

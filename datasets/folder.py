@@ -50,7 +50,7 @@ class FolderOptions:
         check_choice("crowd_method", self.crowd_method, CROWD_METHODS)
 
 
-@register_dataset("folder", options=FolderOptions)
+@register_dataset("folder", options=FolderOptions, listed_files=lambda csv: read_labels_csv(csv).files)
 def folder(cfg: RunConfig) -> RawImages:
     """Your own images: <class>/<image> folders (or a .tgz) and/or a labels CSV (--labels) with A|B or votes."""
     if cfg.data.labels:

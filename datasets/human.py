@@ -11,17 +11,17 @@ $ ambig-bench run --dataset cifar10h --between-source human --strategy all --no-
 
 from ambig_bench.data import LabelledImages, RawImages
 from ambig_bench.datasets.base import (
+    BETWEEN_SOURCES,
     SourceContext,
     between_per_pair,
     labelled_by_votes,
     pair_names,
-    register_source,
     split_without_between,
 )
 from ambig_bench.errors import UserError
 
 
-@register_source("human")
+@BETWEEN_SOURCES.register("human")
 def human(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> LabelledImages:
     """Real in-between images from human votes (cifar10h, folder CSV, npz probs), with their vote split."""
     if raw.votes is None:

@@ -18,11 +18,11 @@ import torch
 from ambig_bench.config import check_at_least, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
 from ambig_bench.datasets.base import (
+    BETWEEN_SOURCES,
     SourceContext,
     between_per_pair,
     clear_cut,
     pair_names,
-    register_source,
     split_without_between,
     stratified_split,
 )
@@ -41,7 +41,7 @@ class NaturalOptions:
         check_at_least("natural_epochs", self.natural_epochs, 1)
 
 
-@register_source("natural", options=NaturalOptions)
+@BETWEEN_SOURCES.register("natural", options=NaturalOptions)
 def natural(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> LabelledImages:
     """Real images of A or B whose cross-validated p(A) and p(B) both reach --natural-threshold (0.3)."""
     opts: NaturalOptions = ctx.options

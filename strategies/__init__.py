@@ -6,10 +6,10 @@ $ ambig-bench strategies
 import importlib
 import pkgutil
 
-from ambig_bench.strategies.base import STRATEGIES, STRATEGY_OPTIONS, Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["STRATEGIES", "STRATEGY_OPTIONS", "Labels", "Strategy", "register"]
+__all__ = ["STRATEGIES", "Labels", "Strategy"]

@@ -12,7 +12,6 @@ classes and a predicted label set. The runner does everything else identically f
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,21 +20,9 @@ import torch.nn.functional as F
 
 from ambig_bench.registry import Registry
 
+# `@STRATEGIES.register(name, options=...)`: a strategy's own options tell apart runs of that strategy
+# (`options.strategy_label`) and stay out of the experiment key, so that every strategy's runs compare.
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
-STRATEGY_OPTIONS: dict[str, type] = {}  # strategy name -> its options dataclass (fields with `config.option`)
-
-
-def register(name: str, options: type | None = None) -> Callable[[type[Strategy]], type[Strategy]]:
-    """Register a strategy and the options it reads (a dataclass with `validate()`); each option becomes a CLI
-    flag, is recorded in every run's config.json and tells apart runs of this strategy (`options.strategy_label`).
-    """
-
-    def add(cls: type[Strategy]) -> type[Strategy]:
-        if options is not None:
-            STRATEGY_OPTIONS[name] = options
-        return STRATEGIES.register(name)(cls)
-
-    return add
 
 
 @dataclass
@@ -59,7 +46,7 @@ class Labels:
 class Strategy:
     """Base: softmax over the K classes, soft cross-entropy, sets decoded by a probability threshold."""
 
-    name: str  # filled in by @register
+    name: str  # filled in by @STRATEGIES.register
     # What a strategy is, declared so that batching and the tests read it instead of running it to find out:
     uses_threshold = True  # the predicted set is {k : score_k >= threshold}, threshold chosen on val
     redraws_targets = False  # epoch_targets draws new targets every epoch (needs the generator)
@@ -69,8 +56,8 @@ class Strategy:
     def __init__(self, num_classes: int, pairs: list[tuple[int, int]], options: Any = None) -> None:
         self.num_classes = num_classes
         self.pairs = pairs
-        # The strategy's own options (its STRATEGY_OPTIONS dataclass), its defaults when not given.
-        own = STRATEGY_OPTIONS.get(getattr(self, "name", ""))
+        # The strategy's own options (the dataclass it registered with), its defaults when not given.
+        own = STRATEGIES.options(getattr(self, "name", ""))
         self.options = options if options is not None or own is None else own()
 
     @property

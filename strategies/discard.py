@@ -5,10 +5,10 @@ $ ambig-bench run --strategy discard --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("discard")
+@STRATEGIES.register("discard")
 class Discard(Strategy):
     """Train on clear-cut images only; in-between images are dropped."""
 

@@ -5,10 +5,10 @@ $ ambig-bench run --strategy duplicate --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("duplicate")
+@STRATEGIES.register("duplicate")
 class Duplicate(Strategy):
     """Each in-between image twice per epoch: once with one-hot A, once with one-hot B."""
 

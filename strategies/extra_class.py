@@ -7,10 +7,10 @@ $ ambig-bench run --strategy extra-class --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("extra-class")
+@STRATEGIES.register("extra-class")
 class ExtraClass(Strategy):
     """K + P outputs: each pair is an extra class; softmax CE; argmax decodes to {y} or {A, B}."""
 

@@ -4,10 +4,10 @@ The baseline that shows what ignoring ambiguity costs.
 $ ambig-bench run --strategy hard,soft --epochs 3
 """
 
-from ambig_bench.strategies.base import Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Strategy
 
 
-@register("hard")
+@STRATEGIES.register("hard")
 class Hard(Strategy):
     """One-hot on the first class of the pair for every in-between image (a hurried labeller)."""
 

@@ -15,7 +15,7 @@ import torch
 
 from ambig_bench.config import option
 from ambig_bench.errors import UserError
-from ambig_bench.strategies.base import Labels, register
+from ambig_bench.strategies.base import STRATEGIES, Labels
 from ambig_bench.strategies.soft import Soft
 
 
@@ -28,7 +28,7 @@ class LabelSmoothingOptions:
             raise UserError(f"--smoothing-eps must be in [0, 1), got {self.smoothing_eps}")
 
 
-@register("label-smoothing", options=LabelSmoothingOptions)
+@STRATEGIES.register("label-smoothing", options=LabelSmoothingOptions)
 class LabelSmoothing(Soft):
     """Soft targets smoothed towards uniform: (1 - ε)·target + ε/K for every image (ε = --smoothing-eps)."""
 

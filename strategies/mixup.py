@@ -15,7 +15,7 @@ import torch
 
 from ambig_bench.config import option
 from ambig_bench.errors import UserError
-from ambig_bench.strategies.base import register
+from ambig_bench.strategies.base import STRATEGIES
 from ambig_bench.strategies.soft import Soft
 
 
@@ -37,7 +37,7 @@ def beta(alpha: float, gen: torch.Generator) -> torch.Tensor:
     return torch.where(g.sum() > 0, g[0] / g.sum().clamp_min(1e-30), torch.tensor(0.5, device=gen.device))
 
 
-@register("mixup", options=MixupOptions)
+@STRATEGIES.register("mixup", options=MixupOptions)
 class Mixup(Soft):
     """Soft targets, and every batch mixed with a shuffled copy of itself, λ ~ Beta(α, α) (α = --mixup-alpha)."""
 

@@ -6,10 +6,10 @@ $ ambig-bench run --strategy multilabel --epochs 3
 import torch
 import torch.nn.functional as F
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("multilabel")
+@STRATEGIES.register("multilabel")
 class Multilabel(Strategy):
     """Sigmoid + BCE per class; an in-between image has both of its labels on (option 3)."""
 

@@ -7,10 +7,10 @@ $ ambig-bench run --strategy partial --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("partial")
+@STRATEGIES.register("partial")
 class Partial(Strategy):
     """Candidate-set loss -log(sum of p over the label set): {y} for clear-cut, {A, B} in between."""
 

@@ -6,10 +6,10 @@ $ ambig-bench run --strategy reassign --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("reassign")
+@STRATEGIES.register("reassign")
 class Reassign(Strategy):
     """Each in-between image is relabelled A or B at random (A with probability share_a) every epoch."""
 

@@ -5,10 +5,10 @@ $ ambig-bench run --strategy soft --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, Strategy, register
+from ambig_bench.strategies.base import STRATEGIES, Labels, Strategy
 
 
-@register("soft")
+@STRATEGIES.register("soft")
 class Soft(Strategy):
     """Softmax CE on soft targets: an in-between image is (share_a, 1-share_a) on its pair, 0.5/0.5 by default."""
 

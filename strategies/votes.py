@@ -10,11 +10,11 @@ $ ambig-bench run --dataset cifar10h --strategy soft,votes --epochs 3
 
 import torch
 
-from ambig_bench.strategies.base import Labels, register
+from ambig_bench.strategies.base import STRATEGIES, Labels
 from ambig_bench.strategies.soft import Soft
 
 
-@register("votes")
+@STRATEGIES.register("votes")
 class Votes(Soft):
     """Soft CE on each image's full vote distribution (all classes); `soft` where the data have no votes."""
 

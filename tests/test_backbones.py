@@ -66,7 +66,7 @@ def test_the_head_has_the_strategys_outputs(strategy):
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_every_backbone_replaces_its_head(name):
-    net = MODELS.get(name)(3, 224, 5, 0)
+    net = MODELS.get(name).factory(3, 224, 5, 0)
     assert net.get_submodule(head_name(net)).out_features == 5
 
 
@@ -278,10 +278,10 @@ def test_pretrained_reads_torchvisions_cache_with_the_weights_own_normalisation(
 @pytest.mark.slow
 def test_timm_models_are_registered_on_first_use(tmp_path, monkeypatch):
     pytest.importorskip("timm")
-    factory = MODELS.get("timm:resnet10t")
-    net = factory(3, 224, 5, 0)
-    assert net.get_submodule(head_name(net)).out_features == 5 and not factory.widenable
-    assert factory.recipe["optimizer"] == "adamw" and factory.input_size == 176  # timm's own
+    entry = MODELS.get("timm:resnet10t")
+    net = entry.factory(3, 224, 5, 0)
+    assert net.get_submodule(head_name(net)).out_features == 5 and not entry.widenable
+    assert entry.recipe.optimizer == "adamw" and entry.input_size == 176  # timm's own
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     out = tmp_path / "out"

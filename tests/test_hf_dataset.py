@@ -11,14 +11,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ambig_bench import options
 from ambig_bench.cli import app
 from ambig_bench.data import SPLITS
 from ambig_bench.datasets import prepare
 from ambig_bench.datasets.hf import hf, hf_library
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_json
-from ambig_bench.store import experiment_key
+from ambig_bench.keys import experiment_key, key_content
 from tests.conftest import tiny_config
 
 CLASSES = ["cat", "dog", "owl"]
@@ -120,7 +119,7 @@ def test_a_saved_dataset_with_between_labels_runs_end_to_end(lib, tmp_path):
 def test_dataset_options_count_only_for_their_dataset():
     """Runs of other datasets keep their keys; an hf option given to another dataset is refused."""
     digits = tiny_config()
-    assert digits.loader == {} and "loader" not in options.experiment(digits)
+    assert digits.loader == {} and "loader" not in key_content(digits)
     a = config("x", hf_label_column="a")
     assert experiment_key(a) != experiment_key(config("x", hf_label_column="b"))
     with pytest.raises(UserError, match="--hf-label-column is an option of --dataset hf"):

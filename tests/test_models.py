@@ -1,16 +1,19 @@
-"""fast-cifar's airbench parts: the whitening stem, frozen BatchNorm scales and per-layer learning rates."""
+"""fast-cifar's airbench parts (the whitening stem, frozen BatchNorm scales, per-layer learning rates), and model
+entries: each recipe frozen, overridden by run options, and read by the training loop."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 from torch import nn
 
+from ambig_bench import options
 from ambig_bench.batched import copy_back, widen
-from ambig_bench.models import Whiten, build_network
+from ambig_bench.models import MODELS, Whiten, build_network
 from ambig_bench.options import build
 from ambig_bench.strategies import STRATEGIES
 from ambig_bench.train import Job, make_optimizer, predict_logits, train
@@ -128,3 +131,53 @@ def test_whitening_sees_every_class_of_a_class_sorted_training_set():
     reference = Whiten(3)
     reference.fit(model[0](images[spread]))
     assert torch.allclose(model[1][0].weight, reference.weight)
+
+
+# -- model entries and their recipes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_recipe_is_frozen_and_its_option_defaults_are_run_options(name):
+    recipe = MODELS.get(name).recipe
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.lr = 1.0
+    defaults = recipe.option_defaults()
+    assert set(defaults) <= set(options.table()) and {"lr", "batch_size", "translate"} <= set(defaults)
+    cfg = build({"model": name})
+    assert {flag: options.get(cfg, flag) for flag in defaults} == defaults, "unset options take the recipe's values"
+    assert build({"model": name, "lr": 0.5}).model.lr == 0.5, "an option overrides the recipe"
+    assert MODELS.describe()[name] == MODELS.get(name).factory.__doc__.strip().splitlines()[0]
+
+
+def test_the_training_loop_reads_the_recipes_constants():
+    from ambig_bench.train import Lookahead, lr_factor
+
+    recipe = MODELS.get("fast-cifar").recipe
+    assert lr_factor("triangle", 0, 0, 10, 10, recipe) == pytest.approx(0.2)
+    assert lr_factor("triangle", 0, 0, 10, 10, dataclasses.replace(recipe, triangle_start=0.5)) == pytest.approx(0.5)
+    assert lr_factor("linear", 0, 4, 10, 10, recipe) == pytest.approx(0.5 * 0.96)  # one epoch of warm-up
+    assert lr_factor("linear", 0, 4, 10, 10, dataclasses.replace(recipe, warmup_epochs=2)) == pytest.approx(0.25 * 0.96)
+    layer = nn.Linear(2, 2)
+    every_step = Lookahead(layer, dataclasses.replace(recipe, lookahead_every=1, lookahead_start=0.0))
+    every_step.step(1, 10)
+    assert every_step.average is not None, "averaging starts at the recipe's start, on the recipe's period"
+    default = Lookahead(layer, recipe)
+    for done in (1, 2, 3):  # before 30% of training, or off the 5-step period: no average yet
+        default.step(done, 10)
+    assert default.average is None
+
+
+def test_fast_cifars_batchnorm_shifts_learn_at_the_recipes_rate():
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    net = build_network("fast-cifar", images, 10, 8)
+    scales = {getattr(m, "lr_scale", None) for m in net.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert scales == {MODELS.get("fast-cifar").recipe.bn_lr_scale}
+
+
+def test_test_time_views_follow_the_recipe(monkeypatch):
+    from ambig_bench import train
+
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    cfg = build({"augment": "on"})
+    assert train.tta_level(cfg, images) == 2
+    entry = MODELS.get("small-cnn")
+    monkeypatch.setattr(entry, "recipe", dataclasses.replace(entry.recipe, test_views=False))
+    assert train.tta_level(cfg, images) == 0

@@ -8,10 +8,10 @@ import pytest
 
 from ambig_bench import options
 from ambig_bench.config import option
-from ambig_bench.datasets import BETWEEN_SOURCES, SOURCE_OPTIONS, register_source
+from ambig_bench.datasets import BETWEEN_SOURCES
 from ambig_bench.errors import UserError
+from ambig_bench.keys import experiment_key
 from ambig_bench.models import MODELS
-from ambig_bench.store import experiment_key
 
 
 def test_every_option_has_one_flat_name_help_and_a_home():
@@ -26,14 +26,15 @@ def test_every_option_has_one_flat_name_help_and_a_home():
 @pytest.mark.parametrize("model", MODELS.names())
 def test_unset_recipe_fields_come_from_the_models_registry_entry(model):
     cfg = options.build({"model": model})
-    assert {k: getattr(cfg.model, k) for k in MODELS.get(model).recipe} == MODELS.get(model).recipe
+    recipe = MODELS.get(model).recipe.option_defaults()
+    assert {k: options.get(cfg, k) for k in recipe} == recipe
 
 
 def test_changing_the_model_brings_its_own_recipe_but_keeps_what_was_typed():
     small = options.build({"lr": 0.01})
     fast = options.replace(small, model="fast-cifar")
-    assert fast.model.batch_size == MODELS.get("fast-cifar").recipe["batch_size"]
-    assert fast.model.lr == MODELS.get("fast-cifar").recipe["lr"], "the old model's filled-in lr is not carried over"
+    assert fast.model.batch_size == MODELS.get("fast-cifar").recipe.batch_size
+    assert fast.model.lr == MODELS.get("fast-cifar").recipe.lr, "the old model's filled-in lr is not carried over"
 
 
 def test_bad_values_are_one_line_errors_naming_the_option():
@@ -54,7 +55,7 @@ def test_a_new_source_is_one_declaration_with_its_own_options():
             if self.echo_level < 0:
                 raise UserError("--echo-level must be >= 0")
 
-    register_source("echo", options=EchoOptions)(lambda raw, pairs, ctx: None)
+    BETWEEN_SOURCES.register("echo", options=EchoOptions)(lambda raw, pairs, ctx: None)
     options.table.cache_clear()
     try:
         assert options.table()["echo_level"].path == ("source", "echo", "echo_level")
@@ -68,14 +69,14 @@ def test_a_new_source_is_one_declaration_with_its_own_options():
             options.build({"echo_level": -1})
     finally:
         BETWEEN_SOURCES._items.pop("echo")
-        SOURCE_OPTIONS.pop("echo")
+        BETWEEN_SOURCES._options.pop("echo")
         options.table.cache_clear()
 
 
 def test_a_strategys_own_options_name_its_runs_but_leave_the_experiment_alone():
     """Runs of every strategy must compare within one experiment, so a strategy's options stay out of the key;
     they are recorded in config.json and tell runs of that strategy apart (run name, compare's strategy column)."""
-    from ambig_bench.store import run_name
+    from ambig_bench.keys import run_name
 
     default = options.build({"strategy": "label-smoothing"})
     strong = options.build({"strategy": "label-smoothing", "smoothing_eps": 0.3})

@@ -24,9 +24,9 @@ from ambig_bench.compare import compare
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.executors import grid, run_grid
 from ambig_bench.io import read_json, write_json
+from ambig_bench.keys import run_name
 from ambig_bench.locks import RunLock
 from ambig_bench.runner import run_experiment
-from ambig_bench.store import run_name
 from tests.conftest import tiny_config
 
 cli = CliRunner()

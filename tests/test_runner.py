@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from ambig_bench.keys import experiment_key, run_name
 from ambig_bench.locks import RunLock
 from ambig_bench.models import head_name
 from ambig_bench.options import replace
 from ambig_bench.prepare import group_of, groups_of, prepare_run
 from ambig_bench.runner import run_experiment, run_pipeline
-from ambig_bench.store import experiment_key, run_name
 from tests.conftest import tiny_config
 
 

@@ -187,6 +187,18 @@ def test_registry_refuses_duplicate_names():
         reg.get("nope")
 
 
+def test_an_entry_registers_with_the_options_it_reads():
+    reg, options = Registry("thing"), type("Options", (), {})
+    reg.register("plain")(type("A", (), {}))
+    reg.register("tuned", options=options)(type("B", (), {}))
+    assert (reg.options("plain"), reg.options("tuned")) == (None, options)
+    assert reg.declared_options() == {"tuned": options}
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("plain", options=type("Other", (), {}))(type("C", (), {}))
+    assert reg.options("plain") is None, "a refused entry declares nothing"
+    assert STRATEGIES.options("label-smoothing").__name__ == "LabelSmoothingOptions"
+
+
 # -- the alternatives to soft: label smoothing, mixup, whole vote distributions -------------------------------
 def naive_label_smoothing(logits, soft_targets, eps):
     """(1 - ε)·CE(soft target) + ε·(mean over classes of -log p_k), per image, averaged: the textbook form."""

@@ -71,6 +71,7 @@ def test_tiny_sweep_trains_reuses_and_draws(tmp_path):
 
 
 def test_varied_model_takes_its_own_recipe_and_names_are_checked():
+    from ambig_bench import options
     from ambig_bench.errors import UserError
     from ambig_bench.models import MODELS
     from ambig_bench.options import build
@@ -78,8 +79,8 @@ def test_varied_model_takes_its_own_recipe_and_names_are_checked():
 
     points = sweep_points(build({}), {"model": ["small-cnn", "fast-cifar"]})
     for point in points:
-        recipe = MODELS.get(point.model.name).recipe
-        assert {k: getattr(point.model, k) for k in recipe} == recipe
+        recipe = MODELS.get(point.model.name).recipe.option_defaults()
+        assert {k: options.get(point, k) for k in recipe} == recipe
     with pytest.raises(UserError, match="unknown model 'nope'"):
         sweep_points(build({}), {"model": ["small-cnn", "nope"]})
     with pytest.raises(UserError, match="only the blend source"):

@@ -66,22 +66,25 @@ class Float(torch.nn.Module):
 def test_learning_rate_schedules(schedule, expected):
     """linear: one-epoch warm-up then down to 0; cosine: the same warm-up then a half cosine down to 0;
     triangle (airbench): 0.2 -> 1 at 23% of training -> 0.07."""
+    from ambig_bench.models import MODELS
     from ambig_bench.train import lr_factor
 
+    recipe = MODELS.get("small-cnn").recipe
     for (epoch, step), value in expected.items():
-        assert lr_factor(schedule, epoch, step, 10, 10) == pytest.approx(value), (epoch, step)
-    assert lr_factor("triangle", 10, 0, 10, 10) == pytest.approx(0.07), "ends at 0.07 of the peak"
+        assert lr_factor(schedule, epoch, step, 10, 10, recipe) == pytest.approx(value), (epoch, step)
+    assert lr_factor("triangle", 10, 0, 10, 10, recipe) == pytest.approx(0.07), "ends at 0.07 of the peak"
 
 
 def test_lookahead_against_a_naive_replay():
     """Every 5th step from 30% of training: average <- keep·average + (1 - keep)·weights, weights <- average."""
     from torch import nn
 
+    from ambig_bench.models import MODELS
     from ambig_bench.train import Lookahead
 
     total, gen = 40, torch.Generator().manual_seed(0)
     layer = nn.Linear(2, 2)
-    lookahead = Lookahead(layer)
+    lookahead = Lookahead(layer, MODELS.get("fast-cifar").recipe)
     average, expected = None, None
     for done in range(1, total + 1):
         with torch.no_grad():  # stands in for an optimiser step
