@@ -73,14 +73,13 @@ def test_the_image_policy_is_recorded_with_the_model(tmp_path):
     assert policy["size"] == [8, 8] and "centre square" in policy["resize"] and "EXIF" in policy["exif_orientation"]
 
 
-def test_the_labels_csv_is_read_once_per_command(tmp_path, monkeypatch):
-    """Preflight's data serve the runs: one read for the data of both seeds, one for the store's fingerprint of
-    the images the CSV lists (4 reads when preflight and every seed loaded the data again)."""
+def test_the_labels_csv_is_read_once_for_the_data_of_every_run(tmp_path, monkeypatch):
+    """Preflight's data serve the runs: one read for the data of both seeds, one for the experiment key's
+    fingerprint of the images the CSV lists (4 reads when preflight and every seed loaded the data again)."""
     import csv
 
     from typer.testing import CliRunner
 
-    from ambig_bench import store
     from ambig_bench.cli import app
     from ambig_bench.datasets import folder
     from tests.test_hostile_input import png
@@ -102,7 +101,6 @@ def test_the_labels_csv_is_read_once_per_command(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(folder, "read_labels_csv", counted)
-    monkeypatch.setattr(store, "read_labels_csv", counted)
     result = CliRunner().invoke(app, ["run", "--dataset", "folder", "--labels", str(tmp_path / "labels.csv"),
                                       "--pairs", "cat:dog", "--strategy", "soft,hard", "--seeds", "2", "--epochs", "1",
                                       "--width", "4", "--device", "cpu", "--out", str(tmp_path / "out")])
