@@ -258,3 +258,9 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8)
     fig.suptitle(f"Metrics against {field.replace('_', '-')}: mean over seeds, band = 95% CI")
     return fig
+
+
+def sweep_figures(summary: pd.DataFrame, group_by: list[str], fields: list[str]) -> dict[str, Figure]:
+    """sweep-<option>.png per option of `fields` that varies (is in group_by): `sweep_curves` against it. The one
+    drawer of the sweep figures: `ambig-bench sweep` writes them beside the runs, the report into figures/."""
+    return {f"sweep-{f.replace('_', '-')}.png": sweep_curves(summary, f, group_by) for f in fields if f in group_by}
