@@ -260,7 +260,8 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
     return fig
 
 
-def sweep_figures(summary: pd.DataFrame, group_by: list[str], fields: list[str]) -> dict[str, Figure]:
-    """sweep-<option>.png per option of `fields` that varies (is in group_by): `sweep_curves` against it. The one
-    drawer of the sweep figures: `ambig-bench sweep` writes them beside the runs, the report into figures/."""
-    return {f"sweep-{f.replace('_', '-')}.png": sweep_curves(summary, f, group_by) for f in fields if f in group_by}
+
+def sweep_figure(summary: pd.DataFrame, field: str, group_by: list[str]) -> tuple[str, Figure]:
+    """sweep-<option>.png and its figure (`sweep_curves`): the one place that names and draws a sweep figure, which
+    `ambig-bench sweep` writes beside the runs and the report into figures/."""
+    return f"sweep-{field.replace('_', '-')}.png", sweep_curves(summary, field, group_by)

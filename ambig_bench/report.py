@@ -58,7 +58,7 @@ from ambig_bench.plots import (
     pair_confusion,
     png_bytes,
     reliability_diagrams,
-    sweep_figures,
+    sweep_figure,
     tradeoff_scatter,
 )
 from ambig_bench.stats import min_holm_p, paired_comparison
@@ -259,9 +259,10 @@ def detail_groups(comparison: Comparison) -> list[dict]:
 
 def draw(comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[str, bytes]]:
     """Every figure of the report: its block (file name and caption) and its PNG, by file name."""
-    drawn = [(name, f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.", fig)
-             for f, (name, fig) in zip(comparison.group_by, sweep_figures(comparison.summary, comparison.group_by,
-                                                                          comparison.group_by).items(), strict=True)]
+    drawn = []
+    for f in comparison.group_by:
+        name, fig = sweep_figure(comparison.summary, f, comparison.group_by)
+        drawn.append((name, f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.", fig))
     for where in detail_groups(comparison):
         summary = select(comparison.summary, where)
         summary = summary[summary.n_seeds > 0]

@@ -23,7 +23,7 @@ from ambig_bench.config import ExperimentConfig, RunConfig, coerce
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Executor, grid, run_all
 from ambig_bench.io import write_atomic
-from ambig_bench.plots import png_bytes, sweep_figures
+from ambig_bench.plots import png_bytes, sweep_figure
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult
 
@@ -91,11 +91,14 @@ def run_sweep(exp: ExperimentConfig, vary: dict[str, list], reporter: Reporter |
 
 
 def draw_sweep(results_dir: str | Path, fields: list[str] | None = None) -> list[Path]:
-    """sweep-<field>.png per varied field: each metric against the field's value, per strategy, 95% CI bands.
-    A field with a single value on disk has nothing to be drawn against: no figure."""
+    """sweep-<field>.png per varied field: each metric against the field's value, per strategy, 95% CI bands."""
     results_dir = Path(results_dir)
     comparison = analyse(results_dir)
-    figures = sweep_figures(comparison.summary, comparison.group_by, fields or comparison.group_by)
-    for name, fig in figures.items():
+    paths = []
+    for field in fields or comparison.group_by:
+        if field not in comparison.group_by:
+            continue  # a single value on disk: nothing to draw against
+        name, fig = sweep_figure(comparison.summary, field, comparison.group_by)
         write_atomic(results_dir / name, png_bytes(fig))
-    return [results_dir / name for name in figures]
+        paths.append(results_dir / name)
+    return paths
