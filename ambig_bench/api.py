@@ -20,15 +20,16 @@ from typing import Any
 
 from ambig_bench import options as run_options
 from ambig_bench import sweep as sweeps
+from ambig_bench.analysis import Comparison
 from ambig_bench.calibration import Calibration, calibrate_run, conformal_summary
-from ambig_bench.compare import Comparison, comparison_json, flatten_config
 from ambig_bench.compare import compare as compare_results
+from ambig_bench.compare import comparison_json
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
 from ambig_bench.experiments import experiment
-from ambig_bench.io import read_json
 from ambig_bench.predict import PredictionReport, Predictor, predict_paths
+from ambig_bench.rundir import list_runs, runs_folder
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
 from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
@@ -92,15 +93,13 @@ def run_sweep(vary: dict[str, Sequence] | list[str], exp: ExperimentConfig | Non
 
 def load_results(results_dir: str | Path) -> list[RunResult]:
     """Every finished run of a results directory (status "reused"), in name order: config, metrics, files."""
-    runs = Path(results_dir) / "runs"
-    if not runs.is_dir():
+    if not runs_folder(results_dir).is_dir():
         raise UserError(f"{results_dir}: no runs/ folder (run `ambig-bench run --out {results_dir}` first)")
     known = run_options.table()
     found = []
-    for run_dir in sorted(p for p in runs.iterdir() if (p / "DONE").exists() and not p.name.startswith(".")):
-        flat = flatten_config(read_json(run_dir / "config.json"))
-        config = run_options.build({k: v for k, v in flat.items() if k in known})
-        found.append(RunResult(config, run_dir, Status.REUSED, read_json(run_dir / "metrics.json")))
+    for run in (run for run in list_runs(results_dir) if run.done):
+        config = run_options.build({k: v for k, v in run.options().items() if k in known})
+        found.append(RunResult(config, run.path, Status.REUSED, run.metrics()))
     return found
 
 

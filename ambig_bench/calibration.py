@@ -1,7 +1,7 @@
 """Conformal sets for a finished run, calibrated on its saved predictions (predictions.csv): no model needed.
 
 A run's validation rows give qhat (so predicting never reruns validation); its test rows score the sets.
-`read_predictions` is the one reader of predictions.csv: compare, report and predict all go through it.
+The predictions are read, and checked, by `RunDir.predictions` (ambig_bench.rundir).
 
 >>> cal = calibrate_run("results/demo/runs/soft-seed0-1a2b3c4d", alpha=0.1)  # doctest: +SKIP
 >>> cal.qhat, cal.n  # doctest: +SKIP
@@ -22,6 +22,7 @@ import torch
 from ambig_bench.conformal import METHODS, calibrate, prediction_sets, set_metrics
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import label_set_mask
+from ambig_bench.rundir import RunDir
 
 
 @dataclass
@@ -39,29 +40,6 @@ def check_conformal_options(alpha: float, method: str) -> None:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
     if method not in METHODS:
         raise UserError(f"--conformal must be one of {', '.join(METHODS)}, got {method!r}")
-
-
-def read_predictions(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
-    """A run's predictions.csv, checked (split, label_a, label_b, pred_set, p_0..p_{K-1}, val rows), and K.
-
-    pred_set stays text ("4|9"; "" for an empty set), so a set like "3" is never read as a number.
-    """
-    path = Path(run_dir) / "predictions.csv"
-    try:
-        frame = pd.read_csv(path, dtype={"pred_set": str})
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; a finished run writes it (rerun the run with --force if it was "
-                        "written by a different version)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
-    k = sum(c.startswith("p_") for c in frame.columns)
-    needed = ["split", "label_a", "label_b", "pred_set"] + [f"p_{i}" for i in range(max(k, 2))]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: not an ambig-bench predictions file (missing columns {', '.join(missing)})")
-    if not (frame.split == "val").any():
-        raise UserError(f"{path}: no validation rows to calibrate conformal sets on")
-    return frame.assign(pred_set=frame.pred_set.fillna("")), k
 
 
 def probs_of(frame: pd.DataFrame, k: int) -> np.ndarray:
@@ -84,7 +62,7 @@ def calibrate_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", 
     validation split's: in-between images, a minority there, are under-covered, and a deployment with more
     of them than validation had gets less than 1 - alpha overall.
     """
-    return calibrate_frame(*read_predictions(run_dir), alpha, method, per_kind)
+    return calibrate_frame(*RunDir(run_dir).predictions(), alpha, method, per_kind)
 
 
 def calibrate_frame(frame: pd.DataFrame, k: int, alpha: float, method: str, per_kind: bool) -> Calibration:
@@ -110,7 +88,7 @@ def conformal_summary(run_dir: str | Path, alpha: float = 0.1, method: str = "la
     coverage = every true label is in the set; size = mean number of classes in the set; exact = the set is
     exactly the true pair. cp_coverage over all test images is what the 1 - alpha guarantee is about.
     """
-    frame, k = read_predictions(run_dir)
+    frame, k = RunDir(run_dir).predictions()
     cal = calibrate_frame(frame, k, alpha, method, per_kind)
     test = frame[frame.split == "test"]
     truth = truth_of(test, k)

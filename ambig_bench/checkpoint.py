@@ -20,6 +20,7 @@ from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS, Preprocess, build_model
+from ambig_bench.rundir import RunDir
 from ambig_bench.strategies import STRATEGIES, Strategy
 
 FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
@@ -130,8 +131,8 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
 
     Anything that is not exactly what a run wrote (model_files) is refused with a UserError naming the file.
     """
-    run_dir = Path(run_dir)
-    meta_path, weights_path = run_dir / "model.json", run_dir / "model.safetensors"
+    run = RunDir(run_dir)
+    run_dir, meta_path, weights_path = run.path, run.model_file, run.weights_file
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     if not weights_path.exists():

@@ -3,7 +3,7 @@
 "soft, reassign and duplicate are equivalent asymptotically", "soft is more efficient with few in-between
 examples", "extra-class and multilabel suffer when in-between examples are rare": each is marked supported,
 contradicted or not decided by rules written into the report itself, from compare's paired tests. Also the
-small helpers the report shares with it (labels of sweep slices, difference texts, attainable p-values).
+small helpers the report shares with it (labels of sweep slices, distinct values, the seeds a test needs).
 
 $ ambig-bench sweep --strategy soft,reassign,duplicate,extra-class,multilabel --vary between-fraction=0.01,0.2
 $ ambig-bench report results/demo      # the claims appear under "The common claims"
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ambig_bench.compare import Comparison, flag, paired_cell
-from ambig_bench.metrics import HIGHER_IS_BETTER
+from ambig_bench.analysis import Comparison, better, select, split_groups, worse
+from ambig_bench.compare import flag, paired_cell
 from ambig_bench.options import build, flat_values, outside_experiment
 from ambig_bench.stats import min_holm_p
 from ambig_bench.strategies import STRATEGIES
@@ -37,7 +36,9 @@ SWEEP_FRACTIONS = "0.005,0.01,0.02,0.05,0.1"
 
 
 @dataclass
-class Verdict:
+class Judgement:
+    """A claim judged on the runs (of one slice of the other swept options)."""
+
     key: str  # a key of CLAIMS
     claim: str
     where: str  # the slice of other swept options it holds for ("" = the whole directory)
@@ -53,29 +54,6 @@ def where_label(where: dict) -> str:
 def slug(where: dict) -> str:
     """A file-name part for a slice: user values (pairs, paths) reduced to characters safe in a name and a link."""
     return re.sub(r"[^0-9A-Za-z.=+-]+", "_", "".join(f"-{flag(k)}-{v}" for k, v in where.items()))
-
-
-def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
-    if not by:
-        return [({}, frame)]
-    return [(dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), part)
-            for key, part in frame.groupby(by, sort=True)]
-
-
-def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
-    mask = np.ones(len(frame), dtype=bool)
-    for k, v in where.items():
-        mask &= (frame[k] == v).to_numpy()
-    return frame[mask]
-
-
-def worse(row: pd.Series) -> bool:
-    """Significantly worse than the reference of its paired test."""
-    return bool(row.significant) and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
-
-
-def better(row: pd.Series) -> bool:
-    return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
 
 
 def seeds_needed(comparisons: int) -> int:
@@ -205,8 +183,10 @@ def judge_alternatives(runs: pd.DataFrame, paired_soft: pd.DataFrame, group_by: 
     return pd.DataFrame(rows)
 
 
-def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
-    """The command that adds the sweep these claims need, keeping every other option of this directory."""
+def sweep_command(comparison: Comparison) -> str:
+    """The command that adds the sweep these claims need, keeping every other option of this directory, with
+    the seeds the claims' tests need."""
+    seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
     first = comparison.runs.iloc[0]
     defaults = flat_values(build({}))  # resolved (the default model's recipe), by flat name like compare's columns
     options = []
@@ -221,30 +201,29 @@ def sweep_command(comparison: Comparison, results_dir: Path, seeds: int) -> str:
             options.append(f"--{flag(name)} {value}")
     return " ".join(["ambig-bench sweep", *options, f"--strategy {','.join(CLAIM_STRATEGIES)}",
                      f"--vary between-fraction={SWEEP_FRACTIONS}", f"--seeds {seeds}",
-                     f"--out results/{results_dir.name}-sweep"])
+                     f"--out results/{comparison.results_dir.name}-sweep"])
 
 
-def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Verdict]:
+def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Judgement]:
     """The three claims per slice of the other swept options ("needs a sweep" without a between-fraction sweep)."""
     sources = sorted(set(comparison.runs.between_source))
     if sources != ["blend"]:
         why = (f"between-fraction only sets how many blends are generated; with the {', '.join(sources)} source "
                "the in-between images are fixed by the data")
-        return [Verdict(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
+        return [Judgement(key, text, "", "not applicable", why, "") for key, text in CLAIMS.items()]
     if "between_fraction" not in comparison.group_by:
         why = f"one between-fraction here ({distinct(comparison.runs.between_fraction)}): see the command below"
-        return [Verdict(key, text, "", "needs a sweep", why, "") for key, text in CLAIMS.items()]
+        return [Judgement(key, text, "", "needs a sweep", why, "") for key, text in CLAIMS.items()]
     if paired_soft.empty:
-        return [Verdict(key, text, "", "not decided", "no `soft` runs to compare against", "")
+        return [Judgement(key, text, "", "not decided", "no `soft` runs to compare against", "")
                 for key, text in CLAIMS.items()]
     figure = "sweep-between-fraction.png"
     others = [f for f in comparison.group_by if f != "between_fraction"]
-    done = comparison.runs[comparison.runs.status == "done"]
     verdicts = []
-    for where, part in split_groups(done, others):
+    for where, part in split_groups(comparison.done, others):
         fractions = sorted(part.between_fraction.unique())
         if len(fractions) < 2:
-            verdicts += [Verdict(key, text, where_label(where), "not decided", "one between-fraction only", figure)
+            verdicts += [Judgement(key, text, where_label(where), "not decided", "one between-fraction only", figure)
                          for key, text in CLAIMS.items()]
             continue
         smallest, largest = where | {"between_fraction": fractions[0]}, where | {"between_fraction": fractions[-1]}
@@ -252,6 +231,6 @@ def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: floa
         results = {"equivalent": judge_equivalent(paired_soft, largest, margin, comparisons),
                    "efficient": judge_efficient(paired_soft, smallest),
                    "rare": judge_rare(paired_soft, smallest, largest)}
-        verdicts += [Verdict(k, CLAIMS[k], where_label(where), v, e, figure) for k, (v, e) in results.items()]
+        verdicts += [Judgement(k, CLAIMS[k], where_label(where), v, e, figure) for k, (v, e) in results.items()]
     return verdicts
 

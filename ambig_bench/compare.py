@@ -1,185 +1,39 @@
-"""Compare the runs of a results directory: one row per strategy, each metric as mean and 95% CI.
+"""Render the analysis of a results directory (ambig_bench.analysis) and write it: comparison.md / .csv, paired.csv.
 
-Against a baseline strategy (default `soft`), every metric's difference is paired by seed, with a
-bootstrap CI and a Holm-corrected paired test; a rank table shares ranks where CIs overlap. comparison.md
-is a document of ambig_bench.document blocks; the report shows the same tables (`sections`).
+One row per strategy, each metric as mean and 95% CI; paired differences against the baseline; ranks.
+comparison.md is a document of ambig_bench.document blocks; the report shows the same tables (`sections`).
 
 $ ambig-bench compare results/demo --baseline soft
 
 >>> c = compare("results/demo", baseline="soft")  # doctest: +SKIP
->>> c.summary[["strategy", "n_seeds", "clear_acc_mean"]]  # doctest: +SKIP
-  strategy  n_seeds  clear_acc_mean
-0     hard        3           0.860
-1     soft        3           0.910
+>>> print(comparison_markdown(c))  # doctest: +SKIP
+# Comparison of strategies: demo
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from ambig_bench.calibration import conformal_summary
+from ambig_bench.analysis import CONFORMAL_ALPHA, Comparison, analyse
 from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, code, escape, to_markdown
 from ambig_bench.document import markdown_table as markdown_table  # the CLI prints the summary with it
 from ambig_bench.errors import UserError
-from ambig_bench.io import read_json, write_atomic, write_csv
+from ambig_bench.io import write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
-from ambig_bench.options import outside_experiment, strategy_label
-from ambig_bench.stats import mean_ci, min_holm_p, paired_comparison, rank_table
+from ambig_bench.stats import min_holm_p
 
-CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
-ABSENT = "(absent)"  # a config field that a run written by an older version lacks
-DEFAULT = "(default)"  # a config field left unset (null): the model's or the dataset's own value
 ONE_STRATEGY = ("Only one strategy has runs here, so there is nothing to compare it with: run more strategies "
                 "into the same directory (e.g. `--strategy all`).")
 CELLS = "Cells are mean ± 95% CI half-width over seeds (Student t); n = seeds."
 
 
-@dataclass
-class Comparison:
-    runs: pd.DataFrame  # one row per run: config fields, status, metrics
-    summary: pd.DataFrame  # one row per (group, strategy): n, metric mean / CI
-    paired: pd.DataFrame  # one row per (group, strategy, metric): paired difference vs the baseline
-    ranks: pd.DataFrame  # one row per (group, strategy): rank per metric
-    group_by: list[str]  # config fields that differ between experiments in the directory
-    options: list[str]  # every config field of the runs, by its flat (option) name, in config.json's order
-    markdown: str  # comparison.md
-    baseline: str = ""  # the strategy every other one is compared with
-
-
-DEFAULT_BASELINE = "soft"
-
-
-def choose_baseline(results_dir: Path, strategies: list[str], baseline: str | None) -> str:
-    """The baseline asked for, which must have runs here; unasked, soft when present, else the first strategy."""
-    if baseline is None:
-        return DEFAULT_BASELINE if DEFAULT_BASELINE in strategies else sorted(strategies)[0]
-    if baseline not in strategies:
-        raise UserError(f"--baseline {baseline}: no runs of that strategy in {results_dir}; strategies present: "
-                        f"{', '.join(sorted(strategies))}")
-    return baseline
-
-
 def flag(name: str) -> str:
     """A config field's command-line spelling: between_fraction -> between-fraction."""
     return name.replace("_", "-")
-
-
-def flatten_config(config: dict, within: str = "") -> dict:
-    """config.json's fields by their flat option names, whether the file is flat (older runs) or nested in groups.
-
-    A group's `name` is named after the group ("model": {"name": ...} is the option `model`).
-
-    >>> flatten_config({"strategy": "soft", "data": {"dataset": "digits"}, "model": {"name": "small-cnn", "lr": 0.1}})
-    {'strategy': 'soft', 'dataset': 'digits', 'model': 'small-cnn', 'lr': 0.1}
-    """
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, key))
-        else:
-            flat[within if key == "name" and within else key] = value
-    return flat
-
-
-def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Every finished or failed run below results_dir/runs (unfinished, temporary ones are ignored), and the
-    config fields found in their config.json files."""
-    configs, rows = [], []
-    for run_dir in sorted((results_dir / "runs").glob("*")):
-        if run_dir.name.startswith(".") or not (run_dir / "config.json").exists():
-            continue
-        if (run_dir / "DONE").exists():
-            row = {"run": run_dir.name, "status": "done", "error": "", **read_json(run_dir / "metrics.json")}
-        elif (run_dir / "FAILED").exists():
-            row = {"run": run_dir.name, "status": "failed", "error": read_json(run_dir / "FAILED")["error"]}
-        else:
-            continue
-        config = flatten_config(read_json(run_dir / "config.json"))
-        if config.get("between_source") == "auto" and (run_dir / "data.json").exists():
-            # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
-            config["between_source"] = read_json(run_dir / "data.json").get("between_source", "auto")
-        # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
-        configs.append(config | {"strategy": strategy_label(config["strategy"], config)})
-        rows.append(row)
-    if not rows:
-        raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
-    runs = pd.DataFrame([config | row for config, row in zip(configs, rows, strict=True)])
-    options = list(dict.fromkeys(name for config in configs for name in config))
-    # A run written before a config field existed lacks it: it is a different experiment from the runs that have
-    # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby, as a null
-    # would be; an unset field beside set ones likewise). The column becomes text, each value as written (0, not
-    # the 0.0 pandas makes of an int column with gaps).
-    for name in options:
-        unset = [config.get(name) is None for config in configs]
-        if any(unset) and not all(unset):
-            runs[name] = [ABSENT if name not in config else DEFAULT if config[name] is None else str(config[name])
-                          for config in configs]
-    return runs, options
-
-
-def varying_fields(runs: pd.DataFrame, options: list[str]) -> list[str]:
-    outside = outside_experiment()
-    return [f for f in options if f not in outside and runs[f].astype(str).nunique() > 1]
-
-
-def add_conformal(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
-    """Per finished run, conformal sets calibrated on its validation predictions, scored on its test ones."""
-    rows = []
-    for run, status in zip(runs.run, runs.status, strict=True):
-        run_dir = results_dir / "runs" / run
-        ok = status == "done" and (run_dir / "predictions.csv").exists()
-        rows.append(conformal_summary(run_dir, CONFORMAL_ALPHA, "lac") if ok else {})
-    extra = pd.DataFrame(rows, index=runs.index)
-    return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
-
-
-def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
-    rows = []
-    for key, group in runs.groupby(group_by + ["strategy"], sort=False):
-        done = group[group.status == "done"]
-        row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
-        row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
-        for m, metric in {**METRICS, **SET_METRICS}.items():
-            values = done[m].astype(float) if m in done else pd.Series(dtype=float)
-            mean, low, high = mean_ci(values.to_numpy())
-            # A t-interval knows nothing of the metric's range: an accuracy's CI never reaches past 1.
-            row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean, *np.clip([low, high], *metric.bounds)
-        rows.append(row)
-    # Sweep values in increasing order, strategies by name: the same table whatever the directory order.
-    return pd.DataFrame(rows).sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
-
-
-def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
-    frames = []
-    done = runs[runs.status == "done"]
-    for key, group in (done.groupby(group_by) if group_by else [((), done)]):
-        if baseline not in set(group.strategy):
-            continue
-        for m in METRICS:
-            if group[m].isna().all():
-                continue
-            table = paired_comparison(group[["strategy", "seed", m]], m, baseline)
-            for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
-                table.insert(0, name, value)
-            frames.append(table)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def ranks_all(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
-    metrics = [m for m in HIGHER_IS_BETTER if summary[f"{m}_mean"].notna().any()]
-    frames = []
-    for key, group in (summary.groupby(group_by) if group_by else [((), summary)]):
-        table = rank_table(group.reset_index(drop=True), metrics, HIGHER_IS_BETTER)
-        for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
-            table.insert(0, name, value)
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
 
 
 MIN_SEEDS_FOR_CI = 3  # below this a t-interval over seeds is wider than most metrics' range: not shown
@@ -290,10 +144,10 @@ def tabulate(frame: pd.DataFrame, group_by: list[str], markdown: tuple[str, ...]
     return Table(frame.rename(columns={g: flag(g) for g in group_by}), markdown)
 
 
-def sections(comparison: Comparison, baseline: str, level: int) -> list[Block]:
+def sections(comparison: Comparison, level: int) -> list[Block]:
     """The summary, paired, conformal and rank tables with what they mean: comparison.md and the report share
     them (the report one heading level down)."""
-    g, summary = comparison.group_by, comparison.summary
+    g, summary, baseline = comparison.group_by, comparison.summary, comparison.baseline
     blocks: list[Block] = [tabulate(summary_display(summary, g), g)]
     if not comparison.paired.empty:
         blocks += [Heading(f"Paired differences against {code(baseline)}", level),
@@ -321,11 +175,11 @@ def glossary() -> list[Block]:
             Bullets([f"`{name}` ({m.direction}): {m.description}" for name, m in (METRICS | SET_METRICS).items()])]
 
 
-def document(results_dir: Path, comparison: Comparison, baseline: str) -> list[Block]:
+def comparison_markdown(comparison: Comparison) -> str:
     """comparison.md."""
-    return [Heading(f"Comparison of strategies: {escape(results_dir.name)}", 1),
-            Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
-            *sections(comparison, baseline, 2), *glossary()]
+    return to_markdown([Heading(f"Comparison of strategies: {escape(comparison.results_dir.name)}", 1),
+                        Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
+                        *sections(comparison, 2), *glossary()])
 
 
 FORMATS = ("table", "json")  # what `ambig-bench compare --format` prints
@@ -353,26 +207,17 @@ def comparison_json(comparison: Comparison) -> str:
     }, indent=2) + "\n"
 
 
+def write_comparison(comparison: Comparison) -> None:
+    """comparison.csv (the summary), paired.csv and comparison.md, into the results directory."""
+    write_csv(comparison.results_dir / "comparison.csv", comparison.summary)
+    write_csv(comparison.results_dir / "paired.csv", comparison.paired)
+    write_atomic(comparison.results_dir / "comparison.md", comparison_markdown(comparison))
+
+
 def compare(results_dir: str | Path, baseline: str | None = None) -> Comparison:
-    """Summarise every run of `results_dir`, write comparison.csv / comparison.md / paired.csv there.
+    """Analyse every run of `results_dir` and write comparison.csv / comparison.md / paired.csv there.
 
     `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first)."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise UserError(f"{results_dir}: results directory not found")
-    runs, options = load_runs(results_dir)
-    runs = add_conformal(runs, results_dir)
-    group_by = varying_fields(runs, options)
-    twins = runs[runs.duplicated(group_by + ["strategy", "seed"], keep=False)]
-    if len(twins):  # e.g. a run directory copied under another name
-        raise UserError(f"{results_dir}: runs {', '.join(twins.run.head(2))} are the same strategy, seed and "
-                        "configuration; remove one")
-    baseline = choose_baseline(results_dir, list(pd.unique(runs.strategy)), baseline)
-    summary = summarise(runs, group_by)
-    paired = paired_all(runs, group_by, baseline) if runs.strategy.nunique() > 1 else pd.DataFrame()
-    comparison = Comparison(runs, summary, paired, ranks_all(summary, group_by), group_by, options, "", baseline)
-    comparison.markdown = to_markdown(document(results_dir, comparison, baseline))
-    write_csv(results_dir / "comparison.csv", summary)
-    write_csv(results_dir / "paired.csv", paired)
-    write_atomic(results_dir / "comparison.md", comparison.markdown)
+    comparison = analyse(results_dir, baseline)
+    write_comparison(comparison)
     return comparison

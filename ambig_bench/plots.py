@@ -258,3 +258,10 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8)
     fig.suptitle(f"Metrics against {field.replace('_', '-')}: mean over seeds, band = 95% CI")
     return fig
+
+
+
+def sweep_figure(summary: pd.DataFrame, field: str, group_by: list[str]) -> tuple[str, Figure]:
+    """sweep-<option>.png and its figure (`sweep_curves`): the one place that names and draws a sweep figure, which
+    `ambig-bench sweep` writes beside the runs and the report into figures/."""
+    return f"sweep-{field.replace('_', '-')}.png", sweep_curves(summary, field, group_by)

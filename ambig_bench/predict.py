@@ -37,6 +37,7 @@ from ambig_bench.checkpoint import load_checkpoint
 from ambig_bench.conformal import prediction_sets
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import Change, find_images, read_image
+from ambig_bench.rundir import RunDir
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
@@ -63,7 +64,7 @@ class Predictor:
         model, meta, strategy = load_checkpoint(run_dir)
         calibration = calibrate_run(run_dir, alpha, method, per_kind)
         if calibration.num_classes != len(meta["class_names"]):
-            raise UserError(f"{Path(run_dir) / 'predictions.csv'}: {calibration.num_classes} probability columns, "
+            raise UserError(f"{RunDir(run_dir).predictions_file}: {calibration.num_classes} probability columns, "
                             f"but model.json has {len(meta['class_names'])} classes")
         return cls(Path(run_dir), model, meta, strategy, calibration)
 

@@ -22,39 +22,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from ambig_bench.calibration import read_predictions
+from ambig_bench.analysis import DEFAULT, Comparison, analyse, better, select, split_groups, worse
 from ambig_bench.claims import (
     ALPHA,
-    CLAIM_STRATEGIES,
     MARGIN,
-    Verdict,
-    better,
+    Judgement,
     claim_rules,
     distinct,
     judge_alternatives,
     judge_claims,
     seeds_needed,
-    select,
     slug,
-    split_groups,
     sweep_command,
     where_label,
-    worse,
 )
-from ambig_bench.compare import (
-    CELLS,
-    DEFAULT,
-    ONE_STRATEGY,
-    Comparison,
-    compare,
-    flag,
-    fmt,
-    glossary,
-    paired_all,
-    paired_cell,
-    sections,
-    tabulate,
-)
+from ambig_bench.compare import CELLS, ONE_STRATEGY, flag, fmt, glossary, paired_cell, sections, tabulate
 from ambig_bench.document import (
     Block,
     Bullets,
@@ -68,7 +50,7 @@ from ambig_bench.document import (
     to_markdown,
 )
 from ambig_bench.errors import UserError
-from ambig_bench.io import read_json, write_atomic
+from ambig_bench.io import write_atomic
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
 from ambig_bench.plots import (
     balance_histograms,
@@ -76,7 +58,7 @@ from ambig_bench.plots import (
     pair_confusion,
     png_bytes,
     reliability_diagrams,
-    sweep_curves,
+    sweep_figure,
     tradeoff_scatter,
 )
 from ambig_bench.stats import min_holm_p, paired_comparison
@@ -92,7 +74,7 @@ class Report:
     markdown: str
     html: str
     figures: dict[str, bytes]  # file name under figures/ -> PNG
-    verdicts: list[Verdict]
+    judgements: list[Judgement]  # the common claims
     leads: pd.DataFrame  # one row per (group, criterion): answer and evidence
     group_by: list[str]  # the swept options (compare's group_by)
     paths: list[Path] = field(default_factory=list)
@@ -105,7 +87,7 @@ class Report:
             where = where_label({g: row[g] for g in self.group_by})
             lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
         lines.sort(key=lambda line: not line.endswith(" is best"))  # stable: a supported answer leads
-        return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.verdicts]
+        return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.judgements]
 
 
 # -- setup ---------------------------------------------------------------------------------------------------
@@ -133,20 +115,10 @@ def counts_text(all_counts: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def run_file(path: Path) -> Path:
-    if not path.is_file():
-        raise UserError(f"{path}: missing from a finished run (written by a different version?); rerun it with "
-                        f"--force or remove its directory")
-    return path
-
-
-def run_meta(results_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+def run_meta(comparison: Comparison) -> pd.DataFrame:
     """data.json and env.json of every finished run, one row each."""
-    rows = []
-    for name in runs[runs.status == "done"].run:
-        run_dir = results_dir / "runs" / name
-        rows.append({"run": name, "data": read_json(run_file(run_dir / "data.json")),
-                     "env": read_json(run_file(run_dir / "env.json"))})
+    rows = [{"run": name, "data": comparison.run_dirs[name].data(), "env": comparison.run_dirs[name].env()}
+            for name in comparison.done.run]
     return pd.DataFrame(rows, columns=["run", "data", "env"])
 
 
@@ -233,9 +205,8 @@ def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: 
 
 
 def leads(comparison: Comparison) -> pd.DataFrame:
-    done = comparison.runs[comparison.runs.status == "done"]
     rows = []
-    for where, part in split_groups(done, comparison.group_by):
+    for where, part in split_groups(comparison.done, comparison.group_by):
         summary = select(comparison.summary, where)
         summary = summary[summary.n_seeds > 0]
         # Agreement with people is a criterion where the images have votes (human_ce is NaN elsewhere).
@@ -271,11 +242,11 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
 
 
 # -- figures -------------------------------------------------------------------------------------------------
-def predictions(results_dir: Path, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def predictions(comparison: Comparison, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Test-split predictions per strategy, all seeds of `runs` pooled."""
     pooled = {}
     for strategy, part in runs.groupby("strategy", sort=False):
-        frames = [read_predictions(results_dir / "runs" / name)[0] for name in part.run]
+        frames = [comparison.run_dirs[name].predictions()[0] for name in part.run]
         pooled[strategy] = pd.concat([f[f.split == "test"] for f in frames], ignore_index=True)
     return pooled
 
@@ -286,18 +257,19 @@ def detail_groups(comparison: Comparison) -> list[dict]:
     return keys if len(keys) <= 2 else [keys[0], keys[-1]]
 
 
-def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[str, bytes]]:
+def draw(comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[str, bytes]]:
     """Every figure of the report: its block (file name and caption) and its PNG, by file name."""
-    drawn = [(f"sweep-{flag(f)}.png", f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.",
-              sweep_curves(comparison.summary, f, comparison.group_by)) for f in comparison.group_by]
-    done = comparison.runs[comparison.runs.status == "done"]
+    drawn = []
+    for f in comparison.group_by:
+        name, fig = sweep_figure(comparison.summary, f, comparison.group_by)
+        drawn.append((name, f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.", fig))
     for where in detail_groups(comparison):
         summary = select(comparison.summary, where)
         summary = summary[summary.n_seeds > 0]
-        runs = select(done, where)
-        preds = predictions(results_dir, runs)
+        runs = select(comparison.done, where)
+        preds = predictions(comparison, runs)
         data = meta.set_index("run").data.loc[runs.run.iloc[0]]
-        title, tail = where_label(where) or results_dir.name, slug(where)
+        title, tail = where_label(where) or comparison.results_dir.name, slug(where)
         at = f" ({where_label(where)})" if where else ""
         metrics = [m for m in METRICS if summary[f"{m}_mean"].notna().any()]
         drawn += [
@@ -320,7 +292,7 @@ def draw(results_dir: Path, comparison: Comparison, meta: pd.DataFrame) -> tuple
 def power_text(comparison: Comparison) -> str:
     if comparison.runs.strategy.nunique() == 1:
         return ONE_STRATEGY
-    done = comparison.runs[comparison.runs.status == "done"]
+    done = comparison.done
     n = int(done.groupby(comparison.group_by + ["strategy"]).seed.nunique().min())
     k = max(part.strategy.nunique() for _, part in split_groups(done, comparison.group_by))
     p = min_holm_p(n, k - 1)
@@ -330,8 +302,8 @@ def power_text(comparison: Comparison) -> str:
             f"metric the smallest attainable Holm-adjusted p-value is {p:.3g} (level {ALPHA}), {verdict}.")
 
 
-def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, lead_table: pd.DataFrame,
-                    verdicts: list[Verdict], images: list[Image], paired_soft: pd.DataFrame) -> list[Block]:
+def meaning_section(comparison: Comparison, lead_table: pd.DataFrame, judgements: list[Judgement],
+                    images: list[Image], paired_soft: pd.DataFrame) -> list[Block]:
     """'What this means for your options': only statements a paired test supports."""
     bars = next(i.name for i in images if i.name.startswith("bars"))
     tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
@@ -341,6 +313,7 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
                            Heading("Best strategy per criterion", 3),
                            Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
                            tabulate(lead_table, comparison.group_by, markdown=("answer",))]
+    baseline = comparison.baseline
     if not comparison.paired.empty:
         table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
         blocks += [Heading("Trade-offs", 3),
@@ -349,64 +322,62 @@ def meaning_section(results_dir: Path, comparison: Comparison, baseline: str, le
                    Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
             blocks.append(tabulate(table, comparison.group_by))
-    alternatives = judge_alternatives(comparison.runs[comparison.runs.status == "done"], paired_soft,
-                                      comparison.group_by)
+    alternatives = judge_alternatives(comparison.done, paired_soft, comparison.group_by)
     if not alternatives.empty:
         blocks += [Heading("The alternatives to soft", 3),
                    Paragraph("The standard alternatives to soft targets, each against `soft` on in-between and "
                              "clear-cut accuracy, calibration and (where the images have votes) cross-entropy to "
                              "the human votes: paired tests per seed, Holm-corrected, significant at "
                              f"{ALPHA}."), tabulate(alternatives, comparison.group_by)]
-    sliced = any(v.where for v in verdicts)
+    sliced = any(v.where for v in judgements)
     claims = pd.DataFrame([{"claim": v.claim, **({"where": v.where} if sliced else {}),
                             "verdict": f"**{v.verdict}**", "evidence": v.evidence,
                             "figure": f"[{v.figure}](figures/{v.figure})" if v.figure else "–"}
-                           for v in verdicts])
+                           for v in judgements])
     blocks += [Heading("The common claims", 3), Table(claims, markdown=("verdict", "figure"))]
     # The sweep command only helps where between-fraction means something: the blend source.
     if "between_fraction" not in comparison.group_by and set(comparison.runs.between_source) == {"blend"}:
-        seeds = max(int(comparison.runs.seed.nunique()), seeds_needed(len(CLAIM_STRATEGIES) - 1))
+        name = comparison.results_dir.name
         blocks.append(Paragraph(f"These claims need a sweep of between-fraction. This command runs one with this "
-                           f"directory's other options: {code(sweep_command(comparison, results_dir, seeds))}; then "
-                           f"{code(f'ambig-bench report results/{results_dir.name}-sweep')}."))
+                                f"directory's other options: {code(sweep_command(comparison))}; then "
+                                f"{code(f'ambig-bench report results/{name}-sweep')}."))
     return blocks
 
 
-def build(results_dir: Path, comparison: Comparison, baseline: str, margin: float) -> Report:
-    meta = run_meta(results_dir, comparison.runs)
+def build(comparison: Comparison, margin: float) -> Report:
+    meta = run_meta(comparison)
     # The claims are about soft targets: tested against soft whatever the baseline, and not at all without it.
-    has_soft = "soft" in set(comparison.runs.strategy) and comparison.runs.strategy.nunique() > 1
-    paired_soft = (pd.DataFrame() if not has_soft else comparison.paired if baseline == "soft"
-                   else paired_all(comparison.runs, comparison.group_by, "soft"))
+    paired_soft = comparison.paired_against("soft")
     lead_table = leads(comparison)
-    verdicts = judge_claims(comparison, paired_soft, margin)
-    images, figures = draw(results_dir, comparison, meta)
+    judgements = judge_claims(comparison, paired_soft, margin)
+    images, figures = draw(comparison, meta)
+    name = comparison.results_dir.name
     blocks: list[Block] = [
-        Heading(f"Report: {escape(results_dir.name)}", 1),
+        Heading(f"Report: {escape(name)}", 1),
         Paragraph("Which way of training on in-between images to choose: what differs between the strategies, by "
                   "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
                   "for your options* is backed by a paired test across seeds; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
-        *meaning_section(results_dir, comparison, baseline, lead_table, verdicts, images, paired_soft),
-        Heading("Comparison"), Paragraph(CELLS), *sections(comparison, baseline, 3),
+        *meaning_section(comparison, lead_table, judgements, images, paired_soft),
+        Heading("Comparison"), Paragraph(CELLS), *sections(comparison, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(claim_rules(margin)),
         *glossary(),
     ]
     markdown = to_markdown(blocks)
-    return Report(markdown, to_html(markdown, results_dir.name, figures), figures, verdicts, lead_table,
-                  comparison.group_by)
+    return Report(markdown, to_html(markdown, name, figures), figures, judgements, lead_table, comparison.group_by)
 
 
 def report(results_dir: str | Path, baseline: str | None = None, margin: float = MARGIN) -> Report:
-    """Compare `results_dir` and write report.md, report.html and figures/*.png into it."""
+    """Analyse `results_dir` and write report.md, report.html and figures/*.png into it (compare's files are
+    compare's: left as they are)."""
     results_dir = Path(results_dir)
     if not margin > 0:
         raise UserError(f"--margin must be > 0, got {margin}")
-    comparison = compare(results_dir, baseline)
+    comparison = analyse(results_dir, baseline)
     if not (comparison.runs.status == "done").any():
         raise UserError(f"{results_dir}: every run failed; nothing to report (see the FAILED files under runs/)")
-    built = build(results_dir, comparison, comparison.baseline, margin)
+    built = build(comparison, margin)
     for name, data in built.figures.items():
         write_atomic(results_dir / "figures" / name, data)
         built.paths.append(results_dir / "figures" / name)

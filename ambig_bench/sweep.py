@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ambig_bench import options
-from ambig_bench.compare import compare
+from ambig_bench.analysis import analyse
 from ambig_bench.config import ExperimentConfig, RunConfig, coerce
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Executor, grid, run_all
 from ambig_bench.io import write_atomic
-from ambig_bench.plots import png_bytes, sweep_curves
+from ambig_bench.plots import png_bytes, sweep_figure
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult
 
@@ -93,12 +93,12 @@ def run_sweep(exp: ExperimentConfig, vary: dict[str, list], reporter: Reporter |
 def draw_sweep(results_dir: str | Path, fields: list[str] | None = None) -> list[Path]:
     """sweep-<field>.png per varied field: each metric against the field's value, per strategy, 95% CI bands."""
     results_dir = Path(results_dir)
-    comparison = compare(results_dir)
+    comparison = analyse(results_dir)
     paths = []
     for field in fields or comparison.group_by:
         if field not in comparison.group_by:
             continue  # a single value on disk: nothing to draw against
-        path = results_dir / f"sweep-{field.replace('_', '-')}.png"
-        write_atomic(path, png_bytes(sweep_curves(comparison.summary, field, comparison.group_by)))
-        paths.append(path)
+        name, fig = sweep_figure(comparison.summary, field, comparison.group_by)
+        write_atomic(results_dir / name, png_bytes(fig))
+        paths.append(results_dir / name)
     return paths

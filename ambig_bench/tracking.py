@@ -24,13 +24,11 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-import pandas as pd
-
 from ambig_bench.errors import UserError
-from ambig_bench.io import read_json
 from ambig_bench.keys import experiment_key
 from ambig_bench.options import flat_values
 from ambig_bench.registry import Registry
+from ambig_bench.rundir import RunDir
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
 
@@ -45,9 +43,8 @@ TRACKERS: Registry[type] = Registry("tracker")
 
 def tags(run: RunResult) -> dict[str, str]:
     """What a run is, for filtering in the tracker: the source is the one used (`auto` resolved), from data.json."""
-    data = read_json(run.run_dir / "data.json") if (run.run_dir / "data.json").exists() else {}
     return {"strategy": run.config.strategy, "seed": str(run.config.seed), "dataset": run.config.data.dataset,
-            "between_source": data.get("between_source", run.config.data.between_source),
+            "between_source": RunDir(run.run_dir).recorded_source() or run.config.data.between_source,
             "experiment_key": experiment_key(run.config), "run_dir": str(run.run_dir.resolve())}
 
 
@@ -59,10 +56,7 @@ def final_metrics(run: RunResult) -> dict[str, float]:
 
 def losses(run: RunResult) -> list[tuple[int, float]]:
     """(epoch, mean training loss) from history.csv; none for a failed run."""
-    path = run.run_dir / "history.csv"
-    if not path.exists():
-        return []
-    history = pd.read_csv(path)
+    history = RunDir(run.run_dir).history()
     return [(int(e), float(loss)) for e, loss in zip(history.epoch, history.train_loss, strict=True)]
 
 

@@ -10,8 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ambig_bench.compare import flatten_config
 from ambig_bench.options import build
+from ambig_bench.rundir import flatten_config
 
 
 def fake_run_dir(out: Path, strategy: str, seed: int, nest: bool = True, **options) -> tuple[Path, dict]:

@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ambig_bench.cli import app
-from ambig_bench.compare import compare, flatten_config
+from ambig_bench.compare import compare, comparison_markdown
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
 from ambig_bench.options import build, flat_values
+from ambig_bench.rundir import flatten_config
 from tests.fake_runs import fake_run_dir
 
 GOLDEN = Path(__file__).parent / "golden" / "comparison.md"
@@ -50,7 +51,7 @@ def test_summary_numbers(tmp_path):
     assert soft.clear_acc_ci_high - soft.clear_acc_mean == pytest.approx(4.302653 * 0.01 / 3**0.5, rel=1e-5)
     partial = c.summary.set_index("strategy").loc["partial"]
     assert (partial.n_seeds, partial.n_failed) == (3, 1)
-    assert "failed" in c.markdown
+    assert "failed" in comparison_markdown(c)
 
 
 def test_paired_verdicts(tmp_path):
@@ -110,7 +111,7 @@ def test_groups_when_configs_differ(tmp_path):
 def test_markdown_matches_golden_file(tmp_path):
     out = tmp_path / "golden-demo"
     planted(out)
-    text = compare(out).markdown
+    text = comparison_markdown(compare(out))
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text(), "report format changed: rerun with UPDATE_GOLDEN=1 and review the diff"
@@ -137,9 +138,9 @@ def test_nested_config_files_compare_like_flat_ones(tmp_path):
         assert c.group_by == ["between_fraction"]
         assert {"dataset", "model", "lr", "between_fraction", "blend_low"} <= set(c.runs.columns)
         tables[nest] = c
-    assert tables[True].markdown == tables[False].markdown
+    assert comparison_markdown(tables[True]) == comparison_markdown(tables[False])
     pd.testing.assert_frame_equal(tables[True].summary, tables[False].summary)
-    assert "| between-fraction | strategy |" in tables[True].markdown, "swept options headed as typed"
+    assert "| between-fraction | strategy |" in comparison_markdown(tables[True]), "swept options headed as typed"
 
 
 def test_compare_json_holds_the_csv_numbers_and_the_paired_tests(tmp_path):

@@ -212,6 +212,17 @@ def test_report_files_and_golden(tmp_path):
         built.markdown
 
 
+def test_report_leaves_compares_files_as_they_are(tmp_path):
+    plant_comparison(tmp_path, seeds=3)
+    report(tmp_path)
+    assert not [p for p in ("comparison.md", "comparison.csv", "paired.csv") if (tmp_path / p).exists()]
+    compare(tmp_path, baseline="hard")
+    written = {name: ((tmp_path / name).read_bytes(), (tmp_path / name).stat().st_mtime_ns)
+               for name in ("comparison.md", "comparison.csv", "paired.csv")}
+    report(tmp_path)  # against soft, the default: compare's files still hold the comparison against hard
+    assert {name: ((tmp_path / name).read_bytes(), (tmp_path / name).stat().st_mtime_ns) for name in written} == written
+
+
 class Page(HTMLParser):
     """What report.html holds: tags counted, image sources and link targets listed, in-page ids collected."""
 

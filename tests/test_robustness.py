@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from ambig_bench import runner as runner_module
 from ambig_bench.cli import app
-from ambig_bench.compare import compare
+from ambig_bench.compare import compare, comparison_markdown
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.executors import grid, run_grid
 from ambig_bench.io import read_json, write_json
@@ -101,7 +101,7 @@ def test_kill_9_part_way_then_resume_gives_the_table_of_an_uninterrupted_grid(tm
     assert result.exit_code == 0, result.output
     resumed_table, whole_table = compare(killed), compare(whole)
     pd.testing.assert_frame_equal(resumed_table.summary, whole_table.summary)
-    assert resumed_table.markdown == whole_table.markdown
+    assert comparison_markdown(resumed_table) == comparison_markdown(whole_table)
 
 
 @pytest.mark.slow

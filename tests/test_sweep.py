@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ambig_bench.compare import compare
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import UserError
-from ambig_bench.sweep import parse_vary, run_sweep, sweep_configs
+from ambig_bench.report import report
+from ambig_bench.sweep import draw_sweep, parse_vary, run_sweep, sweep_configs
 from tests.conftest import tiny_config
+from tests.test_report import plant_sweep
 
 
 def test_parse_vary_types_values_like_the_option():
@@ -98,3 +102,14 @@ def test_every_sweep_point_is_checked_against_the_image_size_before_training(tmp
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == ["error: --translate 8 must be smaller than the 8x8 images"]
     assert not out.exists()
+
+
+def test_the_sweep_figure_is_the_reports_and_nothing_else_is_written(tmp_path):
+    plant_sweep(tmp_path, seeds=3)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert draw_sweep(tmp_path) == [tmp_path / "sweep-between-fraction.png"]
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert sorted(set(after) - set(before)) == [Path("sweep-between-fraction.png")]  # compare's files are compare's
+    report(tmp_path)
+    assert (tmp_path / "sweep-between-fraction.png").read_bytes() == \
+        (tmp_path / "figures" / "sweep-between-fraction.png").read_bytes()

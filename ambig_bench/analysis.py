@@ -1,0 +1,204 @@
+"""The analysis of a results directory: its runs, one summary row per strategy, paired tests, ranks; no files.
+
+Every metric is summarised as mean and 95% CI over seeds; against a baseline strategy (default `soft`), every
+metric's difference is paired by seed, with a bootstrap CI and a Holm-corrected paired test; a rank table shares
+ranks where CIs overlap. `compare` renders and writes it; `report` and `sweep` read it without writing it.
+
+>>> c = analyse("results/demo", baseline="soft")  # doctest: +SKIP
+>>> c.summary[["strategy", "n_seeds", "clear_acc_mean"]]  # doctest: +SKIP
+  strategy  n_seeds  clear_acc_mean
+0     hard        3           0.860
+1     soft        3           0.910
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ambig_bench.calibration import conformal_summary
+from ambig_bench.errors import UserError
+from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
+from ambig_bench.options import outside_experiment, strategy_label
+from ambig_bench.rundir import RunDir, list_runs
+from ambig_bench.stats import mean_ci, paired_comparison, rank_table
+
+CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
+ABSENT = "(absent)"  # a config field that a run written by an older version lacks
+DEFAULT = "(default)"  # a config field left unset (null): the model's or the dataset's own value
+DEFAULT_BASELINE = "soft"
+
+
+@dataclass
+class Comparison:
+    results_dir: Path
+    runs: pd.DataFrame  # one row per run: config fields, status, metrics
+    summary: pd.DataFrame  # one row per (group, strategy): n, metric mean / CI
+    paired: pd.DataFrame  # one row per (group, strategy, metric): paired difference vs the baseline
+    ranks: pd.DataFrame  # one row per (group, strategy): rank per metric
+    group_by: list[str]  # config fields that differ between experiments in the directory
+    options: list[str]  # every config field of the runs, by its flat (option) name, in config.json's order
+    baseline: str  # the strategy every other one is compared with
+    run_dirs: dict[str, RunDir]  # the run directories by run name (the `run` column)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        """The finished runs."""
+        return self.runs[self.runs.status == "done"]
+
+    def paired_against(self, strategy: str) -> pd.DataFrame:
+        """The paired tests of every other strategy against `strategy` (empty where it has no runs or is alone)."""
+        if strategy not in set(self.runs.strategy) or self.runs.strategy.nunique() < 2:
+            return pd.DataFrame()
+        return self.paired if strategy == self.baseline else paired_all(self.runs, self.group_by, strategy)
+
+
+def choose_baseline(results_dir: Path, strategies: list[str], baseline: str | None) -> str:
+    """The baseline asked for, which must have runs here; unasked, soft when present, else the first strategy."""
+    if baseline is None:
+        return DEFAULT_BASELINE if DEFAULT_BASELINE in strategies else sorted(strategies)[0]
+    if baseline not in strategies:
+        raise UserError(f"--baseline {baseline}: no runs of that strategy in {results_dir}; strategies present: "
+                        f"{', '.join(sorted(strategies))}")
+    return baseline
+
+
+def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, RunDir]]:
+    """Every finished or failed run of results_dir (`rundir.list_runs`), the config fields found in their
+    config.json files, and the run directories by name."""
+    found = list_runs(results_dir)
+    configs, rows = [], []
+    for run in found:
+        if run.done:
+            rows.append({"run": run.name, "status": "done", "error": "", **run.metrics()})
+        else:
+            rows.append({"run": run.name, "status": "failed", "error": run.error()})
+        config = run.options()
+        if config.get("between_source") == "auto":
+            # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
+            config["between_source"] = run.recorded_source() or "auto"
+        # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
+        configs.append(config | {"strategy": strategy_label(config["strategy"], config)})
+    if not rows:
+        raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
+    runs = pd.DataFrame([config | row for config, row in zip(configs, rows, strict=True)])
+    options = list(dict.fromkeys(name for config in configs for name in config))
+    # A run written before a config field existed lacks it: it is a different experiment from the runs that have
+    # it, so it gets a value of its own rather than being merged with them (or dropped by a groupby, as a null
+    # would be; an unset field beside set ones likewise). The column becomes text, each value as written (0, not
+    # the 0.0 pandas makes of an int column with gaps).
+    for name in options:
+        unset = [config.get(name) is None for config in configs]
+        if any(unset) and not all(unset):
+            runs[name] = [ABSENT if name not in config else DEFAULT if config[name] is None else str(config[name])
+                          for config in configs]
+    return runs, options, {run.name: run for run in found}
+
+
+def varying_fields(runs: pd.DataFrame, options: list[str]) -> list[str]:
+    outside = outside_experiment()
+    return [f for f in options if f not in outside and runs[f].astype(str).nunique() > 1]
+
+
+def add_conformal(runs: pd.DataFrame, run_dirs: dict[str, RunDir]) -> pd.DataFrame:
+    """Per finished run, conformal sets calibrated on its validation predictions, scored on its test ones."""
+    rows = []
+    for name, status in zip(runs.run, runs.status, strict=True):
+        run = run_dirs[name]
+        ok = status == "done" and run.predictions_file.exists()
+        rows.append(conformal_summary(run.path, CONFORMAL_ALPHA, "lac") if ok else {})
+    extra = pd.DataFrame(rows, index=runs.index)
+    return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
+
+
+def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    rows = []
+    for key, group in runs.groupby(group_by + ["strategy"], sort=False):
+        done = group[group.status == "done"]
+        row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
+        row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
+        for m, metric in {**METRICS, **SET_METRICS}.items():
+            values = done[m].astype(float) if m in done else pd.Series(dtype=float)
+            mean, low, high = mean_ci(values.to_numpy())
+            # A t-interval knows nothing of the metric's range: an accuracy's CI never reaches past 1.
+            row[f"{m}_mean"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean, *np.clip([low, high], *metric.bounds)
+        rows.append(row)
+    # Sweep values in increasing order, strategies by name: the same table whatever the directory order.
+    return pd.DataFrame(rows).sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
+
+
+def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
+    frames = []
+    done = runs[runs.status == "done"]
+    for key, group in (done.groupby(group_by) if group_by else [((), done)]):
+        if baseline not in set(group.strategy):
+            continue
+        for m in METRICS:
+            if group[m].isna().all():
+                continue
+            table = paired_comparison(group[["strategy", "seed", m]], m, baseline)
+            for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
+                table.insert(0, name, value)
+            frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def ranks_all(summary: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    metrics = [m for m in HIGHER_IS_BETTER if summary[f"{m}_mean"].notna().any()]
+    frames = []
+    for key, group in (summary.groupby(group_by) if group_by else [((), summary)]):
+        table = rank_table(group.reset_index(drop=True), metrics, HIGHER_IS_BETTER)
+        for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
+            table.insert(0, name, value)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_groups(frame: pd.DataFrame, by: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """The rows of `frame` per combination of the `by` options' values, in increasing order."""
+    if not by:
+        return [({}, frame)]
+    return [(dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)), part)
+            for key, part in frame.groupby(by, sort=True)]
+
+
+def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
+    """The rows of `frame` holding every value of `where` (option -> value)."""
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in where.items():
+        mask &= (frame[k] == v).to_numpy()
+    return frame[mask]
+
+
+def worse(row: pd.Series) -> bool:
+    """A paired test's row: significantly worse than the reference of the test."""
+    return bool(row.significant) and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
+
+
+def better(row: pd.Series) -> bool:
+    """A paired test's row: significantly better than the reference of the test."""
+    return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
+
+
+def analyse(results_dir: str | Path, baseline: str | None = None) -> Comparison:
+    """Every run of `results_dir`: summary, paired tests and ranks. Reads the runs, writes nothing.
+
+    `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir}: results directory not found")
+    runs, options, run_dirs = load_runs(results_dir)
+    runs = add_conformal(runs, run_dirs)
+    group_by = varying_fields(runs, options)
+    twins = runs[runs.duplicated(group_by + ["strategy", "seed"], keep=False)]
+    if len(twins):  # e.g. a run directory copied under another name
+        raise UserError(f"{results_dir}: runs {', '.join(twins.run.head(2))} are the same strategy, seed and "
+                        "configuration; remove one")
+    baseline = choose_baseline(results_dir, list(pd.unique(runs.strategy)), baseline)
+    summary = summarise(runs, group_by)
+    paired = paired_all(runs, group_by, baseline) if runs.strategy.nunique() > 1 else pd.DataFrame()
+    return Comparison(results_dir, runs, summary, paired, ranks_all(summary, group_by), group_by, options, baseline,
+                      run_dirs)
