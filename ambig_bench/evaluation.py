@@ -19,7 +19,7 @@ from ambig_bench.data import LabelledImages
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import starting_weights
 from ambig_bench.prepare import PreparedRun
-from ambig_bench.store import RunRecord
+from ambig_bench.rundir import RunRecord
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits, tta_level
 

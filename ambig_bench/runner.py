@@ -29,7 +29,8 @@ from ambig_bench.config import RunConfig
 from ambig_bench.errors import RunFailed
 from ambig_bench.evaluation import evaluate_run
 from ambig_bench.prepare import Group, groups_of, prepare_run
-from ambig_bench.store import Claim, RunRecord, RunResult, RunStore, Status
+from ambig_bench.rundir import RunRecord
+from ambig_bench.store import Claim, RunResult, RunStore, Status
 from ambig_bench.train import Job, pick_device, train
 
 Outcome = RunRecord | str  # a trained run's record, or why it failed
