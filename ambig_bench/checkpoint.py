@@ -1,4 +1,4 @@
-"""Trained models on disk: safetensors weights plus a JSON recipe to rebuild network, inputs and decoding.
+"""Trained models on disk: safetensors weights plus model.json, which says how to rebuild network, inputs and decoding.
 
 Nothing on disk is ever unpickled, so a checkpoint cannot run code when loaded.
 
@@ -72,11 +72,11 @@ def is_pickle(head: bytes) -> bool:
     return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
 
 
-def read_recipe(meta_path: Path) -> dict:
+def read_model_json(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path}: unreadable model recipe: {e}") from None
+        raise UserError(f"{meta_path}: unreadable model.json: {e}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not an ambig-bench model (a JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT:
@@ -127,7 +127,7 @@ def mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) 
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
-    """Rebuild the trained model (Preprocess + network, eval mode, CPU), its recipe and its strategy.
+    """Rebuild the trained model (Preprocess + network, eval mode, CPU), its model.json and its strategy.
 
     Anything that is not exactly what a run wrote (model_files) is refused with a UserError naming the file.
     """
@@ -142,7 +142,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
                             "arbitrary code); ambig-bench reads only model.safetensors + model.json")
     if not meta_path.exists() or not weights_path.exists():
         raise UserError(f"{run_dir}: not a finished ambig-bench run (model.json / model.safetensors missing)")
-    meta = read_recipe(meta_path)
+    meta = read_model_json(meta_path)
     state = read_weights(weights_path)
     # An RGB network's normalisation has 3 channels even for grey images (broadcast: grey enters as RGB).
     channels = state["0.mean"].numel() if "0.mean" in state else meta["in_channels"]
@@ -163,7 +163,7 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
         raise UserError(f"{meta_path}: {e}") from None
     if strategy.num_outputs != meta["num_outputs"]:
         raise UserError(f"{meta_path}: {meta['strategy']} with {len(meta['class_names'])} classes and "
-                        f"{len(meta['pairs'])} pairs has {strategy.num_outputs} outputs, the recipe says "
+                        f"{len(meta['pairs'])} pairs has {strategy.num_outputs} outputs, model.json says "
                         f"{meta['num_outputs']}")
     if problem:
         raise UserError(f"{weights_path}: weights do not fit the {meta['model']} network of model.json ({problem})")

@@ -49,7 +49,7 @@ TABLE_TOP = 3  # probabilities shown per image in the table (csv and json carry 
 
 @dataclass
 class Predictor:
-    """A loaded run: network, recipe (model.json), strategy and conformal calibration."""
+    """A loaded run: network, model.json, strategy and conformal calibration."""
 
     run_dir: Path
     model: nn.Module

@@ -156,7 +156,7 @@ class RunDir:
 
     @property
     def model_file(self) -> Path:
-        """model.json: how to rebuild the network and decode its outputs (checkpoint.read_recipe checks it)."""
+        """model.json: how to rebuild the network and decode its outputs (checkpoint.read_model_json checks it)."""
         return self.path / MODEL
 
     @property
