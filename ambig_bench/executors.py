@@ -25,6 +25,7 @@ import os
 import queue
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors.torch import load, save
 
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.datasets import pairs_of
@@ -40,6 +42,7 @@ from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
 from ambig_bench.keys import listed_images_key
 from ambig_bench.prepare import forget_data, prepare_data, raw_of, untrained
+from ambig_bench.rundir import RunRecord
 from ambig_bench.runner import Here, Outcome, Reporter, run_pipeline, train_claimed
 from ambig_bench.store import Claim, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
@@ -86,6 +89,13 @@ def _start_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _train_in_worker(claims: list[Claim]) -> list[Outcome]:
+    """A worker's outcomes with each record's weights as safetensors bytes: tensors sent as they are go through
+    torch's shared-memory sockets, which live under TMPDIR and fail where its path is long (AF_UNIX limit)."""
+    return [dataclasses.replace(o, weights=save(o.weights)) if isinstance(o, RunRecord) else o
+            for o in train_claimed(claims)]
+
+
 class InProcesses:
     """Each claimed run trained in one of a pool's worker processes, `slots` at a time."""
 
@@ -102,7 +112,7 @@ class InProcesses:
         token = next(self.tokens)
         self.running[token] = claims
         done = lambda outcome: self.finished.put((token, outcome))  # noqa: E731
-        self.pool.apply_async(train_claimed, (sendable(claims),), callback=done, error_callback=done)
+        self.pool.apply_async(_train_in_worker, (sendable(claims),), callback=done, error_callback=done)
 
     def busy(self) -> int:
         return len(self.running)
@@ -112,6 +122,8 @@ class InProcesses:
         claims = self.running.pop(token)
         if isinstance(outcomes, BaseException):  # e.g. a UserError on the worker: the driver's to report
             raise outcomes
+        outcomes = [dataclasses.replace(o, weights=load(o.weights)) if isinstance(o, RunRecord) else o
+                    for o in outcomes]
         return list(zip(claims, outcomes, strict=True))
 
     def stop(self) -> None:
@@ -210,7 +222,8 @@ class RayExecutor:
         self.started = not ray.is_initialized()  # a caller's own ray.init() is used and left running
         if self.started:
             try:
-                ray.init(address=address or None, include_dashboard=False, logging_level="WARNING")
+                ray.init(address=address or None, include_dashboard=False, logging_level="WARNING",
+                         **ray_temp_dir(address))
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UserError(f"--ray-address {address or '(local)'}: cannot start or reach Ray ({first})") \
@@ -238,6 +251,17 @@ class RayExecutor:
         # Claim (lock) only as many runs as can train at once, so another invocation can take the rest.
         slots = max(1, int(self.resources.get("GPU" if "num_gpus" in self.task_resources(runs[0]) else "CPU", 1)))
         return run_pipeline(runs, out, force, reporter, wait, OnRay(self.ray, self.task_resources, slots))
+
+
+RAY_SOCKET_ROOM = 60  # characters Ray appends to its temp dir for a socket path (session name, sockets/plasma_store)
+
+
+def ray_temp_dir(address: str) -> dict[str, str]:
+    """A local Ray's sockets live under TMPDIR/ray, and a Unix socket path has at most 107 bytes: where TMPDIR is
+    long, start Ray under /tmp/ray instead (a cluster keeps its own)."""
+    if address or len(tempfile.gettempdir()) + RAY_SOCKET_ROOM <= 107:
+        return {}
+    return {"_temp_dir": "/tmp/ray"}
 
 
 def check_reachable(address: str) -> None:

@@ -12,7 +12,7 @@ import torch
 from ambig_bench.compare import compare
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import UserError
-from ambig_bench.executors import grid, open_executor, preflight, run_grid
+from ambig_bench.executors import grid, open_executor, preflight, ray_temp_dir, run_grid
 from ambig_bench.io import read_json
 from ambig_bench.store import RunResult
 from tests.conftest import tiny_config
@@ -77,7 +77,7 @@ def ray_instance():
         pytest.skip("ray is not installed (pip install 'ambig-bench[ray]'); CI installs it")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", **ray_temp_dir(""))
     yield ray
     ray.shutdown()
 

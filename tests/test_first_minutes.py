@@ -95,7 +95,8 @@ def test_run_without_out_writes_to_a_directory_of_its_dataset_and_says_so(tmp_pa
 
 
 def test_shell_completion_is_offered():
-    result = CliRunner().invoke(cli.app, ["--help"])
+    # Rich fits the option table to the terminal and cuts long option names in a narrow one: render it wide.
+    result = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "1000"})
     assert "--install-completion" in result.output
 
 

@@ -134,7 +134,7 @@ def test_csv_json_and_table_formats(trained, image_dir):
     assert first["decision"] == " or ".join(first["decision_set"])
     assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-4)
 
-    console = Console(record=True, width=200, file=io.StringIO())
+    console = Console(record=True, width=10_000, file=io.StringIO())
     console.print(render(report, "table"))
     text = console.export_text()
     assert all(r.path in text for r in report.images)
