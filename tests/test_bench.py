@@ -6,6 +6,7 @@ Only that it runs and reports is checked: speed targets are met in the benchmark
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,11 +18,18 @@ pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subproce
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def short_tmpdir() -> dict[str, str]:
+    """The environment with TMPDIR=/tmp: the benchmark's textbook DataLoader loop hands tensors between processes
+    over a Unix socket under TMPDIR, and a socket path longer than 107 bytes makes its workers hang."""
+    return {**os.environ, "TMPDIR": "/tmp"}
+
+
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--device", "cpu", "--images", "256",
                            "--epochs", "1", "--seeds", "2", "--small-images", "128", "--model", "small-cnn",
-                           "--repeats", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
+                           "--repeats", "2", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                          env=short_tmpdir())
     assert done.returncode == 0, done.stderr
     for text in ("(a) ambig-bench", "(b) bare", "(c) textbook", "batched", "a / b =", "a / c =",
                  "batched / sequential ="):
