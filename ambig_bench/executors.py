@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors.torch import load, save
 
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.datasets import pairs_of
@@ -42,7 +41,6 @@ from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
 from ambig_bench.keys import listed_images_key
 from ambig_bench.prepare import forget_data, prepare_data, raw_of, untrained
-from ambig_bench.rundir import RunRecord
 from ambig_bench.runner import Here, Outcome, Reporter, run_pipeline, train_claimed
 from ambig_bench.store import Claim, RunResult, RunStore, Status
 from ambig_bench.train import pick_device, use_augmentation
@@ -89,13 +87,6 @@ def _start_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _train_in_worker(claims: list[Claim]) -> list[Outcome]:
-    """A worker's outcomes with each record's weights as safetensors bytes: tensors sent as they are go through
-    torch's shared-memory sockets, which live under TMPDIR and fail where its path is long (AF_UNIX limit)."""
-    return [dataclasses.replace(o, weights=save(o.weights)) if isinstance(o, RunRecord) else o
-            for o in train_claimed(claims)]
-
-
 class InProcesses:
     """Each claimed run trained in one of a pool's worker processes, `slots` at a time."""
 
@@ -112,7 +103,7 @@ class InProcesses:
         token = next(self.tokens)
         self.running[token] = claims
         done = lambda outcome: self.finished.put((token, outcome))  # noqa: E731
-        self.pool.apply_async(_train_in_worker, (sendable(claims),), callback=done, error_callback=done)
+        self.pool.apply_async(train_claimed, (sendable(claims),), callback=done, error_callback=done)
 
     def busy(self) -> int:
         return len(self.running)
@@ -122,8 +113,6 @@ class InProcesses:
         claims = self.running.pop(token)
         if isinstance(outcomes, BaseException):  # e.g. a UserError on the worker: the driver's to report
             raise outcomes
-        outcomes = [dataclasses.replace(o, weights=load(o.weights)) if isinstance(o, RunRecord) else o
-                    for o in outcomes]
         return list(zip(claims, outcomes, strict=True))
 
     def stop(self) -> None:

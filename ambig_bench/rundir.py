@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from safetensors.torch import save
+from safetensors.torch import load, save
 
 from ambig_bench.errors import UserError
 from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
@@ -53,6 +53,15 @@ class RunRecord:
     weights: dict  # model.safetensors: name -> CPU tensor
     model_meta: dict  # model.json: how to rebuild the network and decode its outputs
     weights_format: str  # the safetensors metadata "format" that the checkpoint reader expects
+
+    # Sent to another process (a worker's record back to the driver), the weights travel as safetensors bytes:
+    # tensors pickled as they are go through torch's shared-memory sockets under TMPDIR, which fail where its path
+    # is longer than a Unix socket allows (107 bytes).
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "weights": save(self.weights)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, weights=load(state["weights"]))
 
 
 def flatten_config(config: dict, within: str = "") -> dict:
