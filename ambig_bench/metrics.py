@@ -165,3 +165,18 @@ def set_objective(sets: torch.Tensor, label_a: torch.Tensor, label_b: torch.Tens
     exact = (sets == label_set_mask(label_a, label_b, sets.shape[1])).all(1).float()
     parts = [exact[m].mean().item() for m in (~between, between) if m.any()]
     return sum(parts) / len(parts)
+
+
+def selection_loss(probs: torch.Tensor, label_a: torch.Tensor, label_b: torch.Tensor) -> float:
+    """What every strategy's tuning (L2 strength of a probe, the epoch that early stopping keeps) minimises on the
+    validation split: the mean negative log-probability of each image's label set, -log p_a for a clear-cut image
+    and -log(p_a + p_b) for an in-between one, over the N×K class probabilities.
+
+    One criterion for all strategies, since the loss each trains on is not comparable across them (soft targets,
+    sigmoids, an extra class, mixed images). Every strategy decodes to K class probabilities, so this is defined
+    for all; it is a proper score on clear-cut images, and it does not care how a pair's mass is split between
+    its two classes, so it favours no strategy's in-between target over another's.
+    """
+    probs = probs.double()
+    mass = (probs * label_set_mask(label_a, label_b, probs.shape[1])).sum(1)
+    return mean(-mass.clamp_min(1e-12).log())

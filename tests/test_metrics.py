@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ambig_bench.metrics import evaluate, expected_calibration_error, set_objective
+from ambig_bench.metrics import evaluate, expected_calibration_error, selection_loss, set_objective
 
 # Four clear-cut images (classes 0, 1, 2, 0) and two in-between images of the pair (0, 1).
 PROBS = torch.tensor([
@@ -71,3 +71,16 @@ def test_cross_entropy_to_human_votes_against_a_naive_loop():
                 for vr, pr in zip(votes.tolist(), probs.tolist(), strict=True)) / 2
     assert evaluate(*args, votes=votes)["human_ce"] == pytest.approx(naive)
     assert math.isnan(evaluate(*args)["human_ce"]), "no votes, no cross-entropy to them"
+
+
+def test_selection_loss_against_a_naive_loop():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])
+    label_a, label_b = torch.tensor([0, 0, 2]), torch.tensor([-1, 1, -1])
+    naive = []
+    for p, a, b in zip(probs.tolist(), label_a.tolist(), label_b.tolist(), strict=True):
+        naive.append(-math.log(p[a] + (p[b] if b >= 0 else 0.0)))
+    assert selection_loss(probs, label_a, label_b) == pytest.approx(sum(naive) / len(naive))
+    # Indifferent to how an in-between image's mass is split within its pair.
+    swapped = probs.clone()
+    swapped[1, :2] = torch.tensor([0.5, 0.1])
+    assert selection_loss(swapped, label_a, label_b) == pytest.approx(selection_loss(probs, label_a, label_b))
