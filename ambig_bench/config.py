@@ -37,6 +37,7 @@ MAX_COUNT = 100_000  # generated images per pair and split (blend sources)
 MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
 MAX_SEEDS = 10_000  # runs per strategy and grid point
 MAX_SIDE = 8192  # pixels along an image side (model.json's image_size)
+MAX_FOLDS = 1000  # --folds: each fold is tested by its own run
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -75,6 +76,9 @@ class DataOptions:
     val_fraction: float = option(0.15, "share of images held out for validation when the dataset has no val "
                                        "split")
     test_fraction: float = option(0.25, "share of images held out for testing when the dataset has no test split")
+    folds: int = option(0, "K >= 2: stratified K-fold splits, the same for every seed; the run of seed s tests fold "
+                           "s mod K, so seeds 0..K-1 test every image once (0: test images drawn per seed, "
+                           "--test-fraction)")
     train_size: int | None = option(None, "clear-cut training images kept, drawn at random (default: all)")
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
@@ -91,12 +95,20 @@ class DataOptions:
         if self.val_fraction + self.test_fraction >= 1:
             raise UserError(f"--val-fraction + --test-fraction must be < 1 so training images remain, got "
                             f"{self.val_fraction} + {self.test_fraction}")
+        if self.folds < 0 or self.folds == 1:
+            raise UserError(f"--folds must be 0 (off) or at least 2, got {self.folds}")
+        if self.folds:
+            check_between("folds", self.folds, 2, MAX_FOLDS)
+            if self.test_fraction != DATA_FIELDS["test_fraction"].default:
+                raise UserError(f"--test-fraction does not apply with --folds (each run tests one fold, "
+                                f"1/{self.folds} of the images); give one of them")
         if self.train_size is not None:
             check_at_least("train_size", self.train_size, 1)
         if self.image_size is not None:
             check_at_least("image_size", self.image_size, 1)
 
 
+DATA_FIELDS = {f.name: f for f in dataclasses.fields(DataOptions)}
 LOOKAHEAD = ("on", "off")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("linear", "triangle", "cosine")  # learning-rate shapes over training, see train.lr_factor

@@ -36,6 +36,7 @@ import torch
 
 from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.datasets import pairs_of
+from ambig_bench.datasets.base import untested_folds
 from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError, stop_on_sigterm
 from ambig_bench.imageio import fingerprint
@@ -292,7 +293,8 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[s
     """Prepare without training, refusing bad input before any file is written: every run's options, the device,
     the first run's data in full and its starting weights, and for every other data setting of the grid (sweep
     points) its files, class pairs and image size. The data loaded here stay in memory for the runs
-    (`prepare.prepare_data`). The first run's data notes for the user (e.g. which in-between source `auto` chose)."""
+    (`prepare.prepare_data`). The first run's data notes for the user (e.g. which in-between source `auto` chose),
+    and a warning where the seeds leave some of the --folds untested."""
     fingerprint.cache_clear()  # the data files as they are now key this command's runs
     listed_images_key.cache_clear()
     forget_data()
@@ -310,7 +312,7 @@ def preflight(runs: list[RunConfig], executor: Executor | None = None) -> list[s
             if not wants_auto_pairs(cfg):  # found from the data when the run prepares it
                 pairs_of(raw, cfg)
             use_augmentation(cfg, raw.images)  # a shift as large as the images is refused here
-    return data.info.get("notes", [])
+    return [*data.info.get("notes", []), *untested_folds(runs)]
 
 
 def run_all(runs: list[RunConfig], out: str | Path, force: bool = False, reporter: Reporter | None = None,

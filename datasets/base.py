@@ -119,6 +119,8 @@ def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None 
     source_name, notes = pick_source(raw, cfg)
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.data.folds:
+        check_folds(raw, pairs, source_name == "human", cfg)
     raw = assign_splits(raw, cfg, gen)
     if cfg.data.train_size is not None:
         raw = limit_train(raw, cfg, gen)
@@ -254,9 +256,18 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], gen: torch.Ge
 
 
 def assign_splits(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImages:
-    """Fill in the splits the dataset does not provide: test, then validation carved from train."""
+    """Fill in the splits the dataset does not provide: test, then validation carved from train. With --folds K,
+    test is fold (seed mod K) of `folds_of` and validation a stratified --val-fraction of the other folds."""
     split = raw.split.clone() if raw.split is not None else None
     groups = strata(raw.labels, raw.votes, cfg)
+    if cfg.data.folds:
+        if split is not None:
+            raise UserError(f"--folds {cfg.data.folds}: dataset {cfg.data.dataset} comes with its own test split "
+                            f"({raw.source}); leave --folds 0, or give data without one (no split column or "
+                            f"split folders)")
+        test = folds_of(groups, cfg.data.folds) == cfg.seed % cfg.data.folds
+        split = torch.full((len(groups),), SPLITS["train"], dtype=torch.int8)
+        split[test] = SPLITS["test"]
     if split is None:
         part = stratified_split(groups, [cfg.data.test_fraction, cfg.data.val_fraction], gen)
         split = torch.tensor([SPLITS["test"], SPLITS["val"], SPLITS["train"]], dtype=torch.int8)[part.long()]
@@ -265,6 +276,52 @@ def assign_splits(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawIm
         part = stratified_split(groups[train], [cfg.data.val_fraction], gen)
         split[train[part == 0]] = SPLITS["val"]
     return dataclasses.replace(raw, split=split)
+
+
+FOLDS_SEED = 0  # the one generator the folds are drawn from: every run seed sees the same folds
+
+
+def folds_of(groups: torch.Tensor, k: int) -> torch.Tensor:
+    """Each image's fold 0..k-1, the same for every run: the images of each stratum, shuffled, are dealt to the
+    folds in turn, the deal going on from one stratum to the next, so every stratum's count per fold, and every
+    run of neighbouring strata's (all in-between images, all clear-cut ones), differ by at most one."""
+    gen = torch.Generator().manual_seed(FOLDS_SEED)
+    shuffled = torch.randperm(len(groups), generator=gen)
+    dealt = shuffled[groups[shuffled].sort(stable=True).indices]  # by stratum, shuffled within
+    fold = torch.empty(len(groups), dtype=torch.long)
+    fold[dealt] = torch.arange(len(groups)) % k
+    return fold
+
+
+def untested_folds(runs: list[RunConfig]) -> list[str]:
+    """A warning for each --folds K whose runs' seeds leave some fold untested: the pooled out-of-fold results
+    need every fold, seeds s .. s + K - 1."""
+    notes = []
+    for k in sorted({cfg.data.folds for cfg in runs if cfg.data.folds}):
+        tested = {cfg.seed % k for cfg in runs if cfg.data.folds == k}
+        if len(tested) < k:
+            notes.append(f"warning: --folds {k}: these seeds test {len(tested)} of the {k} folds; --seeds {k} (or "
+                         f"more) tests every image once, as pooling the out-of-fold predictions needs")
+    return notes
+
+
+def check_folds(raw: RawImages, pairs: list[tuple[int, int]], trains_votes: bool, cfg: RunConfig) -> None:
+    """--folds K needs at least K clear-cut images of every class, and, for a source that trains on the votes'
+    in-between images, at least K of those of the run's pairs: else some fold tests none of them."""
+    k = cfg.data.folds
+    v = judge_votes(raw.labels, raw.votes, cfg)
+    counts = {f"clear-cut images of class {name}": int(((v.kind == CLEAR_KIND) & (v.first == c)).sum())
+              for c, name in enumerate(raw.class_names)}
+    if trains_votes:
+        of_pairs = torch.zeros(len(raw.labels), dtype=torch.bool)
+        for a, b in pairs:
+            of_pairs |= ((v.first == a) & (v.second == b)) | ((v.first == b) & (v.second == a))
+        counts["in-between images of the run's pairs"] = int(((v.kind == BETWEEN_KIND) & of_pairs).sum())
+    what, n = min(counts.items(), key=lambda item: item[1])
+    if n < k:
+        fix = f"lower --folds to {n} or less" if n >= 2 else "leave --folds 0"
+        raise UserError(f"--folds {k}: dataset {cfg.data.dataset} has only {n} {what}, fewer than the {k} folds "
+                        f"that should each test some; {fix}")
 
 
 def limit_train(raw: RawImages, cfg: RunConfig, gen: torch.Generator) -> RawImages:
