@@ -16,6 +16,7 @@ from ambig_bench.cli import app
 from ambig_bench.data import SPLITS
 from ambig_bench.datasets import load_raw, prepare
 from ambig_bench.datasets.base import BETWEEN_KIND, UNSURE_KIND, folds_of, judge_votes
+from ambig_bench.keys import experiment_key
 from tests.conftest import tiny_config
 from tests.test_bad_input import TINY, labels_csv, tree
 from tests.test_datasets import shade, write_fashion, write_image, write_labels
@@ -195,3 +196,8 @@ def test_fewer_seeds_than_folds_are_named_on_stderr_and_k_seeds_are_not(tmp_path
     assert "--folds 3: these seeds test 2 of the 3 folds" in short.stderr
     full = cli.invoke(app, [*run, "--seeds", "3"])
     assert full.exit_code == 0 and "these seeds test" not in full.stderr, full.stderr
+
+
+def test_folds_0_keeps_the_experiment_key_and_k_folds_make_a_new_one():
+    assert experiment_key(tiny_config(folds=0)) == experiment_key(tiny_config())
+    assert experiment_key(tiny_config(folds=5)) != experiment_key(tiny_config())
