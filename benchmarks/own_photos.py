@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n_between = sum("|" in label for _, label in chosen)
     print(f"{len(chosen)} photos ({n_between} in-between, pairs {','.join(pairs)}) and {labels}", file=sys.stderr)
+    print("per-image tests over every photo: add --folds 10; a pretrained backbone from a file: add --model "
+          "ARCHITECTURE --weights FILE --freeze", file=sys.stderr)
     print(f"ambig-bench run --dataset folder --labels {labels} --strategy all --seeds 10 --out {out / 'results'}")
     return 0
 
