@@ -119,9 +119,9 @@ def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None 
     source_name, notes = pick_source(raw, cfg)
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
+    raw = assign_splits(raw, cfg, gen)
     if cfg.data.folds:
         check_folds(raw, pairs, source_name == "human", cfg)
-    raw = assign_splits(raw, cfg, gen)
     if cfg.data.train_size is not None:
         raw = limit_train(raw, cfg, gen)
     verdict = judge_votes(raw.labels, raw.votes, cfg)
