@@ -161,6 +161,7 @@ class ModelOptions:
 
 MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelOptions)}
 AUGMENT = ("auto", "on", "off")
+EARLY_STOPPING = ("auto", "on", "off")
 
 
 @dataclass
@@ -172,6 +173,10 @@ class TrainOptions:
                                        "random-resized crops, --crop-scale) + horizontal flips", choices=AUGMENT)
     translate: int | None = option(None, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips "
                                          "only)")
+    early_stopping: str = option("auto", "auto (on when fine-tuning from --pretrained or --weights, off otherwise) "
+                                         "| on | off: end on the weights of the epoch with the lowest validation "
+                                         "selection loss (every epoch is trained; keep-best, no patience)",
+                                 choices=EARLY_STOPPING)
 
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
@@ -180,6 +185,7 @@ class TrainOptions:
             check_choice("augment", self.augment, AUGMENT)
         if self.translate is not None:
             check_at_least("translate", self.translate, 0)
+        check_choice("early_stopping", self.early_stopping, EARLY_STOPPING)
 
 
 BATCH_RUNS = ("auto", "on", "off")
@@ -223,6 +229,12 @@ class RunConfig:
         check_between("seed", self.seed, 0, MAX_SEED)
         for group in (self.data, self.model, self.train, self.runtime):
             group.validate()
+
+    def stops_early(self) -> bool:
+        """Whether training ends on its best epoch on validation (`--early-stopping`; auto: when fine-tuning, i.e.
+        training every layer from starting weights, where the field uses it)."""
+        fine_tuning = (self.model.pretrained or bool(self.model.weights)) and not self.model.freeze
+        return self.train.early_stopping == "on" or (self.train.early_stopping == "auto" and fine_tuning)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

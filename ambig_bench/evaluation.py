@@ -15,6 +15,7 @@ import torch
 
 from ambig_bench import __version__
 from ambig_bench.checkpoint import FORMAT, model_files
+from ambig_bench.convergence import judge
 from ambig_bench.data import LabelledImages
 from ambig_bench.metrics import evaluate, set_objective
 from ambig_bench.models import starting_weights
@@ -79,8 +80,10 @@ def evaluate_run(run: PreparedRun, device: torch.device, history: list[dict], tr
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
                        test.label_a, test.label_b, test.share_a, test.votes)
+    converged, why = judge(history)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
-                   batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3))
+                   batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3), converged=converged,
+                   convergence=why, best_epoch=next((row["epoch"] for row in history if row.get("kept")), None))
     start = starting_weights(cfg.model)
     weights, meta = model_files(run.model, cfg, data, strategy, threshold, tta,
                                 start.origin if start else {"weights": "random initialisation"})
