@@ -32,7 +32,7 @@ from ambig_bench.config import RunConfig
 from ambig_bench.datasets import DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import fingerprint, folder_key
-from ambig_bench.models import MODELS
+from ambig_bench.models import MODELS, settled_normalize
 from ambig_bench.options import get, in_experiment, run_label, table
 
 AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.pick_source)
@@ -58,6 +58,9 @@ V1: dict[str, tuple[str, ...]] = {
 # such runs compute something new and get a new key; every other run keeps its key whether it says auto or off.
 SETTLED: dict[str, tuple[Callable[[RunConfig], Any], Any]] = {
     "early_stopping": (lambda cfg: "on" if cfg.stops_early() else "off", "off"),
+    # A weights file of a torchvision or timm architecture now brings its pretrained normalisation (before: the
+    # data's): such runs get a new key; every other run keeps its own.
+    "normalize": (lambda cfg: settled_normalize(cfg.model), None),
 }
 # Present in every key's content even when empty (`source` under --between-source human); `loader` is there only
 # for a dataset with options.
