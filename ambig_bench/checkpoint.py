@@ -39,7 +39,8 @@ def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy
         "image_size": size, "image_width": image_width, "tta": tta,
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": cfg.to_dict(),
-        "start": start or {}, "normalization": normalization or {}, "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
+        "start": start or {}, "normalization": normalization or {},
+        "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
         "image_policy": data.info.get("image_policy", {}),
     }
 

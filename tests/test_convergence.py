@@ -37,28 +37,30 @@ def history(train_losses, val_losses=None, kept=None) -> list[dict]:
 
 
 def naive_change(values: list[float]) -> float:
-    """The fitted line's rise over the last WINDOW epochs over the values' mean, by numpy's polyfit."""
+    """The fitted line's rise over the last WINDOW epochs over the way the values came, by numpy's polyfit."""
     points = np.array(values[-(WINDOW + 1):])
-    return np.polyfit(np.arange(len(points)), points, 1)[0] * WINDOW / points.mean()
+    return np.polyfit(np.arange(len(points)), points, 1)[0] * WINDOW / (max(values) - min(values))
 
 
 @pytest.mark.parametrize("values", [[2.0, 1.0, 0.7, 0.6, 0.55, 0.52, 0.5], [1.0, 1.2, 0.9, 1.1, 0.95, 1.05],
-                                    [0.3] * 8, [5, 4, 3, 2, 1.5, 1.4, 1.39, 1.389]])
-def test_the_trend_is_the_least_squares_line_of_the_last_epochs(values):
+                                    [5, 4, 3, 2, 1.5, 1.4, 1.39, 1.389], [0.01, 0.001, 0.0005, 0.0004, 0.0001, 0.0]])
+def test_the_trend_is_the_least_squares_line_of_the_last_epochs_over_the_way_come(values):
     assert convergence.trend(values) == pytest.approx(naive_change(values))
+    assert convergence.trend([0.3] * 8) == 0
 
 
-def test_a_history_that_flattens_has_converged():
-    losses = [2.0, 1.0, 0.6, 0.5] + [0.45 * (1 - 0.0005 * e) for e in range(8)]
+@pytest.mark.parametrize("floor", [0.0, 0.4], ids=["towards-0", "entropy-floor"])
+def test_a_history_that_flattens_has_converged(floor):
+    losses = [floor + 2 * 0.5**e for e in range(16)]  # the last 5 epochs fall 0.1% of the way
     converged, why = judge(history(losses, [x + 0.1 for x in losses]))
     assert converged and "training loss" in why and "validation loss" in why and "raise" not in why
 
 
 def test_a_training_loss_still_falling_has_not_converged_and_the_reason_carries_the_fix():
-    converged, why = judge(history([2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.77]))
+    losses = [2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.77]
+    converged, why = judge(history(losses))
     assert not converged and why.startswith("training loss still falling") and why.endswith("raise --epochs")
-    fall = -naive_change([2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.77])
-    assert f"{fall:.1%}" in why
+    assert f"{-naive_change(losses):.1%}" in why
 
 
 def test_a_validation_loss_still_falling_has_not_converged():
@@ -96,9 +98,11 @@ def jobs_for(strategy_names: list[str], epochs: int, scores=None) -> tuple[list[
         data = prepare_data(cfg)
         strategy, model = untrained(cfg, data, CPU)
         val = data.subset("val")
-        score = (lambda logits, s=strategy, v=val: selection_loss(s.class_probs(logits), v.label_a, v.label_b))
-        if scores:
-            score = (lambda logits, it=iter(scores[seed]): next(it))
+        forced = iter(scores[seed]) if scores else None
+
+        def score(logits, s=strategy, v=val, forced=forced) -> float:
+            return next(forced) if forced else selection_loss(s.class_probs(logits), v.label_a, v.label_b)
+
         jobs.append(Job(model, strategy, data.subset("train"), seed, val=Validation(val.images, score)))
         datas.append(data)
     return jobs, datas, cfg
