@@ -25,9 +25,9 @@ from scipy.stats import linregress
 
 WINDOW = 5  # epochs over which the losses' trend is judged
 # Share of the way come that the last WINDOW epochs may still fall. Measured on `make demo`'s recipe (digits, width
-# 16, lr 0.01; docs/convergence.md): at 12 epochs every strategy's training loss still fell 0.94-6.3% of its way in
-# the last 5 epochs, and 24 epochs lowered the validation criterion by a quarter or more; at 40 epochs every loss
-# fell 0.33% or less. The threshold lies between the two.
+# 16, lr 0.01; docs/convergence.md): at 12 epochs every run's training or validation loss still fell 1.0% of its way
+# or more in the last 5 epochs, and 24 epochs lowered the validation criterion by 28-72% (all strategies but
+# discard); at 40 epochs every loss fell 0.33% or less. The threshold lies between the two.
 FALLING = 0.005
 
 
