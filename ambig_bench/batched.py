@@ -22,7 +22,7 @@ from torch import nn
 
 from ambig_bench.config import RunConfig
 from ambig_bench.models import MODELS, Preprocess, Scale
-from ambig_bench.train import autocast, device_layout, make_optimizer, timed
+from ambig_bench.train import autocast, device_layout, make_optimizer, run_part, timed
 
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity)
 
@@ -96,13 +96,9 @@ def copy_back(wide: nn.Module, models: list[nn.Module]) -> None:
             for m in models:
                 m.num_batches_tracked.copy_(tensor)
             continue
-        single = getattr(first, name)
-        # The model axis is the first one that grew M-fold (dim 1 for Preprocess's 1×C×1×1 buffers);
-        # GroupedLinear keeps a separate leading model axis.
-        grown = [d for d in range(single.dim()) if tensor.dim() == single.dim()
-                 and tensor.shape[d] == len(models) * single.shape[d]]
-        for m, part in zip(models, tensor.chunk(len(models), dim=grown[0] if grown else 0), strict=True):
-            getattr(m, name).copy_(part.reshape(single.shape))
+        shape = getattr(first, name).shape
+        for i, m in enumerate(models):
+            getattr(m, name).copy_(run_part(tensor, shape, i, len(models)).reshape(shape))
 
 
 MAX_GROUP = 16  # runs per wide model: beyond this the GPU is full anyway and memory grows linearly

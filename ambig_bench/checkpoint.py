@@ -27,9 +27,11 @@ FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
 
 def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy: Strategy,
-                threshold: float | None, tta: int, start: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+                threshold: float | None, tta: int, start: dict | None = None, normalization: dict | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict]:
     """The weights (CPU tensors, for model.safetensors, metadata format FORMAT) and model.json of a trained run;
-    the run store writes them. `start`: where the starting weights came from (name or file, SHA-256)."""
+    the run store writes them. `start`: where the starting weights came from (name or file, SHA-256);
+    `normalization`: the input normalisation, recorded (the weights' Preprocess tensors are what predict applies)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _, channels, size, image_width = data.images.shape
     return state, {
@@ -37,7 +39,8 @@ def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy
         "image_size": size, "image_width": image_width, "tta": tta,
         "strategy": strategy.name, "num_outputs": strategy.num_outputs, "class_names": data.class_names,
         "pairs": [list(p) for p in data.pairs], "threshold": threshold, "config": cfg.to_dict(),
-        "start": start or {}, "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
+        "start": start or {}, "normalization": normalization or {},
+        "mode": "linear probe (frozen backbone)" if cfg.model.freeze else "full training",
         "image_policy": data.info.get("image_policy", {}),
     }
 

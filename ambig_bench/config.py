@@ -144,6 +144,11 @@ class ModelOptions:
                                        "with weights_only) or another run's directory; the head is re-initialised")
     freeze: bool = option(False, "train only the head over the frozen backbone's features, computed once per "
                                  "dataset and cached on disk (a linear probe); needs --pretrained or --weights")
+    normalize: str | None = option(None, "input normalisation: data (fitted on the training images) | imagenet | "
+                                         "MEAN,STD (per channel, in 0..1: the C means, then the C stds, e.g. "
+                                         "0.5,0.5,0.5,0.25,0.25,0.25) (default: the starting weights' own: "
+                                         "--pretrained's, a run's, or for a --weights FILE of a torchvision or timm "
+                                         "architecture its pretrained normalisation; data otherwise)")
 
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
@@ -166,13 +171,39 @@ class ModelOptions:
             raise UserError(f"--backbone-lr must be >= 0 and finite, got {self.backbone_lr}")
         if self.pretrained and self.weights:
             raise UserError("--pretrained and --weights both set the starting weights; give one of them")
+        if self.normalize is not None:
+            parse_normalize(self.normalize)
         if self.freeze and not (self.pretrained or self.weights):
             raise UserError("--freeze trains only the head, so the backbone needs weights: add --pretrained or "
                             "--weights FILE|RUN_DIR")
 
 
 MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelOptions)}
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ImageNet weights' mean and std, 0..1
+
+
+def parse_normalize(value: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """`--normalize` as per-channel (mean, std) in 0..1 units; None for `data` (fitted on the training images).
+    Anything else is a one-line UserError."""
+    if value == "data":
+        return None
+    if value == "imagenet":
+        return IMAGENET
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (2, 6):
+        raise UserError(f"--normalize must be data, imagenet or MEAN,STD (1 or 3 means, then as many stds, in 0..1), "
+                        f"got {value!r}")
+    half = len(numbers) // 2
+    mean, std = tuple(numbers[:half]), tuple(numbers[half:])
+    if not all(0 <= m <= 1 for m in mean) or not all(0 < s <= 1 for s in std):
+        raise UserError(f"--normalize {value}: means must be in [0, 1] and stds in (0, 1] (pixel values scaled to "
+                        "0..1, as torchvision and timm give them)")
+    return mean, std
 AUGMENT = ("auto", "on", "off")
+EARLY_STOPPING = ("auto", "on", "off")
 
 
 @dataclass
@@ -184,6 +215,10 @@ class TrainOptions:
                                        "random-resized crops, --crop-scale) + horizontal flips", choices=AUGMENT)
     translate: int | None = option(None, "augmentation: largest random shift, in pixels (edges mirrored; 0 = flips "
                                          "only)")
+    early_stopping: str = option("auto", "auto (on when fine-tuning from --pretrained or --weights, off otherwise) "
+                                         "| on | off: end on the weights of the epoch with the lowest validation "
+                                         "selection loss (every epoch is trained; keep-best, no patience)",
+                                 choices=EARLY_STOPPING)
 
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
@@ -192,6 +227,7 @@ class TrainOptions:
             check_choice("augment", self.augment, AUGMENT)
         if self.translate is not None:
             check_at_least("translate", self.translate, 0)
+        check_choice("early_stopping", self.early_stopping, EARLY_STOPPING)
 
 
 BATCH_RUNS = ("auto", "on", "off")
@@ -235,6 +271,12 @@ class RunConfig:
         check_between("seed", self.seed, 0, MAX_SEED)
         for group in (self.data, self.model, self.train, self.runtime):
             group.validate()
+
+    def stops_early(self) -> bool:
+        """Whether training ends on its best epoch on validation (`--early-stopping`; auto: when fine-tuning, i.e.
+        training every layer from starting weights, where the field uses it)."""
+        fine_tuning = (self.model.pretrained or bool(self.model.weights)) and not self.model.freeze
+        return self.train.early_stopping == "on" or (self.train.early_stopping == "auto" and fine_tuning)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,9 +15,10 @@ import torch
 
 from ambig_bench import __version__
 from ambig_bench.checkpoint import FORMAT, model_files
+from ambig_bench.convergence import judge
 from ambig_bench.data import LabelledImages
 from ambig_bench.metrics import evaluate, set_objective
-from ambig_bench.models import starting_weights
+from ambig_bench.models import Preprocess, normalization_source, starting_weights
 from ambig_bench.prepare import PreparedRun
 from ambig_bench.rundir import RunRecord
 from ambig_bench.strategies import Strategy
@@ -66,6 +67,13 @@ def predictions_frame(strategy: Strategy, logits: torch.Tensor, data: LabelledIm
     return pd.concat([frame, prob_cols], axis=1)
 
 
+def normalization_record(preprocess: Preprocess, source: str) -> dict:
+    """How the run's inputs were normalised, for model.json and data.json: where it came from and the per-channel
+    mean and std, in 0..1 units (the network applies them from its own weights: `Preprocess`)."""
+    return {"source": source, "mean": [round(v / 255, 6) for v in preprocess.mean.flatten().tolist()],
+            "std": [round(v / 255, 6) for v in preprocess.std.flatten().tolist()]}
+
+
 def evaluate_run(run: PreparedRun, device: torch.device, history: list[dict], train_seconds: float,
                  batched_runs: int = 1) -> RunRecord:
     """Threshold on validation, metrics on test; everything a finished run writes."""
@@ -79,15 +87,18 @@ def evaluate_run(run: PreparedRun, device: torch.device, history: list[dict], tr
     sets = strategy.predict_sets(test_logits, threshold or 0.5)
     metrics = evaluate(strategy.class_probs(test_logits), sets, strategy.ambiguity(test_logits),
                        test.label_a, test.label_b, test.share_a, test.votes)
+    converged, why = judge(history)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
-                   batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3))
+                   batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3), converged=converged,
+                   convergence=why, best_epoch=next((row["epoch"] for row in history if row.get("kept")), None))
     start = starting_weights(cfg.model)
+    normalization = normalization_record(run.model[0], normalization_source(cfg.model, start))
     weights, meta = model_files(run.model, cfg, data, strategy, threshold, tta,
-                                start.origin if start else {"weights": "random initialisation"})
+                                start.origin if start else {"weights": "random initialisation"}, normalization)
     return RunRecord(
         metrics=metrics,
         data={"class_names": data.class_names, "pairs": data.pairs, **data.info,
-              "image_shape": list(data.images.shape[1:])},
+              "image_shape": list(data.images.shape[1:]), "normalization": normalization},
         env=environment(device), history=history,
         predictions=pd.concat([predictions_frame(strategy, val_logits, val, threshold, "val"),
                                predictions_frame(strategy, test_logits, test, threshold, "test")],

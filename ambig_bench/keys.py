@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from ambig_bench.config import RunConfig
 from ambig_bench.datasets import DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import fingerprint, folder_key
-from ambig_bench.models import MODELS
+from ambig_bench.models import MODELS, settled_normalize
 from ambig_bench.options import get, in_experiment, run_label, table
 
 AUTO_PICKS = ("human", "blend")  # what --between-source auto may choose (datasets.base.pick_source)
@@ -52,6 +53,15 @@ V1: dict[str, tuple[str, ...]] = {
     "hf_image_column": ("loader", "hf", "hf_image_column"),
     "hf_label_column": ("loader", "hf", "hf_label_column"),
 }
+# Options added since V1 whose value the rest of the config settles (an `auto`): hashed as what they settle to,
+# against the value that reproduces the runs from before they existed. Early stopping settles on for fine-tuning:
+# such runs compute something new and get a new key; every other run keeps its key whether it says auto or off.
+SETTLED: dict[str, tuple[Callable[[RunConfig], Any], Any]] = {
+    "early_stopping": (lambda cfg: "on" if cfg.stops_early() else "off", "off"),
+    # A weights file of a torchvision or timm architecture now brings its pretrained normalisation (before: the
+    # data's): such runs get a new key; every other run keeps its own.
+    "normalize": (lambda cfg: settled_normalize(cfg.model), None),
+}
 # Present in every key's content even when empty (`source` under --between-source human); `loader` is there only
 # for a dataset with options.
 ALWAYS = ("data", "source", "model", "train")
@@ -69,7 +79,14 @@ def applies(path: tuple[str, ...], cfg: RunConfig) -> bool:
 
 def neutral(flag: str, cfg: RunConfig) -> Any:
     """The value of an option added since V1 that reproduces what runs computed before it existed."""
+    if flag in SETTLED:
+        return SETTLED[flag][1]
     return MODELS.get(cfg.model.name).recipe.option_defaults().get(flag, table()[flag].default)
+
+
+def settled(flag: str, cfg: RunConfig) -> Any:
+    """The value an option added since V1 takes in the run: as given, or as the config settles it (`SETTLED`)."""
+    return SETTLED[flag][0](cfg) if flag in SETTLED else get(cfg, flag)
 
 
 def key_content(cfg: RunConfig) -> dict[str, Any]:
@@ -84,7 +101,7 @@ def key_content(cfg: RunConfig) -> dict[str, Any]:
                 for part in parents:
                     node = node.setdefault(part, {})
                 node[leaf] = get(cfg, flag)
-        elif in_experiment(opt) and applies(opt.path, cfg) and (value := get(cfg, flag)) != neutral(flag, cfg):
+        elif in_experiment(opt) and applies(opt.path, cfg) and (value := settled(flag, cfg)) != neutral(flag, cfg):
             added[flag] = value
     if added:
         content["options"] = added

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ambig_bench.config import ModelOptions
+from ambig_bench.config import IMAGENET, ModelOptions, parse_normalize
 from ambig_bench.errors import UserError
 from ambig_bench.registry import Registry
-from ambig_bench.weights import Start, pretrained_start, read_start
+from ambig_bench.weights import Start, is_run, pretrained_start, read_start
 
 ModelFactory = Callable[[int, int, int, int], nn.Module]  # (in_channels, image_size, num_outputs, width)
 
@@ -90,6 +90,9 @@ class ModelEntry:
     input_size: int | None = None  # the size its standard weights were trained at (None: any size)
     rgb: bool = False  # it takes 3 channels, so grey images are repeated into RGB
     widenable: bool = True  # `batched.widen` can fuse copies of it (plain conv/BN/linear layers)
+    # The architecture's pretrained normalisation, (mean, std) in 0..1, for weights given as a file (torchvision's
+    # weights transforms, timm's pretrained_cfg); None: an architecture without standard weights.
+    pretrained_normalization: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]] | None = None
     name: str = ""  # filled in by the registry
 
     def __post_init__(self) -> None:
@@ -114,19 +117,24 @@ def timm_family(name: str) -> ModelEntry | None:
 
     factory.__doc__ = f"timm {architecture}: head replaced; --pretrained for timm's default weights"
     pretrained = timm.get_pretrained_cfg(architecture)
+
+    def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return (tuple(pretrained.mean), tuple(pretrained.std)) if pretrained else IMAGENET
+
     return ModelEntry(factory, fine_tune(1e-3), pretrained.input_size[-1] if pretrained else 224, rgb=True,
-                      widenable=False)
+                      widenable=False, pretrained_normalization=normalization)
 
 
 MODELS: Registry[ModelEntry] = Registry("model", timm_family)
 
 
 def register_model(name: str, recipe: Recipe, input_size: int | None = None, rgb: bool = False,
-                   widenable: bool = True) -> Callable[[ModelFactory], ModelFactory]:
+                   widenable: bool = True, pretrained_normalization: Callable | None = None
+                   ) -> Callable[[ModelFactory], ModelFactory]:
     """Register a network factory with its recipe and what it takes (`ModelEntry`)."""
 
     def add(factory: ModelFactory) -> ModelFactory:
-        MODELS.register(name)(ModelEntry(factory, recipe, input_size, rgb, widenable))
+        MODELS.register(name)(ModelEntry(factory, recipe, input_size, rgb, widenable, pretrained_normalization))
         return factory
 
     return add
@@ -306,8 +314,19 @@ def torchvision_backbone(architecture: str) -> ModelFactory:
     return factory
 
 
+def torchvision_normalization(architecture: str) -> Callable[[], tuple[tuple[float, ...], tuple[float, ...]]]:
+    def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from torchvision.models import get_model_weights
+
+        transform = get_model_weights(architecture).DEFAULT.transforms()  # ImageNet's, for every classifier
+        return tuple(transform.mean), tuple(transform.std)
+
+    return normalization
+
+
 for _arch, _lr in BACKBONES.items():
-    register_model(_arch, fine_tune(_lr), input_size=224, rgb=True, widenable=False)(torchvision_backbone(_arch))
+    register_model(_arch, fine_tune(_lr), input_size=224, rgb=True, widenable=False,
+                   pretrained_normalization=torchvision_normalization(_arch))(torchvision_backbone(_arch))
 
 
 def load_start(net: nn.Module, start: Start, name: str) -> None:
@@ -342,6 +361,49 @@ def starting_weights(options: ModelOptions) -> Start | None:
     return pretrained_start(options.name)
 
 
+def settled_normalize(options: ModelOptions) -> str | None:
+    """`--normalize` as the run uses it: as given; unset for a weights file (not a run) of an architecture with a
+    pretrained normalisation, that normalisation (`imagenet`, or its MEAN,STD); else None (the starting weights'
+    own, or the data's)."""
+    if options.normalize is not None:
+        return options.normalize
+    entry = MODELS.get(options.name)
+    if not options.weights or is_run(options.weights) or entry.pretrained_normalization is None:
+        return None
+    mean, std = entry.pretrained_normalization()
+    if (mean, std) == IMAGENET:
+        return "imagenet"
+    return ",".join(f"{v:g}" for v in (*mean, *std))
+
+
+def normalization_source(options: ModelOptions, start: Start | None) -> str:
+    """Where a run's input normalisation comes from: `data` (fitted on its training images), `starting weights`
+    (--pretrained's, a run's), or the settled --normalize (`imagenet`, MEAN,STD)."""
+    settled = settled_normalize(options)
+    if settled is not None:
+        return settled
+    return "starting weights" if start is not None and start.mean is not None else "data"
+
+
+def preprocess_for(normalization: str, train_images: torch.Tensor, start: Start | None, in_channels: int
+                   ) -> Preprocess:
+    """The Preprocess a `normalization_source` gives, for a network taking `in_channels` channels (3 for an RGB
+    network: one grey channel's values broadcast to all three)."""
+    if normalization == "starting weights":
+        preprocess = Preprocess(start.mean.float(), start.std.float())
+    elif (given := parse_normalize(normalization)) is None:
+        preprocess = Preprocess.fit(train_images)
+    else:
+        preprocess = Preprocess(torch.tensor(given[0]) * 255, torch.tensor(given[1]) * 255)
+    channels = preprocess.mean.numel()
+    if channels == 1 and in_channels == 3:
+        return Preprocess(preprocess.mean.flatten().repeat(3), preprocess.std.flatten().repeat(3))
+    if channels != in_channels:
+        raise UserError(f"input normalisation {normalization!r} has {channels} channels, but the network takes "
+                        f"{in_channels}; --normalize sets it")
+    return preprocess
+
+
 def build_model(name: str, in_channels: int, image_size: int, num_outputs: int, width: int) -> nn.Module:
     return MODELS.get(name).factory(in_channels, image_size, num_outputs, width)
 
@@ -350,20 +412,17 @@ FIT_IMAGES = 5000  # training images that data-fitted layers (whitening) look at
 
 
 def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width: int, start: Start | None = None,
-                  backbone_lr: float = 1.0) -> nn.Sequential:
-    """Preprocess, then the network. From scratch: Preprocess fitted on the uint8 training images and data-fitted
-    layers fitted too. From `start`: its weights (all but the head), its normalisation when it has one, and its
-    layers' learning rate at `backbone_lr` times the head's (`lr_share`, read by train.make_optimizer)."""
+                  backbone_lr: float = 1.0, normalization: str | None = None) -> nn.Sequential:
+    """Preprocess, then the network. From scratch: data-fitted layers fitted on the training images. From `start`:
+    its weights (all but the head), and its layers' learning rate at `backbone_lr` times the head's (`lr_share`,
+    read by train.make_optimizer). Preprocess as `normalization` says (`normalization_source`; None: the starting
+    weights' own when they have one, else fitted on the uint8 training images)."""
     _, channels, size, _ = train_images.shape
     entry = MODELS.get(name)
     net = build_model(name, channels, size, num_outputs, width)
-    if start is not None and start.mean is not None:
-        preprocess = Preprocess(start.mean.float(), start.std.float())
-    else:
-        preprocess = Preprocess.fit(train_images)
-    if entry.rgb and preprocess.mean.numel() == 1:
-        # One grey channel normalised, then broadcast against 3: grey images enter an RGB network as RGB.
-        preprocess = Preprocess(preprocess.mean.flatten().repeat(3), preprocess.std.flatten().repeat(3))
+    normalization = normalization or ("starting weights" if start is not None and start.mean is not None else "data")
+    # Grey images enter an RGB network as RGB: one grey channel's normalisation broadcast against 3.
+    preprocess = preprocess_for(normalization, train_images, start, 3 if entry.rgb else channels)
     if start is not None:
         load_start(net, start, name)
         head = net.get_submodule(head_name(net))

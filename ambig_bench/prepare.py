@@ -31,7 +31,7 @@ from ambig_bench.datasets.base import split_and_label
 from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.features import probe
 from ambig_bench.keys import data_fingerprint, experiment_key
-from ambig_bench.models import build_network, starting_weights
+from ambig_bench.models import build_network, normalization_source, starting_weights
 from ambig_bench.options import strategy_options
 from ambig_bench.strategies import STRATEGIES, Strategy
 from ambig_bench.train import device_layout, fit_reference, pick_device
@@ -80,8 +80,9 @@ def untrained(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tup
     weights); starting weights that are missing or do not fit fail here."""
     strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs, strategy_options(cfg))
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
-    model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width,
-                          starting_weights(cfg.model), cfg.model.backbone_lr)
+    start = starting_weights(cfg.model)
+    model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width, start,
+                          cfg.model.backbone_lr, normalization_source(cfg.model, start))
     return strategy, device_layout(model.to(device), device)
 
 

@@ -28,10 +28,11 @@ from ambig_bench.batched import batching_on
 from ambig_bench.config import RunConfig
 from ambig_bench.errors import RunFailed
 from ambig_bench.evaluation import evaluate_run
-from ambig_bench.prepare import Group, groups_of, prepare_run
+from ambig_bench.metrics import selection_loss
+from ambig_bench.prepare import Group, PreparedRun, groups_of, prepare_run
 from ambig_bench.rundir import RunRecord
 from ambig_bench.store import Claim, RunResult, RunStore, Status
-from ambig_bench.train import Job, pick_device, train
+from ambig_bench.train import Job, Validation, pick_device, train
 
 Outcome = RunRecord | str  # a trained run's record, or why it failed
 
@@ -75,6 +76,16 @@ def failure_reason(error: Exception, cfg: RunConfig, together: int = 1) -> str:
     return f"CUDA out of memory at batch size {cfg.model.batch_size}; {advice}"
 
 
+def validation(run: PreparedRun) -> Validation | None:
+    """The run's validation split, scored by the one criterion for every strategy (`metrics.selection_loss` of its
+    class probabilities); None when the split is empty."""
+    val, images = run.data.subset("val"), run.inputs.subset("val").images
+    if not len(images):
+        return None
+    return Validation(images, lambda logits: selection_loss(run.strategy.class_probs(logits), val.label_a,
+                                                             val.label_b))
+
+
 def train_group(group: Group, device: torch.device, reporter: Reporter | None, names: list[str]) -> list[Outcome]:
     """Train a group's runs in one loop, then evaluate each; `names` are the runs' directory names (progress)."""
     runs, cfg = group.runs, group.runs[0].recipe
@@ -82,7 +93,7 @@ def train_group(group: Group, device: torch.device, reporter: Reporter | None, n
         # Progress shows the first run's loss: the group's runs share every step but not their losses.
         reporter.start_run(f"{len(runs)} runs together, {names[0]}" if len(runs) > 1 else names[0], cfg.train.epochs)
     jobs = [Job(run.trainable, run.strategy, run.inputs.subset("train"), run.config.seed,
-                reporter.epoch if reporter and i == 0 else None) for i, run in enumerate(runs)]
+                reporter.epoch if reporter and i == 0 else None, validation(run)) for i, run in enumerate(runs)]
     started = time.perf_counter()
     try:
         outcomes = train(jobs, cfg, device, group.module)

@@ -1,9 +1,14 @@
 """The training loop, identical for every strategy: read it top to bottom.
 
 The whole training set lives on the device as uint8; batches are formed by indexing, normalised and
-augmented on the device, and the loss is only read back once per epoch (no per-step host sync).
+augmented on the device, and the loss is only read back once per epoch (no per-step host sync): at the epoch's
+end, beside one pass over the validation split that scores the epoch by the strategy-neutral criterion
+(`Validation`, `metrics.selection_loss`), recorded in the history as `val_loss`.
 
-One loop trains one run or several at once (the grouped wide network of `batched.py`).
+One loop trains one run or several at once (the grouped wide network of `batched.py`). Early stopping
+(`--early-stopping`, on by default for fine-tuning from starting weights) is keep-best: every run trains all its
+epochs, with the same schedule, and ends on the weights of its epoch with the lowest validation criterion
+(`KeepBest`); the history marks that epoch `kept`. There is no patience to tune, and one rule for every strategy.
 
 >>> from ambig_bench.options import build
 >>> from ambig_bench.runner import run_experiment      # the usual way in: data, training, evaluation
@@ -221,14 +226,82 @@ class Lookahead:
 
 
 @dataclass
+class Validation:
+    """A run's validation images as its trainable part sees them, and the criterion that scores its logits on them
+    (lower is better): `metrics.selection_loss` of the strategy's class probabilities, the same for every strategy,
+    given by the caller (the loop knows no metric)."""
+
+    images: torch.Tensor
+    score: Callable[[torch.Tensor], float]
+
+
+@dataclass
 class Job:
-    """One run to train: its network (already on the device), strategy, training split and seed."""
+    """One run to train: its network (already on the device), strategy, training split and seed, and its validation
+    split (None: no `val_loss`, no early stopping)."""
 
     model: nn.Module
     strategy: Strategy
     data: LabelledImages
     seed: int
     on_epoch: EpochCallback | None = None
+    val: Validation | None = None
+
+
+def run_part(wide: torch.Tensor, single: torch.Size, m: int, count: int) -> torch.Tensor:
+    """Run m's part (a view) of a tensor of the wide network of `count` runs (`batched.widen`), whose run's own
+    tensor has shape `single`: the first axis that grew count-fold (dim 1 for Preprocess's 1×C×1×1 buffers);
+    GroupedLinear keeps a separate leading model axis. A network of one run is its own part."""
+    if count == 1:
+        return wide
+    grown = [d for d in range(len(single)) if wide.dim() == len(single) and wide.shape[d] == count * single[d]]
+    return wide.chunk(count, dim=grown[0] if grown else 0)[m]
+
+
+def validation_losses(module: nn.Module, jobs: list[Job], device: torch.device) -> list[float | None]:
+    """Each run's validation criterion for the module as it is now: one eval pass over every run's validation
+    images at once (for a wide network, each run's images in its own channel block, shorter splits padded by
+    repeating images), without test-time views."""
+    if any(job.val is None for job in jobs):
+        return [None] * len(jobs)
+    sizes = [len(job.val.images) for job in jobs]
+    n = max(sizes)
+    padded = [job.val.images[torch.arange(n) % len(job.val.images)] for job in jobs]
+    x = padded[0] if len(jobs) == 1 else torch.stack(padded, 1).flatten(1, 2)
+    logits = predict_logits(module, x, device).view(n, len(jobs), -1)
+    return [job.val.score(logits[:size, m]) for m, (job, size) in enumerate(zip(jobs, sizes, strict=True))]
+
+
+class KeepBest:
+    """Early stopping, keep-best: each run's weights (and BatchNorm statistics) of its epoch with the lowest
+    validation criterion, held in one copy of the trained module's state; in a wide network each run's part is its
+    own (`run_part`). `restore` puts each run's best back at the end."""
+
+    def __init__(self, module: nn.Module, jobs: list[Job]) -> None:
+        self.live = {k: t for k, t in module.state_dict().items() if t.is_floating_point()}
+        self.kept = {k: t.clone() for k, t in self.live.items()}
+        self.shapes = [job.model.state_dict() for job in jobs]
+        self.best = [math.inf] * len(jobs)
+        self.epoch: list[int | None] = [None] * len(jobs)
+
+    @torch.no_grad()
+    def offer(self, m: int, epoch: int, loss: float) -> None:
+        if not loss < self.best[m]:  # NaN never wins
+            return
+        self.best[m], self.epoch[m] = loss, epoch
+        self.copy(m, self.live, self.kept)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for m, epoch in enumerate(self.epoch):
+            if epoch is not None:
+                self.copy(m, self.kept, self.live)
+
+    def copy(self, m: int, source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> None:
+        count = len(self.shapes)
+        for name, tensor in target.items():
+            shape = self.shapes[m][name].shape
+            run_part(tensor, shape, m, count).copy_(run_part(source[name], shape, m, count))
 
 
 def resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -269,6 +342,7 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
     lookahead = Lookahead(module, MODELS.get(cfg.model.name).recipe) if cfg.model.lookahead == "on" else None
     batch_size, epochs = cfg.model.batch_size, cfg.train.epochs
     histories: list[list[dict] | str] = [[] for _ in jobs]
+    keep = KeepBest(module, jobs) if cfg.stops_early() and all(job.val is not None for job in jobs) else None
     for epoch in range(epochs):
         module.train()
         # Targets are drawn per epoch (reassign redraws its labels, duplicate adds copies).
@@ -306,20 +380,29 @@ def train(jobs: list[Job], cfg: RunConfig, device: torch.device, module: nn.Modu
             if lookahead:
                 lookahead.step(epoch * n_steps + step + 1, epochs * n_steps)
             loss_sums += losses.detach() * len(x)
-        means = (loss_sums / n_images).tolist()  # the one host sync per epoch
-        for m, (job, mean_loss) in enumerate(zip(jobs, means, strict=True)):
+        if lookahead and epoch == epochs - 1:
+            lookahead.finish()  # the last epoch is scored (and kept) on the weights training ends with
+        means = (loss_sums / n_images).tolist()  # the one host sync per epoch, with the validation pass
+        val_losses = validation_losses(module, jobs, device)
+        for m, (job, mean_loss, val_loss) in enumerate(zip(jobs, means, val_losses, strict=True)):
             if isinstance(histories[m], str):
                 continue
             if not math.isfinite(mean_loss):
                 histories[m] = failure(mean_loss, epoch + 1)
                 continue
-            histories[m].append({"epoch": epoch + 1, "train_loss": mean_loss, "train_images": n_images})
+            row = {"epoch": epoch + 1, "train_loss": mean_loss, "train_images": n_images}
+            histories[m].append(row if val_loss is None else {**row, "val_loss": val_loss})
+            if keep:
+                keep.offer(m, epoch + 1, val_loss)
             if job.on_epoch:
                 job.on_epoch(epoch + 1, mean_loss)
         if all(isinstance(h, str) for h in histories):
             break
-    if lookahead:
-        lookahead.finish()
+    if keep:
+        keep.restore()
+        for history, kept in zip(histories, keep.epoch, strict=True):
+            for row in history if isinstance(history, list) else ():
+                row["kept"] = row["epoch"] == kept
     return histories
 
 

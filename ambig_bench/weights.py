@@ -99,10 +99,15 @@ def from_run(run_dir: Path) -> Start:
     return Start(net, state.get(PREPROCESS + "mean"), state.get(PREPROCESS + "std"), origin)
 
 
+def is_run(path: str) -> bool:
+    """Whether `--weights PATH` names another run's directory (rather than a weights file)."""
+    return (Path(path).expanduser() / "model.safetensors").is_file()
+
+
 @cache
 def _read_start(path: str, mtime_ns: int) -> Start:
     p = Path(path)
-    if (p / "model.safetensors").is_file():
+    if is_run(path):
         return from_run(p)
     return Start(read_tensors(p), origin={"weights": "file", "path": str(p.resolve()), "sha256": sha256(p)})
 
@@ -112,7 +117,7 @@ def read_start(path: str) -> Start:
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"--weights {path}: no such file or run directory")
-    target = p / "model.safetensors" if (p / "model.safetensors").is_file() else p
+    target = p / "model.safetensors" if is_run(path) else p
     return _read_start(str(p), target.stat().st_mtime_ns)
 
 

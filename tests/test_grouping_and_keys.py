@@ -87,7 +87,9 @@ RELEASE_0_1_0_KEYS = {
     (("epochs", 1), ("width", 4)): "ad8e9cb4",
     (("model", "fast-cifar"),): "609e577f",
     (("model", "resnet18"),): "d5ed8002",
-    (("model", "resnet18"), ("pretrained", True)): "4aa3aeda",
+    # Fine-tuning from pretrained weights now stops early by default (a new computation, a new key); asked for
+    # without early stopping, it is the run release 0.1.0 computed.
+    (("model", "resnet18"), ("pretrained", True), ("early_stopping", "off")): "4aa3aeda",
     (("between_source", "human"),): "4db1e7c5",
     (("between_source", "natural"), ("natural_folds", 4)): "f861251c",
     (("augment", "on"), ("translate", 3)): "96b42870",
@@ -136,3 +138,13 @@ def test_a_new_option_that_changes_runs_changes_the_key(blend_with_a_new_option)
     assert experiment_key(options.build({**dict(human), "blend_curve": "cubic"})) == RELEASE_0_1_0_KEYS[human], \
         "an option of a source the run does not use"
     assert experiment_key(options.build({"lr": 0.01})) != RELEASE_0_1_0_KEYS[()], "an option of release 0.1.0"
+
+
+def test_early_stopping_re_keys_only_the_runs_whose_computation_it_changes():
+    fine_tune = {"model": "resnet18", "pretrained": True}
+    assert experiment_key(options.build(fine_tune)) != experiment_key(options.build({**fine_tune,
+                                                                                     "early_stopping": "off"}))
+    for given in ({}, {"model": "resnet18", "pretrained": True, "freeze": True}):  # off under auto: as before
+        assert experiment_key(options.build({**given, "early_stopping": "off"})) == experiment_key(
+            options.build(given))
+    assert experiment_key(options.build({"early_stopping": "on"})) != RELEASE_0_1_0_KEYS[()]
