@@ -223,7 +223,8 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
     lines = mixed + [f"{text}: {', '.join(kinds[k])}." for k, text in (
         ("winning", f"Significantly better than {baseline} on at least one metric and worse on none"),
         ("losing", f"Significantly worse than {baseline} on at least one metric and better on none"),
-        ("same", f"No significant difference from {baseline} on any ranked metric")) if kinds[k]]
+        ("same", f"No significant difference of at least its margin from {baseline} on any ranked metric"))
+        if kinds[k]]
     return pd.DataFrame(rows), lines
 
 

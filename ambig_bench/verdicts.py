@@ -30,7 +30,7 @@ from ambig_bench.stats import min_holm_p, paired_comparison, sample_size
 ALPHA = 0.05  # significance level of every paired test
 CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
 IMAGES = {"clear_acc": "clear-cut", "between_set_acc": "in-between", "ece": "clear-cut"}  # the images a metric is on
-FIX = "raise --epochs"  # what an unconverged run's reason suggests when it names no fix of its own
+FIX = "raise --epochs"  # the fix for an unconverged run that records no reason
 
 
 def and_join(items: list[str]) -> str:
@@ -158,9 +158,11 @@ def leads(comparison: Comparison) -> pd.DataFrame:
 
 
 def fix(reason: object) -> str:
-    """The fix an unconverged run's reason names after its last colon ('...: raise --epochs'), else FIX."""
-    text = str(reason) if isinstance(reason, str) else ""
-    return text.rsplit(": ", 1)[1] if ": " in text else FIX
+    """The fix an unconverged run's reason names after its last colon ('...: raise --epochs'); a reason without
+    one as it is; FIX where the run records none."""
+    if not isinstance(reason, str) or not reason.strip():
+        return FIX
+    return reason.rsplit(": ", 1)[1] if ": " in reason else reason
 
 
 def flags(comparison: Comparison) -> list[str]:

@@ -22,7 +22,7 @@ from ambig_bench.images import ONCE, REPEATED
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
 from ambig_bench.report import report, setup_table
 from ambig_bench.stats import sample_size
-from ambig_bench.verdicts import judge, lead_row
+from ambig_bench.verdicts import fix, judge, lead_row
 from tests.fake_runs import NOT_CONVERGED, fake_run_dir, run_record
 
 CLASSES = 4
@@ -193,6 +193,14 @@ def test_converged_runs_name_the_winner_and_old_runs_are_unknown_without_blockin
     assert lead_row(c, {}, "clear-cut accuracy", "clear_acc")["answer"].startswith("**soft** is better by 0.100")
     lines = [line for line in comparison_markdown(c).splitlines() if "converged" in line]
     assert lines == ["- 16 of 16 runs do not record whether they converged (written by an older version): unknown."]
+
+
+@pytest.mark.parametrize("reason, expected", [
+    (NOT_CONVERGED, "raise --epochs"), ("validation loss still improving at epoch 30: raise --epochs or --lr", "raise "
+     "--epochs or --lr"), ("L-BFGS reached its iteration limit", "L-BFGS reached its iteration limit"),
+    (None, "raise --epochs"), (math.nan, "raise --epochs")])
+def test_the_fix_is_the_recorded_reasons_own(reason, expected):
+    assert fix(reason) == expected
 
 
 # -- honest flags ----------------------------------------------------------------------------------------------
