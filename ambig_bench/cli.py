@@ -280,7 +280,8 @@ def compare(
 
     check_compare_format(fmt)
     comparison = do_compare(results_dir, baseline, margin)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv, paired.csv and paired_images.csv",
+              highlight=False, markup=False)
     if fmt == "json":
         print(comparison_json(comparison), end="")
         return

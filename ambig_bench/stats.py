@@ -147,7 +147,7 @@ def bootstrap_difference(statistic, n: int, clusters: ArrayLike | None = None, l
     `clusters` (one label per row), whole clusters with all their rows. Returns the difference on every row once
     (`diff`), its percentile 95% interval (`low`, `high`), the 90% one that equivalence is judged by (`low90`,
     `high90`), the bootstrap standard error (`se`) and a two-sided p-value (how often the resampled difference
-    falls on the other side of zero, doubled)."""
+    falls on the other side of zero, doubled; at least 1 / n_boot)."""
     rng = np.random.default_rng(seed)
     if clusters is None:
         member, k = np.arange(n), n
@@ -159,7 +159,8 @@ def bootstrap_difference(statistic, n: int, clusters: ArrayLike | None = None, l
     diff = float(np.asarray(statistic(np.ones((1, n))), float)[0])
     tail = (1 - level) / 2
     low, high, low90, high90 = np.quantile(boot, [tail, 1 - tail, 0.05, 0.95])
-    p = 1.0 if np.ptp(boot) == 0 else min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    # A side no resample reached says p < 1/n_boot, not p = 0: the resolution of n_boot resamples.
+    p = 1.0 if np.ptp(boot) == 0 else min(1.0, max(2 * min(np.mean(boot <= 0), np.mean(boot >= 0)), 1 / n_boot))
     return {"diff": diff, "low": float(low), "high": float(high), "low90": float(low90), "high90": float(high90),
             "se": float(boot.std(ddof=1)), "p": float(p)}
 

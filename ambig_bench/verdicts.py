@@ -178,8 +178,8 @@ def flags(comparison: Comparison) -> list[str]:
                      "named for a criterion whose strategies include them.")
     unknown = (done["converged"].isna() if "converged" in done else pd.Series(True, index=done.index))
     if unknown.any():
-        lines.append(f"{int(unknown.sum())} of {len(done)} runs do not record whether they converged (written by an "
-                     "older version): unknown.")
+        lines.append(f"{int(unknown.sum())} of {len(done)} runs do not record whether they converged (written before "
+                     "runs recorded it): unknown.")
     for where, _ in split_groups(done, comparison.group_by):
         at = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in where.items())
         for strategy, pool in comparison.pools(where).items():

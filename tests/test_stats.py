@@ -284,6 +284,8 @@ def test_bootstrap_difference_over_rows_and_clusters():
     values = np.repeat([0.0, 1.0], 5)
     boot = bootstrap_difference(lambda w: w @ values / w.sum(1), 10, clusters=np.repeat([7, 3], 5), n_boot=500)
     assert boot["low"] == 0.0 and boot["high"] == 1.0
+    # Every resample on one side of zero: p is bounded by the resolution of the resamples, not 0.
+    assert bootstrap_difference(lambda w: w @ (d + 5) / w.sum(1), d.size, n_boot=500)["p"] == 1 / 500
     assert bootstrap_difference(lambda w: 0.0 * w.sum(1), 5)["p"] == 1.0
 
 

@@ -192,7 +192,7 @@ def test_converged_runs_name_the_winner_and_old_runs_are_unknown_without_blockin
     c = compare(tmp_path / "old")
     assert lead_row(c, {}, "clear-cut accuracy", "clear_acc")["answer"].startswith("**soft** is better by 0.100")
     lines = [line for line in comparison_markdown(c).splitlines() if "converged" in line]
-    assert lines == ["- 16 of 16 runs do not record whether they converged (written by an older version): unknown."]
+    assert lines == ["- 16 of 16 runs do not record whether they converged (written before runs recorded it): unknown."]
 
 
 @pytest.mark.parametrize("reason, expected", [
