@@ -204,6 +204,7 @@ def test_the_fix_is_the_recorded_reasons_own(reason, expected):
 
 
 # -- honest flags ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_strategy_that_never_answers_a_or_b_is_named(tmp_path):
     for seed in range(3):
         right = np.arange(20) % 3 > 0
