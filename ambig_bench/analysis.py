@@ -1,8 +1,10 @@
 """The analysis of a results directory: its runs, one summary row per strategy, paired tests, ranks; no files.
 
 Every metric is summarised as mean and 95% CI over seeds; against a baseline strategy (default `soft`), every
-metric's difference is paired by seed, with a bootstrap CI and a Holm-corrected paired test; a rank table shares
-ranks where CIs overlap. `compare` renders and writes it; `report` and `sweep` read it without writing it.
+metric's difference is paired by seed, with a bootstrap CI, a Holm-corrected paired test and an equivalence test
+against the metric's margin (MARGINS, `--margin`); the criteria's metrics are also paired image by image
+(ambig_bench.images); a rank table shares ranks where CIs overlap. `compare` renders and writes it; `report` and
+`sweep` read it without writing it.
 
 >>> c = analyse("results/demo", baseline="soft")  # doctest: +SKIP
 >>> c.summary[["strategy", "n_seeds", "clear_acc_mean"]]  # doctest: +SKIP
@@ -21,6 +23,7 @@ import pandas as pd
 
 from ambig_bench.calibration import conformal_summary
 from ambig_bench.errors import UserError
+from ambig_bench.images import PER_IMAGE, image_comparison, outcomes
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
 from ambig_bench.options import outside_experiment, strategy_label
 from ambig_bench.rundir import RunDir, list_runs
@@ -30,6 +33,13 @@ CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss
 ABSENT = "(absent)"  # a config field that a run written by an older version lacks
 DEFAULT = "(default)"  # a config field left unset (null): the model's or the dataset's own value
 DEFAULT_BASELINE = "soft"
+ACCURACIES = ("clear_acc", "clear_set_acc", "between_set_acc", "between_top2")  # what `--margin 0.01` sets
+# The margin δ per metric: a difference smaller than δ is too small to matter. Two points of accuracy; one of ECE
+# (its typical spread between strategies is a few points); 0.05 nats of NLL or cross-entropy; two points of the
+# other fractions (probability mass, balance, AUROC).
+MARGINS = {"clear_acc": 0.02, "clear_set_acc": 0.02, "nll": 0.05, "ece": 0.01, "between_set_acc": 0.02,
+           "between_top2": 0.02, "between_mass": 0.02, "between_balance": 0.02, "between_balance_err": 0.02,
+           "ambiguity_auroc": 0.02, "human_ce": 0.05}
 
 
 @dataclass
@@ -43,6 +53,9 @@ class Comparison:
     options: list[str]  # every config field of the runs, by its flat (option) name, in config.json's order
     baseline: str  # the strategy every other one is compared with
     run_dirs: dict[str, RunDir]  # the run directories by run name (the `run` column)
+    margins: dict[str, float]  # the margin δ per metric (MARGINS, or as --margin set them)
+    outcomes: dict[str, pd.DataFrame]  # per finished run with predictions: its test images' outcomes (images.py)
+    images: pd.DataFrame  # one row per (group, strategy, metric of PER_IMAGE): paired by image against the baseline
 
     @property
     def done(self) -> pd.DataFrame:
@@ -53,7 +66,52 @@ class Comparison:
         """The paired tests of every other strategy against `strategy` (empty where it has no runs or is alone)."""
         if strategy not in set(self.runs.strategy) or self.runs.strategy.nunique() < 2:
             return pd.DataFrame()
-        return self.paired if strategy == self.baseline else paired_all(self.runs, self.group_by, strategy)
+        if strategy == self.baseline:
+            return self.paired
+        return paired_all(self.runs, self.group_by, strategy, self.margins)
+
+    def pools(self, where: dict) -> dict[str, dict[int, pd.DataFrame]]:
+        """The test images' outcomes of the finished runs of one group: strategy -> seed -> outcomes."""
+        part = select(self.done, where)
+        return {s: {int(r.seed): self.outcomes[r.run] for r in g.itertuples() if r.run in self.outcomes}
+                for s, g in part.groupby("strategy", sort=False)}
+
+
+def parse_margins(text: str | float | None) -> dict[str, float]:
+    """`--margin`: one number for every accuracy (ACCURACIES), or METRIC=VALUE,... (e.g. clear_acc=0.01,ece=0.005;
+    `clear-acc` spelt with a dash works too); the other metrics keep MARGINS' defaults."""
+    if text is None:
+        return dict(MARGINS)
+    text = str(text)
+    items = [item.strip() for item in text.split(",")]
+    if len(items) == 1 and "=" not in items[0]:
+        pairs = [(m, items[0]) for m in ACCURACIES]
+    else:
+        pairs = [tuple(part.strip() for part in item.partition("=")[::2]) for item in items]
+    margins = dict(MARGINS)
+    for name, value in pairs:
+        metric = name.replace("-", "_")
+        if metric not in MARGINS:
+            raise UserError(f"--margin {text}: unknown metric {name!r}; one of {', '.join(MARGINS)} (or one number "
+                            "for every accuracy)")
+        try:
+            margins[metric] = float(value)
+        except ValueError:
+            raise UserError(f"--margin {text}: {value!r} is not a number (write METRIC=VALUE,... or one "
+                            "number)") from None
+        if not 0 < margins[metric] < float("inf"):
+            raise UserError(f"--margin {text}: the margin of {metric} must be > 0, got {value}")
+    return margins
+
+
+def unconverged(runs: pd.DataFrame) -> pd.Series:
+    """Per run: its metrics.json says it had not converged (runs that do not say are not counted here)."""
+    return runs["converged"].isin([False]) if "converged" in runs else pd.Series(False, index=runs.index)
+
+
+def folds_of(runs: pd.DataFrame) -> int:
+    """The runs' --folds (0 where off, or absent in runs older than the option)."""
+    return int(pd.to_numeric(runs["folds"], errors="coerce").fillna(0).max()) if "folds" in runs else 0
 
 
 def choose_baseline(results_dir: Path, strategies: list[str], baseline: str | None) -> str:
@@ -119,7 +177,8 @@ def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     for key, group in runs.groupby(group_by + ["strategy"], sort=False):
         done = group[group.status == "done"]
         row = dict(zip(group_by + ["strategy"], key if isinstance(key, tuple) else (key,), strict=True))
-        row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()))
+        row.update(n_seeds=len(done), n_failed=int((group.status == "failed").sum()),
+                   n_unconverged=int(unconverged(done).sum()))
         for m, metric in {**METRICS, **SET_METRICS}.items():
             values = done[m].astype(float) if m in done else pd.Series(dtype=float)
             mean, low, high = mean_ci(values.to_numpy())
@@ -130,7 +189,7 @@ def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
 
 
-def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.DataFrame:
+def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str, margins: dict[str, float]) -> pd.DataFrame:
     frames = []
     done = runs[runs.status == "done"]
     for key, group in (done.groupby(group_by) if group_by else [((), done)]):
@@ -139,10 +198,23 @@ def paired_all(runs: pd.DataFrame, group_by: list[str], baseline: str) -> pd.Dat
         for m in METRICS:
             if group[m].isna().all():
                 continue
-            table = paired_comparison(group[["strategy", "seed", m]], m, baseline)
+            table = paired_comparison(group[["strategy", "seed", m]], m, baseline, margins[m])
             for name, value in zip(group_by, key if isinstance(key, tuple) else (key,), strict=True):
                 table.insert(0, name, value)
             frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def images_all(comparison: Comparison) -> pd.DataFrame:
+    """The metrics of PER_IMAGE paired image by image against the baseline, per group (empty without predictions)."""
+    frames = []
+    for where, part in split_groups(comparison.done, comparison.group_by):
+        pools = {s: p for s, p in comparison.pools(where).items() if p}
+        if comparison.baseline not in pools or len(pools) < 2:
+            continue
+        for m in PER_IMAGE:
+            table = image_comparison(pools, m, comparison.baseline, comparison.margins[m], folds_of(part))
+            frames.append(table.assign(**where)[[*where, *table.columns]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -174,19 +246,22 @@ def select(frame: pd.DataFrame, where: dict) -> pd.DataFrame:
 
 
 def worse(row: pd.Series) -> bool:
-    """A paired test's row: significantly worse than the reference of the test."""
-    return bool(row.significant) and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
+    """A paired test's row: significantly worse than the reference of the test, by at least the margin."""
+    return row.outcome == "different" and (row.diff_mean < 0) == HIGHER_IS_BETTER[row.metric]
 
 
 def better(row: pd.Series) -> bool:
-    """A paired test's row: significantly better than the reference of the test."""
-    return bool(row.significant) and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
+    """A paired test's row: significantly better than the reference of the test, by at least the margin."""
+    return row.outcome == "different" and (row.diff_mean > 0) == HIGHER_IS_BETTER[row.metric]
 
 
-def analyse(results_dir: str | Path, baseline: str | None = None) -> Comparison:
-    """Every run of `results_dir`: summary, paired tests and ranks. Reads the runs, writes nothing.
+def analyse(results_dir: str | Path, baseline: str | None = None, margins: dict[str, float] | None = None
+            ) -> Comparison:
+    """Every run of `results_dir`: summary, paired tests (across seeds and across images) and ranks. Reads the
+    runs, writes nothing.
 
-    `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first)."""
+    `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first);
+    `margins`: the margin per metric (default MARGINS, see parse_margins)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results directory not found")
@@ -198,7 +273,12 @@ def analyse(results_dir: str | Path, baseline: str | None = None) -> Comparison:
         raise UserError(f"{results_dir}: runs {', '.join(twins.run.head(2))} are the same strategy, seed and "
                         "configuration; remove one")
     baseline = choose_baseline(results_dir, list(pd.unique(runs.strategy)), baseline)
+    margins = margins or dict(MARGINS)
     summary = summarise(runs, group_by)
-    paired = paired_all(runs, group_by, baseline) if runs.strategy.nunique() > 1 else pd.DataFrame()
-    return Comparison(results_dir, runs, summary, paired, ranks_all(summary, group_by), group_by, options, baseline,
-                      run_dirs)
+    paired = paired_all(runs, group_by, baseline, margins) if runs.strategy.nunique() > 1 else pd.DataFrame()
+    done = runs[runs.status == "done"]
+    found = {name: outcomes(run_dirs[name]) for name in done.run if run_dirs[name].predictions_file.exists()}
+    comparison = Comparison(results_dir, runs, summary, paired, ranks_all(summary, group_by), group_by, options,
+                            baseline, run_dirs, margins, found, pd.DataFrame())
+    comparison.images = images_all(comparison)
+    return comparison

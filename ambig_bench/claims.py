@@ -18,15 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ambig_bench.analysis import Comparison, better, select, split_groups, worse
-from ambig_bench.compare import flag, paired_cell
+from ambig_bench.compare import flag
 from ambig_bench.options import build, flat_values, outside_experiment
 from ambig_bench.stats import min_holm_p
 from ambig_bench.strategies import STRATEGIES
+from ambig_bench.verdicts import paired_cell
 
 ALPHA = 0.05  # significance level of every paired test (compare's, via stats.paired_comparison's default)
-
-
-MARGIN = 0.02  # equivalence margin on accuracies (absolute, fraction of images)
 
 
 CLAIM_STRATEGIES = ["soft", "reassign", "duplicate", "extra-class", "multilabel"]
@@ -71,15 +69,18 @@ CLAIMS = {
 }
 
 
-def claim_rules(margin: float) -> list[str]:
+def claim_rules(margins: dict[str, float]) -> list[str]:
+    accuracy = f"±{margins['between_set_acc']:g} (between_set_acc) and ±{margins['clear_acc']:g} (clear_acc)"
     return [
         f"All tests are compare's paired tests against `soft` (per seed, strategy − soft; bootstrap 95% CI; exact "
         f"sign test below 6 seeds, Wilcoxon signed-rank from 6), Holm-corrected across the strategies of one "
-        f"between-fraction, significant at {ALPHA}. The tests of one claim are not corrected further.",
+        f"between-fraction, significant at {ALPHA}. The tests of one claim are not corrected further. "
+        f"*Significantly* below means significant and at least the metric's margin ({accuracy}): a smaller "
+        f"significant difference is negligible and counts for nothing.",
         f"**{CLAIMS['equivalent']}**: at the largest between-fraction, reassign − soft and duplicate − soft on "
         f"between_set_acc and clear_acc. *Contradicted* if any of the four differences is significant; "
-        f"*supported* if none is, all four 95% CIs lie within ±{margin} and the seeds are enough for the test to "
-        f"reach significance at all; otherwise *not decided*.",
+        f"*supported* if all four are equivalent within their margins (two one-sided t-tests at {ALPHA}) and the "
+        f"seeds are enough for the test to reach significance at all; otherwise *not decided*.",
         f"**{CLAIMS['efficient']}**: at the smallest between-fraction, reassign − soft and duplicate − soft on "
         f"between_set_acc. *Supported* if both are significantly negative; *contradicted* if either is "
         f"significantly positive; otherwise *not decided*.",
@@ -87,9 +88,6 @@ def claim_rules(margin: float) -> list[str]:
         f"*contradicted* if significantly positive at the smallest between-fraction or significantly negative at "
         f"the largest; *supported* if significantly negative at the smallest (and not contradicted); otherwise "
         f"*not decided*. The claim is supported if it is for both, contradicted if it is for either.",
-        "Best for a criterion: the strategy with the best mean, compared with every other strategy by the same "
-        "paired test (Holm across those comparisons). It is called best only if it is significantly better than "
-        "all of them; otherwise it and those not significantly worse are reported as indistinguishable.",
     ]
 
 
@@ -99,23 +97,24 @@ def lookup(paired: pd.DataFrame, where: dict, strategy: str, metric: str) -> pd.
     return rows.iloc[0] if len(rows) else None
 
 
-def judge_equivalent(paired: pd.DataFrame, largest: dict, margin: float, comparisons: int) -> tuple[str, str]:
+def judge_equivalent(paired: pd.DataFrame, largest: dict, comparisons: int) -> tuple[str, str]:
     tests = {(s, m): lookup(paired, largest, s, m) for s in ("reassign", "duplicate")
              for m in ("between_set_acc", "clear_acc")}
     missing = [f"{s}/{m}" for (s, m), r in tests.items() if r is None or np.isnan(r.diff_ci_low)]
     if missing:
         return "not decided", f"no paired test at {where_label(largest)} for {', '.join(missing)}"
     shown = "; ".join(f"{s} − soft on {m}: {paired_cell(r)}" for (s, m), r in tests.items())
-    if any(r.significant for r in tests.values()):
+    if any(r.outcome == "different" for r in tests.values()):
         return "contradicted", f"at {where_label(largest)}: {shown}"
     n = min(int(r.n_pairs) for r in tests.values())
     if min_holm_p(n, comparisons) >= ALPHA:
         return "not decided", (f"{n} seeds cannot reach significance with {comparisons} comparisons (need "
                                f"{seeds_needed(comparisons)}); at {where_label(largest)}: {shown}")
-    outside = [f"{s}/{m}" for (s, m), r in tests.items() if r.diff_ci_low < -margin or r.diff_ci_high > margin]
+    outside = [f"{s}/{m}" for (s, m), r in tests.items() if r.outcome not in ("equivalent", "negligible")]
     if outside:
-        return "not decided", f"CI beyond ±{margin} for {', '.join(outside)}; at {where_label(largest)}: {shown}"
-    return "supported", f"all within ±{margin}, none significant; at {where_label(largest)}: {shown}"
+        return "not decided", (f"not shown equivalent within the margin for {', '.join(outside)}; at "
+                               f"{where_label(largest)}: {shown}")
+    return "supported", f"all equivalent within their margins; at {where_label(largest)}: {shown}"
 
 
 def judge_efficient(paired: pd.DataFrame, smallest: dict) -> tuple[str, str]:
@@ -123,9 +122,9 @@ def judge_efficient(paired: pd.DataFrame, smallest: dict) -> tuple[str, str]:
     if any(r is None for r in tests.values()):
         return "not decided", f"reassign and duplicate both need runs at {where_label(smallest)}"
     shown = "; ".join(f"{s} − soft on between_set_acc: {paired_cell(r)}" for s, r in tests.items())
-    if any(r.significant and r.diff_mean > 0 for r in tests.values()):
+    if any(better(r) for r in tests.values()):
         return "contradicted", f"at {where_label(smallest)}: {shown}"
-    if all(r.significant and r.diff_mean < 0 for r in tests.values()):
+    if all(worse(r) for r in tests.values()):
         return "supported", f"at {where_label(smallest)}: {shown}"
     return "not decided", f"at {where_label(smallest)}: {shown}"
 
@@ -138,9 +137,9 @@ def judge_rare(paired: pd.DataFrame, smallest: dict, largest: dict) -> tuple[str
             verdicts.append("not decided")
             shown.append(f"{s}: needs runs at both ends")
             continue
-        if (low.significant and low.diff_mean > 0) or (high.significant and high.diff_mean < 0):
+        if better(low) or worse(high):
             verdicts.append("contradicted")
-        elif low.significant and low.diff_mean < 0:
+        elif worse(low):
             verdicts.append("supported")
         else:
             verdicts.append("not decided")
@@ -176,7 +175,7 @@ def judge_alternatives(runs: pd.DataFrame, paired_soft: pd.DataFrame, group_by: 
             losses = [f"{t.metric} {paired_cell(t)}" for t in tested if worse(t)]
             verdict = ("no `soft` runs to compare with" if not tested else
                        "a trade-off" if wins and losses else "better" if wins else "worse" if losses else
-                       "no significant difference")
+                       "no difference beyond the margin")
             rows.append(where | {"strategy": strategy, "what it changes": described[base_strategy(strategy)],
                                  "against soft": verdict, "better on": "; ".join(wins) or "–",
                                  "worse on": "; ".join(losses) or "–"})
@@ -204,7 +203,7 @@ def sweep_command(comparison: Comparison) -> str:
                      f"--out results/{comparison.results_dir.name}-sweep"])
 
 
-def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: float) -> list[Judgement]:
+def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame) -> list[Judgement]:
     """The three claims per slice of the other swept options ("needs a sweep" without a between-fraction sweep)."""
     sources = sorted(set(comparison.runs.between_source))
     if sources != ["blend"]:
@@ -228,7 +227,7 @@ def judge_claims(comparison: Comparison, paired_soft: pd.DataFrame, margin: floa
             continue
         smallest, largest = where | {"between_fraction": fractions[0]}, where | {"between_fraction": fractions[-1]}
         comparisons = int(select(part, largest).strategy.nunique()) - 1
-        results = {"equivalent": judge_equivalent(paired_soft, largest, margin, comparisons),
+        results = {"equivalent": judge_equivalent(paired_soft, largest, comparisons),
                    "efficient": judge_efficient(paired_soft, smallest),
                    "rare": judge_rare(paired_soft, smallest, largest)}
         verdicts += [Judgement(k, CLAIMS[k], where_label(where), v, e, figure) for k, (v, e) in results.items()]

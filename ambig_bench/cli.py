@@ -250,6 +250,12 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
     print(markdown_table(shown(found, top)))
 
 
+MARGIN_HELP = ("The difference too small to matter, per metric: one number for every accuracy (0.01), or "
+               "METRIC=VALUE,... (clear_acc=0.01,ece=0.005); below it a significant difference is negligible, and "
+               "inside it two one-sided tests can show equivalence")
+MARGIN_DEFAULT = "accuracies 0.02, ece 0.01, nll and human_ce 0.05 nats, other fractions 0.02"
+
+
 @app.command()
 @guarded
 def compare(
@@ -258,6 +264,7 @@ def compare(
     wide: bool = typer.Option(False, "--wide", help="Print every metric with its 95% CI (the files always have them)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json: the summary, paired tests and ranks "
                             "as JSON on stdout"),
+    margin: str = typer.Option(None, help=MARGIN_HELP, show_default=MARGIN_DEFAULT),
 ) -> None:
     """Summarise a results directory: comparison.csv, comparison.md, paired.csv; prints the main table."""
     from ambig_bench.compare import (
@@ -272,8 +279,9 @@ def compare(
     from ambig_bench.compare import compare as do_compare
 
     check_compare_format(fmt)
-    comparison = do_compare(results_dir, baseline)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv and paired.csv", highlight=False, markup=False)
+    comparison = do_compare(results_dir, baseline, margin)
+    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv, paired.csv and paired_images.csv",
+              highlight=False, markup=False)
     if fmt == "json":
         print(comparison_json(comparison), end="")
         return
@@ -281,8 +289,8 @@ def compare(
         print(markdown_table(summary_display(comparison.summary, comparison.group_by)))
         return
     table, lines = headline(comparison)
-    legend = (f"{BETTER} / {WORSE}: significantly better / worse than {comparison.baseline} (paired test across "
-              "seeds, Holm, 5%); means over seeds, 95% CIs in comparison.md")
+    legend = (f"{BETTER} / {WORSE}: significantly better / worse than {comparison.baseline} by at least the "
+              "metric's margin (paired test across seeds, Holm, 5%); means over seeds, 95% CIs in comparison.md")
     if not out.is_terminal:  # piped: plain markdown
         print(markdown_table(table) + "\n\n" + "\n".join([legend, *lines]))
         return
@@ -322,8 +330,7 @@ def report(
     results_dir: Path = typer.Argument(..., help="A directory written by `ambig-bench run` or `ambig-bench sweep`"),
     baseline: str = typer.Option(None, help="Reference strategy for the paired differences and trade-offs",
                                  show_default="soft"),
-    margin: float = typer.Option(0.02, help="Equivalence margin (accuracy, absolute) for the "
-                                 "'equivalent asymptotically' claim"),
+    margin: str = typer.Option(None, help=MARGIN_HELP, show_default=MARGIN_DEFAULT),
 ) -> None:
     """Write report.md, a self-contained report.html and figures/: what differs, by how much, how surely."""
     from ambig_bench.report import report as write_report

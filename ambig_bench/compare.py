@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ambig_bench.analysis import CONFORMAL_ALPHA, Comparison, analyse
+from ambig_bench.analysis import CONFORMAL_ALPHA, Comparison, analyse, parse_margins
 from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, code, escape, to_markdown
 from ambig_bench.document import markdown_table as markdown_table  # the CLI prints the summary with it
 from ambig_bench.errors import UserError
 from ambig_bench.io import write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
 from ambig_bench.stats import min_holm_p
+from ambig_bench.verdicts import flags, paired_cell
 
 ONE_STRATEGY = ("Only one strategy has runs here, so there is nothing to compare it with: run more strategies "
                 "into the same directory (e.g. `--strategy all`).")
@@ -59,29 +60,22 @@ def summary_display(summary: pd.DataFrame, group_by: list[str], metrics=tuple(ME
                         for _, r in summary.iterrows()]
     if summary.n_failed.any() and tuple(metrics) == tuple(METRICS):
         shown["failed"] = summary.n_failed
+    if summary.n_unconverged.any() and tuple(metrics) == tuple(METRICS):
+        shown["not converged"] = summary.n_unconverged
     return shown
 
 
-def paired_cell(r: pd.Series) -> str:
-    """'+0.012 [+0.004, +0.020] p=0.01' (Holm-adjusted) or '... n.s.': in tables and in the report's prose."""
-    if math.isnan(r.diff_mean):
-        return "–"
-    if math.isnan(r.diff_ci_low):
-        return f"{r.diff_mean:+.3f} (too few seeds)"
-    mark = f"p={r.p_holm:.2g}" if r.significant else "n.s."
-    return f"{r.diff_mean:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}] {mark}"
-
-
 HEADLINE = ("clear_acc", "between_set_acc", "between_top2", "ece", "ambiguity_auroc")  # the terminal's columns
-BETTER, WORSE = "▲", "▼"  # significantly better / worse than the baseline (paired test, Holm, 5%)
+BETTER, WORSE = "▲", "▼"  # significantly better / worse than the baseline by at least the margin (Holm, 5%)
 
 
 def supported(comparison: Comparison) -> pd.DataFrame:
-    """The paired differences a test supports, with `better` by the metric's direction (unranked metrics left out)."""
+    """The paired differences a test supports beyond the margin, with `better` by the metric's direction (unranked
+    metrics left out)."""
     paired = comparison.paired
     if paired.empty:
         return paired.assign(better=pd.Series(dtype=bool))
-    rows = paired[paired.significant & paired.metric.map(lambda m: HIGHER_IS_BETTER.get(m) is not None)]
+    rows = paired[(paired.outcome == "different") & paired.metric.map(lambda m: HIGHER_IS_BETTER.get(m) is not None)]
     return rows.assign(better=[(r.diff_mean > 0) == HIGHER_IS_BETTER[r.metric] for r in rows.itertuples()])
 
 
@@ -107,9 +101,9 @@ def headline(comparison: Comparison, metrics: tuple[str, ...] = HEADLINE) -> tup
                 for better, side in part.groupby("better", sort=False)]
         lines.append(f"{name} vs {comparison.baseline}: {'; '.join(said)}")
     if not lines and not comparison.paired.empty:
-        lines.append(f"No difference from {comparison.baseline} is supported by a paired test. "
+        lines.append(f"No difference from {comparison.baseline} beyond its margin is supported by a paired test. "
                      f"{attainable(comparison.paired)}")
-    return table, lines
+    return table, lines + flags(comparison)
 
 
 def paired_display(paired: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
@@ -118,6 +112,16 @@ def paired_display(paired: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     index = group_by + ["strategy", "n_pairs"]
     shown = cells.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
     return shown[[m for m in METRICS if m in shown.columns]].reset_index().rename(columns={"n_pairs": "n"})
+
+
+def images_display(images: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    """One row per strategy and metric tested image by image: images, pool, test and the difference."""
+    shown = images[group_by + ["strategy", "metric", "n_images", "pool", "test"]].rename(columns={"n_images": "n"})
+    return shown.assign(difference=images.apply(paired_cell, axis=1)) if len(images) else shown
+
+
+def margins_text(margins: dict[str, float]) -> str:
+    return ", ".join(f"{m} ±{v:g}" for m, v in margins.items() if m in HIGHER_IS_BETTER)
 
 
 def attainable(paired: pd.DataFrame) -> str:
@@ -153,8 +157,18 @@ def sections(comparison: Comparison, level: int) -> list[Block]:
         blocks += [Heading(f"Paired differences against {code(baseline)}", level),
                    Paragraph("Per seed, strategy minus baseline; bootstrap 95% CI; Wilcoxon signed-rank (≥ 6 seeds) "
                              "or exact sign test, Holm-corrected across strategies per metric. n.s. = no significant "
-                             f"difference at the 5% level. {attainable(comparison.paired)}"),
+                             "difference at the 5% level; *within ±δ* = inside the metric's margin by two one-sided "
+                             f"t-tests (margins: {margins_text(comparison.margins)}). "
+                             f"{attainable(comparison.paired)}"),
                    tabulate(paired_display(comparison.paired, g), g)]
+    if not comparison.images.empty:
+        blocks += [Heading(f"Paired differences image by image against {code(baseline)}", level),
+                   Paragraph("Test images paired by seed and row order, strategy minus baseline, pooled over seeds. "
+                             "Out-of-fold pools (`--folds`, every fold tested once) hold each image once: exact "
+                             "McNemar test on the discordant images for accuracies, paired bootstrap over images for "
+                             "ECE. Otherwise images repeat across seeds and are not independent: a cluster bootstrap "
+                             "resamples whole seeds. Holm-corrected across strategies per metric."),
+                   tabulate(images_display(comparison.images, g), g)]
     elif comparison.runs.strategy.nunique() == 1:
         blocks.append(Paragraph(ONE_STRATEGY))
     if summary["cp_coverage_mean"].notna().any():
@@ -175,11 +189,17 @@ def glossary() -> list[Block]:
             Bullets([f"`{name}` ({m.direction}): {m.description}" for name, m in (METRICS | SET_METRICS).items()])]
 
 
+def flag_blocks(comparison: Comparison, level: int) -> list[Block]:
+    """The flags (verdicts.flags) under a heading of their own, where there are any."""
+    found = flags(comparison)
+    return [Heading("Flags", level), Bullets([escape(line) for line in found])] if found else []
+
+
 def comparison_markdown(comparison: Comparison) -> str:
     """comparison.md."""
     return to_markdown([Heading(f"Comparison of strategies: {escape(comparison.results_dir.name)}", 1),
                         Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
-                        *sections(comparison, 2), *glossary()])
+                        *flag_blocks(comparison, 2), *sections(comparison, 2), *glossary()])
 
 
 FORMATS = ("table", "json")  # what `ambig-bench compare --format` prints
@@ -202,22 +222,27 @@ def comparison_json(comparison: Comparison) -> str:
         "baseline": comparison.baseline, "group_by": comparison.group_by,
         "metrics": {name: {"description": m.description, "direction": m.direction}
                     for name, m in (METRICS | SET_METRICS).items()},
+        "margins": comparison.margins, "flags": flags(comparison),
         "summary": records(comparison.summary), "paired": records(comparison.paired),
-        "ranks": records(comparison.ranks), "runs": records(comparison.runs),
+        "paired_images": records(comparison.images), "ranks": records(comparison.ranks),
+        "runs": records(comparison.runs),
     }, indent=2) + "\n"
 
 
 def write_comparison(comparison: Comparison) -> None:
-    """comparison.csv (the summary), paired.csv and comparison.md, into the results directory."""
+    """comparison.csv (the summary), paired.csv, paired_images.csv and comparison.md, into the results directory."""
     write_csv(comparison.results_dir / "comparison.csv", comparison.summary)
     write_csv(comparison.results_dir / "paired.csv", comparison.paired)
+    write_csv(comparison.results_dir / "paired_images.csv", comparison.images)
     write_atomic(comparison.results_dir / "comparison.md", comparison_markdown(comparison))
 
 
-def compare(results_dir: str | Path, baseline: str | None = None) -> Comparison:
-    """Analyse every run of `results_dir` and write comparison.csv / comparison.md / paired.csv there.
+def compare(results_dir: str | Path, baseline: str | None = None, margin: str | float | None = None) -> Comparison:
+    """Analyse every run of `results_dir` and write comparison.csv / comparison.md / paired.csv /
+    paired_images.csv there.
 
-    `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first)."""
-    comparison = analyse(results_dir, baseline)
+    `baseline`: the strategy the others are compared with (default: soft where it has runs, else the first);
+    `margin`: the margins, as `--margin` takes them (analysis.parse_margins)."""
+    comparison = analyse(results_dir, baseline, parse_margins(margin))
     write_comparison(comparison)
     return comparison

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -88,19 +89,22 @@ SET_METRICS: dict[str, Metric] = {
 HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in METRICS.items() if m.higher_is_better is not None}
 
 
-def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
-    """Σ_b (n_b / n) |accuracy_b - confidence_b| over equal-width confidence bins (Guo et al. 2017)."""
+def expected_calibration_error(confidence: torch.Tensor | np.ndarray, correct: torch.Tensor | np.ndarray,
+                               bins: int = 15, weights: np.ndarray | None = None) -> float | np.ndarray:
+    """Σ_b (n_b / n) |accuracy_b - confidence_b| over equal-width confidence bins (Guo et al. 2017).
+
+    `weights` (R×N counts, e.g. a bootstrap's resamples): the R errors of the images so weighted, at once."""
     if len(confidence) == 0:
         return math.nan
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
     # Bin b holds confidences in (b/bins, (b+1)/bins]; confidence 0 joins the first bin.
-    which = (confidence * bins).ceil().long().clamp(1, bins) - 1
-    ece = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            ece += inside.float().mean().item() * abs(correct[inside].float().mean().item()
-                                                      - confidence[inside].mean().item())
-    return ece
+    which = np.clip(np.ceil(confidence * bins).astype(int), 1, bins) - 1
+    # n_b |accuracy_b - confidence_b| = |Σ_{i in b} (correct_i - confidence_i)|: one pass, no loop over bins.
+    signed = correct - confidence
+    if weights is None:
+        return float(np.abs(np.bincount(which, weights=signed, minlength=bins)).sum() / len(confidence))
+    weights = np.asarray(weights, dtype=float)
+    return np.abs((weights * signed) @ np.eye(bins)[which]).sum(1) / weights.sum(1)
 
 
 def label_set_mask(label_a: torch.Tensor, label_b: torch.Tensor, k: int) -> torch.Tensor:

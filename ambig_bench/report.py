@@ -3,16 +3,18 @@
 Writes report.md, a self-contained report.html (figures embedded as base64) and figures/*.png: the setup
 (from each run's config.json, data.json, env.json), compare's tables, the figures, and a section "What this
 means for your options" in which every sentence is backed by a paired test (nothing is called best, better
-or equivalent unless the statistics say so). The three common claims about in-between examples are judged
+or equivalent unless the statistics say so: better only by at least the metric's margin, equivalent by two one-sided
+tests, undecided with the data that would decide it; no winner from runs that had not converged). The three
+common claims about in-between examples are judged
 on a sweep of between-fraction (see `ambig-bench sweep`) by the rules written into the report itself.
 The report is one ambig_bench.document: the markdown is rendered from its blocks, the HTML from that markdown.
 
 $ ambig-bench report results/demo
-$ ambig-bench report results/sweep --baseline soft --margin 0.02
+$ ambig-bench report results/sweep --baseline soft --margin clear_acc=0.01,ece=0.005
 
 >>> built = report("results/demo")  # doctest: +SKIP
 >>> built.summary_lines()[0]  # doctest: +SKIP
-'in-between accuracy: extra-class is best'
+'in-between accuracy: extra-class is better by 0.150 [0.146, 0.154]'
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ambig_bench.analysis import DEFAULT, Comparison, analyse, better, select, split_groups, worse
+from ambig_bench.analysis import DEFAULT, Comparison, analyse, better, parse_margins, select, split_groups, worse
 from ambig_bench.claims import (
     ALPHA,
-    MARGIN,
     Judgement,
     claim_rules,
     distinct,
@@ -36,7 +37,7 @@ from ambig_bench.claims import (
     sweep_command,
     where_label,
 )
-from ambig_bench.compare import CELLS, ONE_STRATEGY, flag, fmt, glossary, paired_cell, sections, tabulate
+from ambig_bench.compare import CELLS, ONE_STRATEGY, flag, flag_blocks, glossary, margins_text, sections, tabulate
 from ambig_bench.document import (
     Block,
     Bullets,
@@ -61,12 +62,13 @@ from ambig_bench.plots import (
     sweep_figure,
     tradeoff_scatter,
 )
-from ambig_bench.stats import min_holm_p, paired_comparison
+from ambig_bench.stats import POWER, min_holm_p
+from ambig_bench.verdicts import CRITERIA, leads
 
-CRITERIA = {"clear-cut accuracy": "clear_acc", "in-between accuracy": "between_set_acc", "calibration": "ece"}
 # shown in the setup table
 TRAINING = ["epochs", "optimizer", "batch_size", "lr", "schedule", "weight_decay", "momentum", "lookahead", "augment",
             "translate"]
+AUGMENTATION = ("augment", "translate")  # not shown for frozen runs: a head over features trains without it
 
 
 @dataclass
@@ -86,7 +88,7 @@ class Report:
         for _, row in self.leads.iterrows():
             where = where_label({g: row[g] for g in self.group_by})
             lines.append(f"{row.criterion}{f' ({where})' if where else ''}: {row.answer.replace('**', '')}")
-        lines.sort(key=lambda line: not line.endswith(" is best"))  # stable: a supported answer leads
+        lines.sort(key=lambda line: " is better by " not in line)  # stable: a decided answer leads
         return lines + [f"claim: {v.claim}{f' ({v.where})' if v.where else ''}: {v.verdict}" for v in self.judgements]
 
 
@@ -100,10 +102,6 @@ def compact_ints(values: list[int]) -> str:
             parts.append(str(v) if v == start else f"{start}–{v}")
             start = None
     return ", ".join(parts)
-
-
-def and_join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def counts_text(all_counts: list[dict]) -> str:
@@ -141,14 +139,16 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
                                   if k in e)
                         for e in envs)
     source = distinct(runs.between_source)
-    if set(runs.between_source) == {"blend"}:
+    blends = runs[runs.between_source == "blend"]
+    if len(blends) == len(runs):
         source += f" (weight of A drawn from U({distinct(runs.blend_low)}, {distinct(runs.blend_high)}))"
     rows = [
         ("dataset", f"{distinct(runs.dataset)} ({distinct(d.get('origin', '?') for d in meta.data)})"),
         ("classes", f"{len(names)}: {', '.join(names[:12])}{' …' if len(names) > 12 else ''}"),
         ("pairs (A vs B)", pairs),
         ("in-between source", source),
-        ("between-fraction", distinct(sorted(runs.between_fraction))),
+        # The human source's in-between images are fixed by the data: between-fraction is a blend setting.
+        *([("between-fraction", distinct(sorted(blends.between_fraction)))] if len(blends) else []),
         ("images per split", counts_text([d.get("counts", {}) for d in meta.data])),
         ("strategies", ", ".join(pd.unique(runs.strategy))),
         ("seeds", f"{compact_ints(runs.seed.tolist())} ({distinct(sorted(seeds_per))} per strategy)"),
@@ -156,14 +156,39 @@ def setup_table(runs: pd.DataFrame, group_by: list[str], meta: pd.DataFrame) -> 
         ("model", ", ".join(f"{m} (width {w or 'default'})" for m, w in
                             dict.fromkeys(zip(runs.model, runs.width, strict=True)))),
         ("weights and mode", start_text(runs)),
-        ("training", ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in TRAINING
-                               if f in runs and not (f == "momentum" and (runs.optimizer == "adamw").all()))),
+        *training_rows(done if len(done) else runs),
         ("train-size", train_sizes(runs.train_size)),
         ("device", device),
         ("versions", versions),
         ("platform", distinct(e.get("platform", "?") for e in envs)),
     ]
     return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def settings(runs: pd.DataFrame, fields: list[str]) -> str:
+    """'epochs 30, optimizer adamw, ...': the distinct values of `fields` over `runs`."""
+    return ", ".join(f"{flag(f)} {distinct(sorted(runs[f].dropna().unique()))}" for f in fields
+                     if f in runs and not (f == "momentum" and (runs.optimizer == "adamw").all()))
+
+
+def training_rows(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """How the networks trained, only as the runs did: the recipe of fully trained runs; for frozen runs the
+    probe's own settings where they record them (chosen L2 strength, solver iterations), else the recipe without
+    augmentation (a head over features trains without it)."""
+    frozen = runs["freeze"].isin([True, "True"]) if "freeze" in runs else pd.Series(False, index=runs.index)
+    probed = frozen & (runs["probe_l2"].notna() if "probe_l2" in runs else False)
+    rows = []
+    if (~frozen).any():
+        rows.append(("training", settings(runs[~frozen], TRAINING)))
+    if (frozen & ~probed).any():
+        rows.append(("training (frozen backbone)",
+                     settings(runs[frozen & ~probed], [f for f in TRAINING if f not in AUGMENTATION])))
+    if probed.any():
+        probes = runs[probed]
+        iterations = pd.to_numeric(probes.get("probe_iterations"), errors="coerce").dropna().astype(int)
+        rows.append(("linear probe", f"L2 strength chosen on validation: {distinct(sorted(probes.probe_l2))}"
+                     + (f"; solver iterations {iterations.min()}–{iterations.max()}" if len(iterations) else "")))
+    return rows
 
 
 def start_text(runs: pd.DataFrame) -> str:
@@ -177,45 +202,6 @@ def start_text(runs: pd.DataFrame) -> str:
 
 
 # -- "what this means" ---------------------------------------------------------------------------------------
-def lead_row(runs: pd.DataFrame, summary: pd.DataFrame, criterion: str, metric: str) -> dict:
-    """Who is best on `metric`: the leader by mean, tested against every other strategy (paired, Holm)."""
-    higher = HIGHER_IS_BETTER[metric]
-    ranked = summary.dropna(subset=[f"{metric}_mean"]).sort_values(f"{metric}_mean", ascending=not higher,
-                                                                   kind="stable")
-    row = {"criterion": criterion, "metric": metric}
-    if len(ranked) < 2:
-        return row | {"answer": "not decided", "evidence": "fewer than two strategies have this metric"}
-    leader, runner = ranked.strategy.iloc[0], ranked.strategy.iloc[1]
-    best = ranked.iloc[0]
-    cell = fmt(best[f"{metric}_mean"], best[f"{metric}_ci_low"], best[f"{metric}_ci_high"], best["n_seeds"])
-    tests = paired_comparison(runs[["strategy", "seed", metric]], metric, baseline=leader, alpha=ALPHA)
-    tests = tests.set_index("strategy").loc[ranked.strategy.iloc[1:]]
-    tied = [s for s, t in tests.iterrows() if not worse(t)]
-    versus = f"{runner} − {leader}: {paired_cell(tests.loc[runner])}"
-    if not tied:
-        return row | {"answer": f"**{leader}** is best",
-                      "evidence": f"{leader} {cell}; significantly better than all {len(tests)} others; "
-                                  f"closest {versus}"}
-    lost = [s for s in tests.index if s not in tied]
-    everyone = "both strategies" if len(ranked) == 2 else f"all {len(ranked)} strategies"
-    group = everyone if not lost else and_join([f"{leader} (best mean)", *tied])
-    return row | {"answer": f"indistinguishable at this sample size: {group}",
-                  "evidence": f"{leader} has the best mean, {cell}; {versus}"
-                              + (f"; significantly worse than {leader}: {', '.join(lost)}" if lost else "")}
-
-
-def leads(comparison: Comparison) -> pd.DataFrame:
-    rows = []
-    for where, part in split_groups(comparison.done, comparison.group_by):
-        summary = select(comparison.summary, where)
-        summary = summary[summary.n_seeds > 0]
-        # Agreement with people is a criterion where the images have votes (human_ce is NaN elsewhere).
-        criteria = CRITERIA | ({"agreement with human votes": "human_ce"}
-                               if summary.human_ce_mean.notna().any() else {})
-        rows += [where | lead_row(part, summary, c, m) for c, m in criteria.items()]
-    return pd.DataFrame(rows)
-
-
 def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple[pd.DataFrame, list[str]]:
     """Per strategy: the metrics on which it is significantly better / worse than the baseline."""
     ranked = paired[paired.metric.isin(list(HIGHER_IS_BETTER))]
@@ -237,7 +223,8 @@ def tradeoffs(paired: pd.DataFrame, group_by: list[str], baseline: str) -> tuple
     lines = mixed + [f"{text}: {', '.join(kinds[k])}." for k, text in (
         ("winning", f"Significantly better than {baseline} on at least one metric and worse on none"),
         ("losing", f"Significantly worse than {baseline} on at least one metric and better on none"),
-        ("same", f"No significant difference from {baseline} on any ranked metric")) if kinds[k]]
+        ("same", f"No significant difference of at least its margin from {baseline} on any ranked metric"))
+        if kinds[k]]
     return pd.DataFrame(rows), lines
 
 
@@ -309,15 +296,18 @@ def meaning_section(comparison: Comparison, lead_table: pd.DataFrame, judgements
     tradeoff = next(i.name for i in images if i.name.startswith("tradeoff"))
     criteria = dict(zip(lead_table.criterion, lead_table.metric, strict=True)) if len(lead_table) else CRITERIA
     metrics = ", ".join(f"{c} = `{m}` ({METRICS[m].direction})" for c, m in criteria.items())
-    blocks: list[Block] = [Heading("What this means for your options"), Paragraph(power_text(comparison)),
-                           Heading("Best strategy per criterion", 3),
-                           Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}."),
+    blocks: list[Block] = [Heading("What this means for your options"), *flag_blocks(comparison, 3),
+                           Paragraph(power_text(comparison)),
+                           Heading("Verdict per criterion", 3),
+                           Paragraph(f"Figure: [{bars}](figures/{bars}). Metrics: {metrics}. Margins: "
+                                     f"{margins_text(comparison.margins)} (`--margin`)."),
                            tabulate(lead_table, comparison.group_by, markdown=("answer",))]
     baseline = comparison.baseline
     if not comparison.paired.empty:
         table, lines = tradeoffs(comparison.paired, comparison.group_by, baseline)
         blocks += [Heading("Trade-offs", 3),
-                   Paragraph(f"Against {code(baseline)}; only significant differences (paired test, Holm) are listed, "
+                   Paragraph(f"Against {code(baseline)}; only significant differences (paired test, Holm) of at least "
+                             "the metric's margin are listed, "
                              f"as strategy − {escape(baseline)}. Figure: [{tradeoff}](figures/{tradeoff})."),
                    Bullets(lines)]
         if (table.iloc[:, -2:] != "–").any().any():
@@ -344,40 +334,58 @@ def meaning_section(comparison: Comparison, lead_table: pd.DataFrame, judgements
     return blocks
 
 
-def build(comparison: Comparison, margin: float) -> Report:
+def verdict_rules() -> list[str]:
+    return [
+        "Verdict per criterion: the strategy with the best mean is compared with every other strategy (Holm "
+        f"across those comparisons, level {ALPHA}), image by image where each test image was tested once "
+        "(out-of-fold pools of `--folds`), else across seeds. Each comparison is *different* (significant, at "
+        "least the margin δ), *negligible* (significant, smaller than δ: never a trade-off), *equivalent* (two "
+        "one-sided tests inside ±δ) or *undecided*.",
+        "**X is better by d [95% CI]** only if X is different from, and better than, every other strategy; d is "
+        "its lead over the runner-up. **Undecided** if any comparison is: the 95% CI's half-width, and how many more "
+        f"seeds or test images a test at level {ALPHA} needs to detect a difference of δ with probability {POWER:g} "
+        "(n = ((z₀.₉₇₅ + z₀.₈) · sd / δ)², sd the observed spread of one seed's or one image's paired difference; "
+        "where seeds cannot reach significance at all, the seeds that can). Otherwise the strategies "
+        "**equivalent within ±δ** (or negligibly different) from the best, and those worse beyond δ.",
+        "No winner is named for a criterion whose strategies include runs that had not converged (metrics.json "
+        "`converged`); runs that do not record it are counted as unknown and do not block.",
+    ]
+
+
+def build(comparison: Comparison) -> Report:
     meta = run_meta(comparison)
     # The claims are about soft targets: tested against soft whatever the baseline, and not at all without it.
     paired_soft = comparison.paired_against("soft")
     lead_table = leads(comparison)
-    judgements = judge_claims(comparison, paired_soft, margin)
+    judgements = judge_claims(comparison, paired_soft)
     images, figures = draw(comparison, meta)
     name = comparison.results_dir.name
     blocks: list[Block] = [
         Heading(f"Report: {escape(name)}", 1),
         Paragraph("Which way of training on in-between images to choose: what differs between the strategies, by "
                   "how much, with what certainty, and where each wins or loses. Every statement in *What this means "
-                  "for your options* is backed by a paired test across seeds; the rules are at the end."),
+                  "for your options* is backed by a paired test, across seeds or across images, and judged against "
+                  "a margin below which a difference does not matter; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
         *meaning_section(comparison, lead_table, judgements, images, paired_soft),
         Heading("Comparison"), Paragraph(CELLS), *sections(comparison, 3),
         Heading("Figures"), *images,
-        Heading("Decision rules"), Bullets(claim_rules(margin)),
+        Heading("Decision rules"), Bullets(verdict_rules() + claim_rules(comparison.margins)),
         *glossary(),
     ]
     markdown = to_markdown(blocks)
     return Report(markdown, to_html(markdown, name, figures), figures, judgements, lead_table, comparison.group_by)
 
 
-def report(results_dir: str | Path, baseline: str | None = None, margin: float = MARGIN) -> Report:
+def report(results_dir: str | Path, baseline: str | None = None, margin: str | float | None = None) -> Report:
     """Analyse `results_dir` and write report.md, report.html and figures/*.png into it (compare's files are
-    compare's: left as they are)."""
+    compare's: left as they are). `margin`: the margins, as `--margin` takes them (analysis.parse_margins)."""
     results_dir = Path(results_dir)
-    if not margin > 0:
-        raise UserError(f"--margin must be > 0, got {margin}")
-    comparison = analyse(results_dir, baseline)
+    margins = parse_margins(margin)
+    comparison = analyse(results_dir, baseline, margins)
     if not (comparison.runs.status == "done").any():
         raise UserError(f"{results_dir}: every run failed; nothing to report (see the FAILED files under runs/)")
-    built = build(comparison, margin)
+    built = build(comparison)
     for name, data in built.figures.items():
         write_atomic(results_dir / "figures" / name, data)
         built.paths.append(results_dir / "figures" / name)

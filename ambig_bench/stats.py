@@ -1,8 +1,11 @@
-"""Seed-level statistics used by ``ambig-bench compare``.
+"""The statistics of ``ambig-bench compare`` and the report: across seeds, and across images.
 
 Every strategy is trained with several random seeds; these helpers summarise a
 metric over seeds and compare strategies *paired by seed* (same seed = same data
-split and initialisation noise, so pairing removes that shared variance).
+split and initialisation noise, so pairing removes that shared variance). Beside
+them, tests paired by *image* (exact McNemar on 0/1 outcomes, a paired bootstrap
+for anything else), equivalence by two one-sided tests against a margin, and the
+sample size at which a difference of that margin would be resolved.
 
 Example:
     >>> import pandas as pd
@@ -13,9 +16,9 @@ Example:
     >>> df = pd.DataFrame({"strategy": ["soft"] * 3 + ["hard"] * 3,
     ...                    "seed": [0, 1, 2] * 2,
     ...                    "acc": [0.70, 0.72, 0.71, 0.75, 0.78, 0.76]})
-    >>> row = paired_comparison(df, "acc", baseline="soft").iloc[0]
+    >>> row = paired_comparison(df, "acc", baseline="soft", margin=0.02).iloc[0]
     >>> row["test"], float(row["p_value"]), row["verdict"]
-    ('sign', 0.25, 'no significant difference')
+    ('sign', 0.25, 'undecided')
 """
 
 from __future__ import annotations
@@ -36,8 +39,13 @@ MIN_WILCOXON = 6
 # sign flips (exact); beyond it the normal approximation is accurate enough.
 MAX_ENUMERATE = 16
 
+POWER = 0.8  # "about N more would resolve a difference of δ": N at which a level-5% test has this power
+
 COLUMNS = ["strategy", "baseline", "metric", "n_pairs", "diff_mean", "diff_ci_low",
-           "diff_ci_high", "test", "p_value", "p_holm", "significant", "verdict"]
+           "diff_ci_high", "test", "p_value", "diff_sd", "p_holm", "significant", "margin", "p_tost", "equivalent",
+           "outcome", "verdict"]
+# What a paired difference amounts to, given its margin δ (`classify`).
+OUTCOMES = ("different", "negligible", "equivalent", "undecided")
 
 
 def _finite(values: ArrayLike) -> np.ndarray:
@@ -107,6 +115,73 @@ def paired_test(a: ArrayLike, b: ArrayLike) -> tuple[float, str]:
     return (float(min(1.0, res.pvalue)), "wilcoxon")
 
 
+def tost(diffs: ArrayLike, margin: float) -> float:
+    """p-value of two one-sided t-tests (TOST) that the mean paired difference lies inside (-margin, +margin):
+    the larger of the two one-sided p-values. Below 0.05 exactly when the 90% t-interval lies inside the margin."""
+    d = _finite(diffs)
+    if d.size < 2:
+        return np.nan
+    if np.ptp(d) <= 1e-12:  # no spread (but float noise): the mean is known exactly
+        return 0.0 if abs(d.mean()) < margin else 1.0
+    above = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
+    below = sps.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(above, below))
+
+
+def mcnemar_exact(a: ArrayLike, b: ArrayLike) -> tuple[float, int, int]:
+    """Exact McNemar test on paired 0/1 outcomes (a image-wise against b): two-sided binomial test of the
+    discordant images. Returns the p-value, the images only a got right and the images only b got right."""
+    a, b = np.asarray(a, dtype=bool).ravel(), np.asarray(b, dtype=bool).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired arrays differ in length: {a.size} vs {b.size}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return (1.0, 0, 0)
+    return (float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue), only_a, only_b)
+
+
+def bootstrap_difference(statistic, n: int, clusters: ArrayLike | None = None, level: float = 0.95,
+                         n_boot: int = 2000, seed: int = 0, chunk: int = 250) -> dict[str, float]:
+    """A paired bootstrap of a difference over n paired rows (images). `statistic(weights)` takes an R×n matrix of
+    resample counts (how often each row is drawn) and returns the R differences; resamples draw rows, or, given
+    `clusters` (one label per row), whole clusters with all their rows. Returns the difference on every row once
+    (`diff`), its percentile 95% interval (`low`, `high`), the 90% one that equivalence is judged by (`low90`,
+    `high90`), the bootstrap standard error (`se`) and a two-sided p-value (how often the resampled difference
+    falls on the other side of zero, doubled; at least 1 / n_boot)."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        member, k = np.arange(n), n
+    else:
+        _, member = np.unique(np.asarray(clusters).ravel(), return_inverse=True)
+        k = int(member.max()) + 1
+    boot = np.concatenate([np.asarray(statistic(rng.multinomial(k, np.full(k, 1 / k), size=size)[:, member]), float)
+                           for size in [chunk] * (n_boot // chunk) + [n_boot % chunk] if size])
+    diff = float(np.asarray(statistic(np.ones((1, n))), float)[0])
+    tail = (1 - level) / 2
+    low, high, low90, high90 = np.quantile(boot, [tail, 1 - tail, 0.05, 0.95])
+    # A side no resample reached says p < 1/n_boot, not p = 0: the resolution of n_boot resamples.
+    p = 1.0 if np.ptp(boot) == 0 else min(1.0, max(2 * min(np.mean(boot <= 0), np.mean(boot >= 0)), 1 / n_boot))
+    return {"diff": diff, "low": float(low), "high": float(high), "low90": float(low90), "high90": float(high90),
+            "se": float(boot.std(ddof=1)), "p": float(p)}
+
+
+def sample_size(sd: float, delta: float, alpha: float = 0.05, power: float = POWER) -> float:
+    """How many paired units (seeds, images) a two-sided level-alpha test needs to detect a mean difference of
+    `delta` with probability `power`, given the standard deviation `sd` of one unit's difference (normal
+    approximation: n = ((z_{1-alpha/2} + z_power) sd / delta)^2). NaN where sd is unknown or zero."""
+    if not sd > 0 or not delta > 0:
+        return np.nan
+    return float(((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * sd / delta) ** 2)
+
+
+def classify(significant: bool, equivalent: bool, diff: float, margin: float) -> str:
+    """One of OUTCOMES: a significant difference at least the margin (`different`) or smaller (`negligible`);
+    not significant but inside the margin by TOST (`equivalent`); otherwise `undecided`."""
+    if significant:
+        return "different" if abs(diff) >= margin else "negligible"
+    return "equivalent" if equivalent else "undecided"
+
+
 def holm(pvalues: ArrayLike) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values; NaN stays NaN and is not counted."""
     p = np.asarray(pvalues, dtype=float).ravel()
@@ -122,9 +197,10 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     return out
 
 
-def paired_comparison(df: pd.DataFrame, metric: str, baseline: str, level: float = 0.95,
+def paired_comparison(df: pd.DataFrame, metric: str, baseline: str, margin: float, level: float = 0.95,
                       alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
-    """Compare every strategy to ``baseline`` on ``metric``, pairing runs by seed."""
+    """Compare every strategy to ``baseline`` on ``metric``, pairing runs by seed; equivalence (TOST) and the
+    outcome (`classify`) against ``margin``."""
     missing = {"strategy", "seed", metric} - set(df.columns)
     if missing:
         raise ValueError(f"missing column(s): {sorted(missing)}")
@@ -141,26 +217,33 @@ def paired_comparison(df: pd.DataFrame, metric: str, baseline: str, level: float
         n = len(pair)
         row = {"strategy": strat, "baseline": baseline, "metric": metric, "n_pairs": n,
                "diff_mean": float(np.mean(a - b)) if n else np.nan,
-               "diff_ci_low": np.nan, "diff_ci_high": np.nan, "test": "none", "p_value": np.nan}
+               "diff_ci_low": np.nan, "diff_ci_high": np.nan, "test": "none", "p_value": np.nan,
+               "diff_sd": np.nan, "p_tost": np.nan}
         if n >= 2:
             _, row["diff_ci_low"], row["diff_ci_high"] = paired_bootstrap_ci(
                 a, b, level=level, n_boot=n_boot, seed=seed)
             row["p_value"], row["test"] = paired_test(a, b)
+            row["diff_sd"], row["p_tost"] = float(np.std(a - b, ddof=1)), tost(a - b, margin)
         rows.append(row)
-    out = pd.DataFrame(rows, columns=COLUMNS[:9])
+    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "significant", "margin",
+                                                                        "equivalent", "outcome", "verdict")])
     out["p_holm"] = holm(out["p_value"].to_numpy(float))
     out["significant"] = (out["p_holm"] < alpha).astype(bool)  # NaN -> False
-    out["verdict"] = [_verdict(r.n_pairs, r.significant, r.diff_mean, baseline)
+    out["margin"] = margin
+    out["equivalent"] = (out["p_tost"] < alpha).astype(bool)
+    out["outcome"] = [classify(r.significant, r.equivalent, r.diff_mean, margin) if r.n_pairs >= 2 else "undecided"
                       for r in out.itertuples()]
+    out["verdict"] = [_verdict(r.n_pairs, r.outcome, r.diff_mean, margin, baseline) for r in out.itertuples()]
     return out[COLUMNS]
 
 
-def _verdict(n_pairs: int, significant: bool, diff: float, baseline: str) -> str:
+def _verdict(n_pairs: int, outcome: str, diff: float, margin: float, baseline: str) -> str:
     if n_pairs < 2:
         return "too few paired seeds"
-    if not significant:
-        return "no significant difference"
-    return f"{'higher' if diff > 0 else 'lower'} than {baseline}"
+    return {"different": f"{'higher' if diff > 0 else 'lower'} than {baseline}",
+            "negligible": f"negligible: significant but within ±{margin:g}",
+            "equivalent": f"equivalent within ±{margin:g}",
+            "undecided": "undecided"}[outcome]
 
 
 def _overlap(lo1: float, hi1: float, lo2: float, hi2: float) -> bool:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from ambig_bench.options import build
 from ambig_bench.rundir import flatten_config
+from ambig_bench.strategies import STRATEGIES
+
+CONVERGED = "training loss changed 0.04% over its last 5 epochs"
+NOT_CONVERGED = "training loss still falling 2.1% over its last 5 epochs: raise --epochs"
 
 
 def fake_run_dir(out: Path, strategy: str, seed: int, nest: bool = True, **options) -> tuple[Path, dict]:
@@ -27,3 +31,12 @@ def fake_run_dir(out: Path, strategy: str, seed: int, nest: bool = True, **optio
     source = flat["between_source"]
     (run_dir / "data.json").write_text(json.dumps({"between_source": "blend" if source == "auto" else source}))
     return run_dir, flat
+
+
+def run_record(strategy: str, converged: bool = True, threshold: float = 0.5) -> dict:
+    """What metrics.json of this version holds beside the metrics: whether the run converged and why (as
+    convergence.judge words it), and the set-decoding threshold tuned on validation (None for a strategy that
+    decodes without one)."""
+    uses = STRATEGIES.get(strategy.split("@")[0]).uses_threshold
+    return {"converged": converged, "convergence": CONVERGED if converged else NOT_CONVERGED,
+            "threshold": threshold if uses else None}

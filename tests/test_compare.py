@@ -18,7 +18,7 @@ from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
 from ambig_bench.options import build, flat_values
 from ambig_bench.rundir import flatten_config
-from tests.fake_runs import fake_run_dir
+from tests.fake_runs import fake_run_dir, run_record
 
 GOLDEN = Path(__file__).parent / "golden" / "comparison.md"
 
@@ -28,7 +28,8 @@ def fake_run(out: Path, strategy: str, seed: int, metrics: dict | None, nest: bo
     if metrics is None:
         (run_dir / "FAILED").write_text(json.dumps({"error": "training loss became nan in epoch 3"}))
         return
-    full = {m: 0.5 for m in METRICS} | {"human_ce": math.nan} | metrics  # as a run on images without votes
+    # As a run on images without votes; `metrics` may override the record (converged: False, ...).
+    full = {m: 0.5 for m in METRICS} | {"human_ce": math.nan} | run_record(strategy) | metrics
     (run_dir / "metrics.json").write_text(json.dumps(full))
     (run_dir / "DONE").write_text("")
 
@@ -57,8 +58,10 @@ def test_summary_numbers(tmp_path):
 def test_paired_verdicts(tmp_path):
     planted(tmp_path)
     paired = compare(tmp_path, baseline="soft").paired.set_index(["metric", "strategy"])
-    # Identical strategies: no difference. Three seeds cannot reach significance with an exact sign test.
-    assert paired.loc[("clear_acc", "partial")].verdict == "no significant difference"
+    # Identical strategies: every difference is 0, inside the margin with no spread. A 0.05 shift on three seeds
+    # cannot reach significance with an exact sign test, nor be shown inside ±0.02: undecided.
+    assert paired.loc[("clear_acc", "partial")].verdict == "equivalent within ±0.02"
+    assert paired.loc[("clear_acc", "hard")].verdict == "undecided"
     assert paired.loc[("clear_acc", "partial")].p_value == 1
     hard = paired.loc[("clear_acc", "hard")]
     assert hard.diff_mean == pytest.approx(-0.05) and hard.test == "sign" and hard.p_value == pytest.approx(0.25)

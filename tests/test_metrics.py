@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,13 @@ def test_selection_loss_against_a_naive_loop():
     swapped = probs.clone()
     swapped[1, :2] = torch.tensor([0.5, 0.1])
     assert selection_loss(swapped, label_a, label_b) == pytest.approx(selection_loss(probs, label_a, label_b))
+
+
+def test_ece_with_weights_is_the_ece_of_the_repeated_images():
+    rng = np.random.default_rng(0)
+    conf, correct = torch.from_numpy(rng.uniform(0.3, 1, 40)), torch.from_numpy(rng.random(40) < 0.7)
+    counts = rng.multinomial(40, np.full(40, 1 / 40), size=3)
+    batched = expected_calibration_error(conf, correct, weights=counts)
+    for row, value in zip(counts, batched, strict=True):
+        rows = torch.repeat_interleave(torch.arange(40), torch.from_numpy(row))
+        assert value == pytest.approx(expected_calibration_error(conf[rows], correct[rows]))
