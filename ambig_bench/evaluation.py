@@ -81,6 +81,8 @@ def evaluate_run(run: PreparedRun, device: torch.device, history: list[dict], tr
                        test.label_a, test.label_b, test.share_a, test.votes)
     metrics.update(threshold=threshold, train_seconds=round(train_seconds, 3), epochs=cfg.train.epochs,
                    batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3))
+    if cfg.model.freeze:  # a probe fitted to its optimum (probe.fit_head): no epochs; the L2 it chose, its iterations
+        metrics.update(epochs=None, probe_l2=history[-1]["probe_l2"], probe_iterations=history[-1]["probe_iterations"])
     start = starting_weights(cfg.model)
     weights, meta = model_files(run.model, cfg, data, strategy, threshold, tta,
                                 start.origin if start else {"weights": "random initialisation"})
