@@ -6,9 +6,11 @@ the bias), minimised by L-BFGS with a strong-Wolfe line search until the largest
 `GRAD_TOLERANCE` (or the loss stops changing); `MAX_ITERATIONS` caps each fit. Not an epoch loop: the probe's
 answer is the optimum, so it does not depend on --epochs, --lr, --optimizer, --schedule or --augment.
 
-The L2 strength comes from `L2_GRID`, the same grid for every strategy, fitted strongest first (each fit starts
+The L2 strength comes from `L2_GRID`, the same grid for every strategy, walked strongest first (each fit starts
 from the previous optimum) and chosen by `metrics.selection_loss` on the validation split: the loss each strategy
-trains on is not comparable across strategies, the probability it gives each image's label set is.
+trains on is not comparable across strategies, the probability it gives each image's label set is. The walk stops
+once the validation loss has risen `PATIENCE` times in a row past its best (weaker penalties only overfit more, and
+cost the most iterations); the rows of the history are the values it fitted.
 
 Strategies with random targets or inputs have no single full-batch loss:
 - A strategy that redraws its targets (reassign) trains on their mean (`Strategy.mean_targets`). Its loss is
@@ -27,8 +29,8 @@ The standardisation is folded into the head's own Linear layer (weight / std, bi
 saved network, `predict` and the head over raw features compute the same logits.
 
 >>> from ambig_bench.probe import L2_GRID
->>> L2_GRID[0], L2_GRID[-1], len(L2_GRID)
-(1.0, 0.0001, 9)
+>>> L2_GRID[0], L2_GRID[3], L2_GRID[-1], len(L2_GRID)
+(100.0, 3.16, 0.0001, 13)
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from ambig_bench.metrics import selection_loss
 from ambig_bench.strategies import Labels, Strategy
 from ambig_bench.train import labels_of
 
-L2_GRID = [round(10 ** (-k / 2), 6) for k in range(9)]  # 1 .. 1e-4, half decades; l2 per mean training loss
+L2_GRID = [float(f"{10 ** (2 - k / 2):.3g}") for k in range(13)]  # 100 .. 1e-4, half decades; per mean loss
+PATIENCE = 2  # rises of the validation loss in a row, past its best, that end the walk down the grid
 GRAD_TOLERANCE = 1e-4  # largest |gradient| entry of the penalised mean loss at which a fit has converged
 CHANGE_TOLERANCE = 1e-9  # L-BFGS also stops when the loss or the step changes by less (float32: no progress)
 MAX_ITERATIONS = 500  # per L2 value: a fit that needs more has not converged (recorded as such)
@@ -129,7 +132,7 @@ def lbfgs(strategy: Strategy, rows: Rows, l2: float, weight: torch.Tensor, bias:
     b = bias.clone().requires_grad_(True) if bias is not None else torch.zeros(len(weight), device=weight.device)
     params = [w, b] if bias is not None else [w]
     optimizer = torch.optim.LBFGS(params, lr=1, max_iter=max_iterations, max_eval=4 * max_iterations,
-                                  tolerance_grad=GRAD_TOLERANCE, tolerance_change=CHANGE_TOLERANCE, history_size=20,
+                                  tolerance_grad=GRAD_TOLERANCE, tolerance_change=CHANGE_TOLERANCE, history_size=10,
                                   line_search_fn="strong_wolfe")
 
     def data_loss() -> torch.Tensor:
@@ -151,6 +154,12 @@ def lbfgs(strategy: Strategy, rows: Rows, l2: float, weight: torch.Tensor, bias:
                gradient)
 
 
+def rising(fits: list[Fit]) -> bool:
+    """Whether the validation loss rose in each of the last `PATIENCE` steps, past its best."""
+    losses = [f.val_loss for f in fits[-PATIENCE - 1:]]
+    return len(losses) > PATIENCE and all(b > a for a, b in zip(losses, losses[1:], strict=False))
+
+
 def logits_of(fit: Fit, z: torch.Tensor) -> torch.Tensor:
     """The fit's logits of standardised features."""
     return z @ fit.weight.T + (fit.bias if fit.bias is not None else 0)
@@ -169,7 +178,7 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
     val_z = scale(val.images.flatten(1).float().to(device))
     weight = torch.zeros(strategy.num_outputs, x.shape[1], device=device)
     bias = torch.zeros(strategy.num_outputs, device=device) if head.bias is not None else None
-    fits = []
+    fits: list[Fit] = []
     for l2 in grid:
         fit = lbfgs(strategy, rows, l2, weight, bias)
         with torch.no_grad():
@@ -177,6 +186,8 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
         fit.val_loss = selection_loss(probs, val.label_a, val.label_b)
         fits.append(fit)
         weight, bias = fit.weight, fit.bias
+        if rising(fits):
+            break
     best = min(fits, key=lambda f: f.val_loss)  # the first (strongest L2) of equals
     with torch.no_grad():
         head.weight.copy_(best.weight / scale.std)
