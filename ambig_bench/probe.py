@@ -35,6 +35,7 @@ saved network, `predict` and the head over raw features compute the same logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -166,10 +167,14 @@ def logits_of(fit: Fit, z: torch.Tensor) -> torch.Tensor:
 
 
 def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: int, device: torch.device,
-             grid: list[float] = L2_GRID) -> list[dict]:
+             grid: list[float] = L2_GRID) -> list[dict] | str:
     """Fit `head` (in place) over the run's features `inputs` (N×D×1×1, every split) to the strategy's optimum at
-    the L2 strength of `grid` that selection_loss prefers on validation; the history of the grid, one row per L2
-    value in order, whose last row says whether the chosen fit converged (`converged`, `convergence`)."""
+    the L2 strength of `grid` that selection_loss prefers on validation. Returns the history of the walk down the
+    grid, one row per L2 value fitted (`epoch` numbers them, for the readers of history.csv), whose last row says
+    whether the chosen fit converged (`converged`, `convergence`) and what it chose (`probe_l2`,
+    `probe_iterations`); or why it failed, as `train.train` does."""
+    if not torch.isfinite(inputs.images).all():
+        return "the backbone's features of some images are not finite (inf or nan): check its weights"
     train, val = inputs.subset("train"), inputs.subset("val")
     x = train.images.flatten(1).float().to(device)
     scale = Standardise.fit(x, centre=head.bias is not None)
@@ -183,6 +188,8 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
         fit = lbfgs(strategy, rows, l2, weight, bias)
         with torch.no_grad():
             probs = strategy.class_probs(logits_of(fit, val_z)).cpu()
+        if not math.isfinite(fit.train_loss):
+            return f"the probe's training loss became {fit.train_loss} at L2 {l2:g}"
         fit.val_loss = selection_loss(probs, val.label_a, val.label_b)
         fits.append(fit)
         weight, bias = fit.weight, fit.bias

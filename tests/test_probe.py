@@ -127,6 +127,13 @@ def test_the_folded_head_over_raw_features_gives_the_fits_logits():
     assert history[-1]["probe_iterations"] == fit.iterations and history[-1]["converged"] is True
 
 
+def test_a_probe_over_non_finite_features_fails_with_the_reason():
+    data = features()
+    data.images[0, 0] = float("nan")
+    _, outcome = fit_head("soft", data, [0.01])
+    assert outcome == "the backbone's features of some images are not finite (inf or nan): check its weights"
+
+
 @pytest.mark.parametrize("name", [n for n in STRATEGIES.names() if STRATEGIES.get(n).redraws_targets])
 def test_a_redrawing_strategys_mean_targets_are_the_mean_of_its_draws(name):
     """What the probe trains a redrawing strategy on, against the average of many draws (the naive oracle); the
