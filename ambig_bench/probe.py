@@ -6,11 +6,13 @@ the bias), minimised by L-BFGS with a strong-Wolfe line search until the largest
 `GRAD_TOLERANCE` (or the loss stops changing); `MAX_ITERATIONS` caps each fit. Not an epoch loop: the probe's
 answer is the optimum, so it does not depend on --epochs, --lr, --optimizer, --schedule or --augment.
 
-The L2 strength comes from `L2_GRID`, the same grid for every strategy, walked strongest first (each fit starts
-from the previous optimum) and chosen by `metrics.selection_loss` on the validation split: the loss each strategy
-trains on is not comparable across strategies, the probability it gives each image's label set is. The walk stops
-once the validation loss has risen `PATIENCE` times in a row past its best (weaker penalties only overfit more, and
-cost the most iterations); the rows of the history are the values it fitted.
+The L2 strength comes from `L2_GRID`, the same grid for every strategy, chosen by `metrics.selection_loss` on the
+validation split: the loss each strategy trains on is not comparable across strategies, the probability it gives
+each image's label set is. The grid is walked from `L2_START` (each fit starting from the previous optimum):
+towards weaker penalties while the validation loss falls, or, if the first step already raises it, towards
+stronger ones; the walk stops at the first value that does not improve on the best (the selection loss along a
+penalty path falls to one minimum and rises after it; weak penalties cost the most iterations). The rows of the
+history are the values it fitted, in that order.
 
 Strategies with random targets or inputs have no single full-batch loss:
 - A strategy that redraws its targets (reassign) trains on their mean (`Strategy.mean_targets`). Its loss is
@@ -47,7 +49,7 @@ from ambig_bench.strategies import Labels, Strategy
 from ambig_bench.train import labels_of
 
 L2_GRID = [float(f"{10 ** (2 - k / 2):.3g}") for k in range(13)]  # 100 .. 1e-4, half decades; per mean loss
-PATIENCE = 2  # rises of the validation loss in a row, past its best, that end the walk down the grid
+L2_START = 1.0  # where the walk along the grid begins (sklearn's default C = 1 is L2 = 1/N, for N ~ 1e3: 1e-3)
 GRAD_TOLERANCE = 1e-4  # largest |gradient| entry of the penalised mean loss at which a fit has converged
 CHANGE_TOLERANCE = 1e-9  # L-BFGS also stops when the loss or the step changes by less (float32: no progress)
 MAX_ITERATIONS = 500  # per L2 value: a fit that needs more has not converged (recorded as such)
@@ -155,12 +157,6 @@ def lbfgs(strategy: Strategy, rows: Rows, l2: float, weight: torch.Tensor, bias:
                gradient)
 
 
-def rising(fits: list[Fit]) -> bool:
-    """Whether the validation loss rose in each of the last `PATIENCE` steps, past its best."""
-    losses = [f.val_loss for f in fits[-PATIENCE - 1:]]
-    return len(losses) > PATIENCE and all(b > a for a, b in zip(losses, losses[1:], strict=False))
-
-
 def logits_of(fit: Fit, z: torch.Tensor) -> torch.Tensor:
     """The fit's logits of standardised features."""
     return z @ fit.weight.T + (fit.bias if fit.bias is not None else 0)
@@ -184,18 +180,28 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
     weight = torch.zeros(strategy.num_outputs, x.shape[1], device=device)
     bias = torch.zeros(strategy.num_outputs, device=device) if head.bias is not None else None
     fits: list[Fit] = []
-    for l2 in grid:
-        fit = lbfgs(strategy, rows, l2, weight, bias)
+
+    def fit_at(i: int, start: Fit | None) -> Fit:
+        fit = lbfgs(strategy, rows, grid[i], start.weight if start else weight, start.bias if start else bias)
         with torch.no_grad():
             probs = strategy.class_probs(logits_of(fit, val_z)).cpu()
-        if not math.isfinite(fit.train_loss):
-            return f"the probe's training loss became {fit.train_loss} at L2 {l2:g}"
         fit.val_loss = selection_loss(probs, val.label_a, val.label_b)
         fits.append(fit)
-        weight, bias = fit.weight, fit.bias
-        if rising(fits):
-            break
-    best = min(fits, key=lambda f: f.val_loss)  # the first (strongest L2) of equals
+        return fit
+
+    first = min(range(len(grid)), key=lambda i: abs(math.log(grid[i] / L2_START)))
+    best = fit_at(first, None)
+    for step in (1, -1):  # grid index + 1: a weaker penalty
+        i, last = first + step, best
+        while 0 <= i < len(grid) and math.isfinite(last.train_loss):
+            last = fit_at(i, last)
+            if not last.val_loss < best.val_loss:
+                break
+            best, i = last, i + step
+        if best is not fits[0]:
+            break  # weaker penalties improved on the first: no need to try stronger ones
+    if failed := next((f for f in fits if not math.isfinite(f.train_loss)), None):
+        return f"the probe's training loss became {failed.train_loss} at L2 {failed.l2:g}"
     with torch.no_grad():
         head.weight.copy_(best.weight / scale.std)
         if head.bias is not None:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from sklearn.linear_model import LogisticRegression
 
 from ambig_bench import probe
+from ambig_bench.batched import batching_on
 from ambig_bench.data import LabelledImages
 from ambig_bench.keys import PROBE, key_content
 from ambig_bench.metrics import selection_loss
@@ -117,6 +118,22 @@ def test_the_l2_strength_is_the_one_selection_loss_prefers_on_validation(labels,
     assert [row["val_loss"] for row in history] == pytest.approx(losses, rel=1e-2)
 
 
+@pytest.mark.parametrize("signal", [pytest.param(0.3, marks=pytest.mark.slow), 1.0, 3.0])
+def test_the_walk_along_the_grid_finds_the_grids_best(signal):
+    """The walk from L2_START stops early; it ends where fitting every value of the grid from zero would."""
+    data = features(signal=signal)
+    train, val = data.subset("train"), data.subset("val")
+    _, scale = standardised(train)
+    losses = []
+    for l2 in probe.L2_GRID:
+        fit = soft_fit(train, l2)
+        probs = (scale(val.images.flatten(1)) @ fit.weight.T + fit.bias).softmax(1)
+        losses.append(selection_loss(probs, val.label_a, val.label_b))
+    _, history = fit_head("soft", data, probe.L2_GRID)
+    assert history[-1]["probe_l2"] == probe.L2_GRID[int(np.argmin(losses))]
+    assert len(history) < len(probe.L2_GRID)
+
+
 def test_the_folded_head_over_raw_features_gives_the_fits_logits():
     data = features()
     head, history = fit_head("soft", data, [0.01])
@@ -218,6 +235,12 @@ def test_a_frozen_run_records_the_probe_and_claims_no_epochs(voted, tmp_path):
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
     assert metrics["probe_l2"] in probe.L2_GRID and metrics["probe_iterations"] > 0 and metrics["epochs"] is None
     assert np.isfinite(metrics["human_ce"])
+
+
+def test_frozen_runs_train_alone_even_where_batching_is_forced(voted):
+    """A probe is one full-batch solve per run: nothing to share with a wide network."""
+    assert batching_on(build({**voted, "batch_runs": "on"}))
+    assert not batching_on(build({**voted, "batch_runs": "on", "freeze": True}))
 
 
 def test_frozen_runs_are_a_new_experiment_and_other_runs_keep_their_key(voted):
