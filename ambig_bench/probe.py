@@ -27,6 +27,11 @@ Strategies with random targets or inputs have no single full-batch loss:
   alternative: they only approach the optimum at the rate of their step-size schedule, with no convergence test
   as sharp as a gradient's.
 
+With more features than training images (1,280-d features of a few hundred photos) the fit runs in the span of
+the standardised training features (an orthonormal basis from their QR decomposition): the loss's gradient and the
+penalty's keep the weights in that span (each row of W is a combination of training rows at the optimum, mixes
+included), and the penalty is the same there, so the optimum is the same, at a fraction of the work per iteration.
+
 The standardisation is folded into the head's own Linear layer (weight / std, bias - weight·mean / std), so the
 saved network, `predict` and the head over raw features compute the same logits.
 
@@ -174,10 +179,13 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
     train, val = inputs.subset("train"), inputs.subset("val")
     x = train.images.flatten(1).float().to(device)
     scale = Standardise.fit(x, centre=head.bias is not None)
-    rows = training_rows(strategy, scale(x), labels_of(train, device),
-                         torch.Generator(device=device).manual_seed(seed))
-    val_z = scale(val.images.flatten(1).float().to(device))
-    weight = torch.zeros(strategy.num_outputs, x.shape[1], device=device)
+    z = scale(x)
+    # Weights in the span of the training features (see the module's docstring): W = W_span @ basis.T.
+    basis = torch.linalg.qr(z.T).Q if z.shape[1] > z.shape[0] else torch.eye(z.shape[1], device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = training_rows(strategy, z @ basis, labels_of(train, device), gen)
+    val_z = scale(val.images.flatten(1).float().to(device)) @ basis
+    weight = torch.zeros(strategy.num_outputs, basis.shape[1], device=device)
     bias = torch.zeros(strategy.num_outputs, device=device) if head.bias is not None else None
     fits: list[Fit] = []
 
@@ -203,7 +211,7 @@ def fit_head(head: nn.Linear, strategy: Strategy, inputs: LabelledImages, seed: 
     if failed := next((f for f in fits if not math.isfinite(f.train_loss)), None):
         return f"the probe's training loss became {failed.train_loss} at L2 {failed.l2:g}"
     with torch.no_grad():
-        head.weight.copy_(best.weight / scale.std)
+        head.weight.copy_(best.weight @ basis.T / scale.std)
         if head.bias is not None:
             head.bias.copy_(best.bias - head.weight @ scale.mean)
     history = [{"epoch": i + 1, "l2": f.l2, "iterations": f.iterations, "train_loss": f.train_loss,

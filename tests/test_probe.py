@@ -151,6 +151,20 @@ def test_a_probe_over_non_finite_features_fails_with_the_reason():
     assert outcome == "the backbone's features of some images are not finite (inf or nan): check its weights"
 
 
+@pytest.mark.parametrize("name", ["soft", "mixup"])
+def test_with_more_features_than_images_the_fit_in_their_span_is_the_full_fit(name):
+    data = features(n=100, d=150)
+    head, _ = fit_head(name, data, [0.1])
+    strategy = STRATEGIES.get(name)(K, PAIRS)
+    train = data.subset("train")
+    z, scale = standardised(train)
+    rows = probe.training_rows(strategy, z, labels_of(train, CPU), torch.Generator().manual_seed(0))
+    full = probe.lbfgs(strategy, rows, 0.1, torch.zeros(K, z.shape[1]), torch.zeros(K))
+    x = data.images.flatten(1)
+    assert full.converged and z.shape[1] > len(z)
+    assert torch.allclose(head(x).softmax(1), probe.logits_of(full, scale(x)).softmax(1), atol=2e-3)
+
+
 @pytest.mark.parametrize("name", [n for n in STRATEGIES.names() if STRATEGIES.get(n).redraws_targets])
 def test_a_redrawing_strategys_mean_targets_are_the_mean_of_its_draws(name):
     """What the probe trains a redrawing strategy on, against the average of many draws (the naive oracle); the
