@@ -4,7 +4,9 @@ Standardised features (mean and std of the training split), the strategy's own t
 loss (`Strategy.loss`) over the whole training split at once, plus an L2 penalty l2/2·|W|² on the weights (not
 the bias), minimised by L-BFGS with a strong-Wolfe line search until the largest gradient entry falls below
 `GRAD_TOLERANCE` (or the loss stops changing); `MAX_ITERATIONS` caps each fit. Not an epoch loop: the probe's
-answer is the optimum, so it does not depend on --epochs, --lr, --optimizer, --schedule or --augment.
+answer is the optimum, so it does not depend on --epochs, --lr, --optimizer, --schedule or --augment. Every loss
+here is convex in the head's weights but `partial`'s candidate-set loss, whose fit is the local optimum reached
+from zero weights.
 
 The L2 strength comes from `L2_GRID`, the same grid for every strategy, chosen by `metrics.selection_loss` on the
 validation split: the loss each strategy trains on is not comparable across strategies, the probability it gives
