@@ -18,6 +18,7 @@ $ ambig-bench run --model resnet18 --pretrained --freeze --dataset folder --labe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -123,6 +124,6 @@ def probe(model: nn.Sequential, data: LabelledImages, device: torch.device) -> P
     """The head to train and the run's data as cached features."""
     extractor, head = extractor_of(model)
     feats, seconds = cached_features(data.images, extractor, device)
-    as_images = LabelledImages(feats[:, :, None, None], data.label_a, data.label_b, data.share_a, data.split,
-                               data.class_names, data.pairs, data.info)
-    return Probe(nn.Sequential(nn.Flatten(), head), as_images, seconds)
+    # Every field kept but the images (votes included: a new field of LabelledImages is kept too).
+    return Probe(nn.Sequential(nn.Flatten(), head), dataclasses.replace(data, images=feats[:, :, None, None]),
+                 seconds)

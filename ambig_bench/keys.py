@@ -13,6 +13,9 @@ a newer release of the tool finds the runs an older one finished:
 - The user's data files (`data_fingerprint`) and starting weights (`weights_fingerprint`), by content.
 
 A change that alters what runs compute with every option as it was would add a layout V2 (and hash its number).
+One such change touched only frozen runs: since their head is fitted to its optimum (`probe.py`) rather than
+trained for --epochs, a frozen run's content holds `PROBE` (the solver's name and version), so it is a new
+experiment while every other run keeps its key.
 
 >>> from ambig_bench.options import build
 >>> run_name(build({"strategy": "soft", "epochs": 1, "width": 4}))
@@ -62,6 +65,7 @@ SETTLED: dict[str, tuple[Callable[[RunConfig], Any], Any]] = {
     # data's): such runs get a new key; every other run keeps its own.
     "normalize": (lambda cfg: settled_normalize(cfg.model), None),
 }
+PROBE = "lbfgs-l2grid-1"  # frozen runs' head solver; a change to what it computes gives it a new version
 # Present in every key's content even when empty (`source` under --between-source human); `loader` is there only
 # for a dataset with options.
 ALWAYS = ("data", "source", "model", "train")
@@ -105,6 +109,8 @@ def key_content(cfg: RunConfig) -> dict[str, Any]:
             added[flag] = value
     if added:
         content["options"] = added
+    if cfg.model.freeze:
+        content["probe"] = PROBE
     return content
 
 

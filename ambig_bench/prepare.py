@@ -81,7 +81,11 @@ def untrained(cfg: RunConfig, data: LabelledImages, device: torch.device) -> tup
     strategy = STRATEGIES.get(cfg.strategy)(data.num_classes, data.pairs, strategy_options(cfg))
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a seed (up to the head)
     start = starting_weights(cfg.model)
-    model = build_network(cfg.model.name, data.subset("train").images, strategy.num_outputs, cfg.model.width, start,
+    # A frozen backbone whose weights bring no normalisation has it fitted on the dataset's images as loaded (pixels
+    # only, no labels), the same for every seed: one extractor, so one pass of features serves the whole grid
+    # (`features.py`). Fitted on each seed's training split, each seed's extractor would differ.
+    fitted_on = raw_of(cfg).images if cfg.model.freeze else data.subset("train").images
+    model = build_network(cfg.model.name, fitted_on, strategy.num_outputs, cfg.model.width, start,
                           cfg.model.backbone_lr, normalization_source(cfg.model, start))
     return strategy, device_layout(model.to(device), device)
 

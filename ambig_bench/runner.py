@@ -30,6 +30,7 @@ from ambig_bench.errors import RunFailed
 from ambig_bench.evaluation import evaluate_run
 from ambig_bench.metrics import selection_loss
 from ambig_bench.prepare import Group, PreparedRun, groups_of, prepare_run
+from ambig_bench.probe import fit_head
 from ambig_bench.rundir import RunRecord
 from ambig_bench.store import Claim, RunResult, RunStore, Status
 from ambig_bench.train import Job, Validation, pick_device, train
@@ -89,14 +90,17 @@ def validation(run: PreparedRun) -> Validation | None:
 def train_group(group: Group, device: torch.device, reporter: Reporter | None, names: list[str]) -> list[Outcome]:
     """Train a group's runs in one loop, then evaluate each; `names` are the runs' directory names (progress)."""
     runs, cfg = group.runs, group.runs[0].recipe
-    if reporter:
+    if reporter and not cfg.model.freeze:  # a probe has no epochs; it takes a fraction of a second
         # Progress shows the first run's loss: the group's runs share every step but not their losses.
         reporter.start_run(f"{len(runs)} runs together, {names[0]}" if len(runs) > 1 else names[0], cfg.train.epochs)
-    jobs = [Job(run.trainable, run.strategy, run.inputs.subset("train"), run.config.seed,
-                reporter.epoch if reporter and i == 0 else None, validation(run)) for i, run in enumerate(runs)]
     started = time.perf_counter()
     try:
-        outcomes = train(jobs, cfg, device, group.module)
+        if cfg.model.freeze:  # the head over cached features, fitted to its optimum (frozen runs train alone)
+            outcomes = [fit_head(run.trainable[-1], run.strategy, run.inputs, run.config.seed, device) for run in runs]
+        else:
+            jobs = [Job(run.trainable, run.strategy, run.inputs.subset("train"), run.config.seed,
+                        reporter.epoch if reporter and i == 0 else None, validation(run)) for i, run in enumerate(runs)]
+            outcomes = train(jobs, cfg, device, group.module)
     except (RunFailed, torch.cuda.OutOfMemoryError) as e:
         outcomes = [failure_reason(e, cfg, len(runs))] * len(runs)
     seconds = time.perf_counter() - started

@@ -74,6 +74,12 @@ class Strategy:
         """Indices of the images trained on this epoch and one target row (num_outputs wide) per index."""
         return torch.arange(len(labels), device=labels.a.device), self.one_hot(labels.a)
 
+    def mean_targets(self, labels: Labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of `epoch_targets` over its draws, for a strategy that redraws its targets: the images and one
+        target row each. Every loss here is linear in the targets (cross-entropy, binary cross-entropy), so the
+        loss of the mean targets is the expected loss over draws: what a full-batch fit minimises (`probe.py`)."""
+        raise NotImplementedError(f"{self.name} redraws its targets: it must say their mean (mean_targets)")
+
     def mix_batch(self, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch (images after augmentation, their target rows) as the network sees it: unchanged here.
@@ -88,6 +94,14 @@ class Strategy:
 
     def one_hot(self, index: torch.Tensor) -> torch.Tensor:
         return F.one_hot(index, self.num_outputs).float()
+
+    def shared_targets(self, labels: Labels) -> torch.Tensor:
+        """N×outputs: each image's label set weighted by its shares, share_a on A and 1 - share_a on B (one-hot on
+        the class of a clear-cut image, whose share_a is 1)."""
+        targets = self.one_hot(labels.a) * labels.share_a[:, None]
+        b = labels.between
+        targets[b] += self.one_hot(labels.b[b]) * (1 - labels.share_a[b, None])
+        return targets
 
     def label_sets(self, labels: Labels) -> torch.Tensor:
         """N×outputs 0/1 mask of each image's label set: {y} when clear-cut, {A, B} in between."""

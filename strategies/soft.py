@@ -13,8 +13,4 @@ class Soft(Strategy):
     """Softmax CE on soft targets: an in-between image is (share_a, 1-share_a) on its pair, 0.5/0.5 by default."""
 
     def epoch_targets(self, labels: Labels, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        targets = self.one_hot(labels.a) * labels.share_a[:, None]
-        b = labels.between
-        # Clear-cut rows have share_a = 1, so only in-between rows get mass on their second class.
-        targets[b] += self.one_hot(labels.b[b]) * (1 - labels.share_a[b, None])
-        return torch.arange(len(labels), device=labels.a.device), targets
+        return torch.arange(len(labels), device=labels.a.device), self.shared_targets(labels)
