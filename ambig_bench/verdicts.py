@@ -56,17 +56,21 @@ def seeds_to_significance(n: int, comparisons: int) -> int:
 
 def more_data(seeds: pd.Series, images: pd.Series | None, margin: float, comparisons: int, metric: str) -> str:
     """'about 7 more seeds or about 300 more in-between test images': what would resolve a difference of δ,
-    from the observed spread of the paired differences (80% power, level 5%)."""
+    from the observed spread of the paired differences (80% power, level 5%). Where the spread says the data at hand
+    are already enough, an estimate of "1 more" would mislead: it says so instead."""
     n = int(seeds.n_pairs)
     need = sample_size(seeds.diff_sd, margin)
     more = seeds_to_significance(n, comparisons) if math.isnan(need) else math.ceil(need) - n
-    options = [f"about {max(more, 1)} more seed{'s' if max(more, 1) > 1 else ''}"]
+    options = [f"about {more} more seed{'s' if more > 1 else ''}"] if more > 0 else []
     if images is not None and images.n_images >= 2:
         need = sample_size(images.diff_sd, margin)
-        if not math.isnan(need):
+        more_images = math.ceil(need) - int(images.n_images) if not math.isnan(need) else 0
+        if more_images > 0:
             pooled = "" if images.pool == ONCE else " (pooled over seeds)"
-            options.append(f"about {max(math.ceil(need) - int(images.n_images), 1)} more {IMAGES[metric]} test "
-                           f"images{pooled}")
+            options.append(f"about {more_images} more {IMAGES[metric]} test image{'s' if more_images > 1 else ''}"
+                           f"{pooled}")
+    if not options:
+        return "a repeat with new seeds (by the observed spread the present number is enough at 80% power)"
     return " or ".join(options)
 
 
