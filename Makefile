@@ -28,7 +28,7 @@ data:
 # significance), a narrow network, 2 processes.
 DEMO_STRATEGIES := soft,extra-class,multilabel,reassign,duplicate,discard,hard,partial
 demo: $(STAMP)
-	$(BIN)/ambig-bench run --dataset digits --strategy $(DEMO_STRATEGIES) --seeds 9 --epochs 12 --width 16 \
+	$(BIN)/ambig-bench run --dataset digits --strategy $(DEMO_STRATEGIES) --seeds 9 --epochs 50 --width 16 \
 	  --lr 0.01 --jobs 2 --out $(DEMO_OUT)
 	$(BIN)/ambig-bench compare $(DEMO_OUT)
 	$(BIN)/ambig-bench report $(DEMO_OUT)

@@ -262,3 +262,17 @@ def test_a_new_normalisation_default_re_keys_only_weights_files_of_pretrained_ar
     assert experiment_key(build(given)) == experiment_key(build({**given, "normalize": "imagenet"}))
     assert experiment_key(build(given)) != experiment_key(build({**given, "normalize": "data"}))
     assert experiment_key(build({**given, "weights": None})) == experiment_key(build({"model": "resnet18"}))
+
+
+def test_a_validation_loss_that_wanders_within_its_noise_is_not_still_falling():
+    """A discard run of the demo: training loss flat, validation loss (its in-between images, never trained on)
+    wandering by ±3%; its last 6 epochs happen to slope down, but not beyond their noise."""
+    val = [1.779, 1.2, 0.9, 0.7, 0.6785, 0.6611, 0.6564, 0.6661, 0.6661, 0.6637, 0.6778, 0.6927, 0.6944, 0.6757,
+           0.6564, 0.6615]
+    history = [{"epoch": e + 1, "train_loss": 0.0013, "val_loss": v} for e, v in enumerate(val)]
+    assert convergence.trend(val) < -convergence.FALLING  # the slope alone would call it falling
+    converged, why = convergence.judge(history)
+    assert converged, why
+    steady = [{"epoch": e + 1, "train_loss": 0.0013, "val_loss": v}
+              for e, v in enumerate(val[:-6] + [0.70, 0.69, 0.68, 0.67, 0.66, 0.65])]
+    assert not convergence.judge(steady)[0]  # the same fall without the noise: still falling
