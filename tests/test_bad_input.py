@@ -231,9 +231,13 @@ ROWS = [
 @pytest.mark.parametrize("args, says", ROWS)
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, args, says: str | tuple[str, ...]):
     monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))  # decoded images: never the user's cache
+    assert_refused(tmp_path, [*TINY, *(args(tmp_path) if callable(args) else args)], says)
+
+
+def assert_refused(tmp_path, run_args: list[str], says: str | tuple[str, ...]) -> None:
+    """`ambig-bench run RUN_ARGS` exits 2 with one line on stderr naming each of `says`, and writes no results."""
     out = tmp_path / "out"
-    given = args(tmp_path) if callable(args) else args
-    result = cli.invoke(app, ["run", *TINY, *given, "--out", str(out)])
+    result = cli.invoke(app, ["run", *run_args, "--out", str(out)])
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
     named = (says,) if isinstance(says, str) else says

@@ -143,16 +143,21 @@ def test_folder_tree_with_split_folders(tmp_path):
     assert counts["test"]["clear"] == 20 and counts["val"]["clear"] + counts["train"]["clear"] == 20
 
 
-def test_folder_csv_labels_with_in_between_rows(tmp_path):
+def ab_folder(root: Path) -> dict:
+    """A folder dataset whose labels CSV has `A|B` rows: 3 classes × 30 images, 24 between cat and dog."""
     rows = []
     for i in range(30):
         for label, name in enumerate(["cat", "dog", "fox"]):
-            write_image(tmp_path / f"{name}{i}.png", shade(label))
+            write_image(root / f"{name}{i}.png", shade(label))
             rows.append(f"{name}{i}.png,{name}")
     for i in range(24):
-        write_image(tmp_path / f"mix{i}.png", 90)
+        write_image(root / f"mix{i}.png", 90)
         rows.append(f"mix{i}.png,dog|cat")  # written in either order: the pair is cat:dog
-    csv = write_labels(tmp_path, "file,label", rows)
+    return {"dataset": "folder", "labels": str(write_labels(root, "file,label", rows))}
+
+
+def test_folder_csv_labels_with_in_between_rows(tmp_path):
+    csv = ab_folder(tmp_path)["labels"]
     raw = DATASETS.get("folder")(tiny_config(dataset="folder", labels=str(csv)))
     assert raw.class_names == ["cat", "dog", "fox"] and raw.default_pairs == "cat:dog"
     assert raw.default_source == "human"

@@ -18,8 +18,8 @@ from ambig_bench.datasets import load_raw, prepare
 from ambig_bench.datasets.base import BETWEEN_KIND, UNSURE_KIND, folds_of, judge_votes
 from ambig_bench.keys import experiment_key
 from tests.conftest import tiny_config
-from tests.test_bad_input import TINY, labels_csv, tree
-from tests.test_datasets import shade, write_fashion, write_image, write_labels
+from tests.test_bad_input import TINY, assert_refused, labels_csv, tree
+from tests.test_datasets import ab_folder, write_fashion
 
 cli = CliRunner()
 
@@ -27,19 +27,6 @@ cli = CliRunner()
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))
-
-
-def ab_folder(root: Path) -> dict:
-    """A folder dataset whose labels CSV has `A|B` rows: 3 classes × 30 images, 24 between cat and dog."""
-    rows = []
-    for i in range(30):
-        for label, name in enumerate(["cat", "dog", "fox"]):
-            write_image(root / f"{name}{i}.png", shade(label))
-            rows.append(f"{name}{i}.png,{name}")
-    for i in range(24):
-        write_image(root / f"mix{i}.png", 90)
-        rows.append(f"mix{i}.png,dog|cat")
-    return {"dataset": "folder", "labels": str(write_labels(root, "file,label", rows))}
 
 
 def voted_npz(root: Path) -> dict:
@@ -178,14 +165,7 @@ def fashion(d: Path) -> list[str]:
                  id="fashion-mnist-t10k"),
 ])
 def test_folds_refusals_are_one_line_exit_2(tmp_path, args, says):
-    out = tmp_path / "out"
-    given = args(tmp_path) if callable(args) else args
-    result = cli.invoke(app, ["run", *TINY, *given, "--out", str(out)])
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
-    named = (says,) if isinstance(says, str) else says
-    assert len(lines) == 1 and lines[0].startswith("error: ") and all(s in lines[0] for s in named), result.stderr
-    assert not out.exists()
+    assert_refused(tmp_path, [*TINY, *(args(tmp_path) if callable(args) else args)], says)
 
 
 @pytest.mark.slow
