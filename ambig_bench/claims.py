@@ -78,7 +78,8 @@ def claim_rules(margins: dict[str, float]) -> list[str]:
         f"*Significantly* below means significant and at least the metric's margin ({accuracy}): a smaller "
         f"significant difference is negligible and counts for nothing.",
         f"**{CLAIMS['equivalent']}**: at the largest between-fraction, reassign − soft and duplicate − soft on "
-        f"between_set_acc and clear_acc. *Contradicted* if any of the four differences is significant; "
+        f"between_set_acc and clear_acc. *Contradicted* if any of the four differs significantly by the margin or "
+        f"more; "
         f"*supported* if all four are equivalent within their margins (two one-sided t-tests at {ALPHA}) and the "
         f"seeds are enough for the test to reach significance at all; otherwise *not decided*.",
         f"**{CLAIMS['efficient']}**: at the smallest between-fraction, reassign − soft and duplicate − soft on "

@@ -10,9 +10,10 @@ highest value less its lowest); a run whose early stopping kept an earlier epoch
 validation whatever its training loss does. The fall over the window is read off a least-squares line through
 its WINDOW + 1 epoch values, and a fall counts only where that line's slope is below 0 beyond its own noise
 (one-sided p < NOISE_P), so a noisy epoch or two (labels redrawn per epoch, mixed images, a validation loss that
-wanders on a few in-between images) neither hides nor fakes a trend. Measured against the way come rather than the loss's level, the rule means the same for a loss that
-tends to 0 (hard labels, memorised) and for one with a floor above 0 (soft targets' entropy), and for every
-strategy's loss whatever its scale (a multilabel loss sums K sigmoids).
+wanders on a few in-between images) neither hides nor fakes a trend. Measured against the way come rather than
+the loss's level, the rule means the same for a loss that tends to 0 (hard labels, memorised) and for one with
+a floor above 0 (soft targets' entropy), and for every strategy's loss whatever its scale (a multilabel loss
+sums K sigmoids).
 
 >>> judge([{"epoch": e, "train_loss": 1 / e} for e in range(1, 3)])
 (False, 'only 2 epochs, too few to judge convergence over 5: raise --epochs')

@@ -92,7 +92,8 @@ def evaluate_run(run: PreparedRun, device: torch.device, history: list[dict], tr
                    batched_runs=batched_runs, feature_seconds=round(run.feature_seconds, 3), converged=converged,
                    convergence=why, best_epoch=next((row["epoch"] for row in history if row.get("kept")), None))
     if cfg.model.freeze:  # a probe fitted to its optimum (probe.fit_head): no epochs; the L2 it chose, its iterations
-        metrics.update(epochs=None, probe_l2=history[-1]["probe_l2"], probe_iterations=history[-1]["probe_iterations"])
+        del metrics["epochs"]
+        metrics.update(probe_l2=history[-1]["probe_l2"], probe_iterations=history[-1]["probe_iterations"])
     start = starting_weights(cfg.model)
     normalization = normalization_record(run.model[0], normalization_source(cfg.model, start))
     weights, meta = model_files(run.model, cfg, data, strategy, threshold, tta,

@@ -28,6 +28,7 @@ from ambig_bench.stats import bootstrap_difference, classify, holm, mcnemar_exac
 # (None: a metric of the whole set of images, bootstrapped).
 PER_IMAGE = {"clear_acc": (False, "correct"), "between_set_acc": (True, "exact"), "ece": (False, None)}
 ONCE, REPEATED = "out-of-fold, each image once", "images repeat across seeds"
+MIN_CLUSTERS = 10  # seeds below which a pool of repeated images gets no test by image (see paired_images)
 COLUMNS = ["strategy", "baseline", "metric", "n_images", "pool", "test", "diff_mean", "diff_ci_low", "diff_ci_high",
            "p_value", "diff_sd", "p_holm", "significant", "margin", "equivalent", "outcome"]
 
@@ -93,6 +94,12 @@ def paired_images(a: dict[int, pd.DataFrame], b: dict[int, pd.DataFrame], metric
     if once and column is not None:
         return row | {"test": "exact McNemar", "p_value": mcnemar_exact(x[column], y[column])[0],
                       "diff_sd": float(d.std(ddof=1)), "p_tost": tost(d, margin)}
+    if not once and len(seeds) < MIN_CLUSTERS:
+        # Resampling whole seeds: with few of them every resample has the sign of every seed (p at its floor), and
+        # one seed has no spread at all; the test across seeds is the honest one there.
+        return row | {"test": f"none (images repeat over {len(seeds)} seeds; needs {MIN_CLUSTERS})",
+                      "p_value": np.nan, "p_tost": np.nan, "diff_ci_low": np.nan, "diff_ci_high": np.nan,
+                      "diff_sd": np.nan}
     test = "paired bootstrap over images" if once else "cluster bootstrap over seeds"
     return row | {"test": test, "p_value": boot["p"], "p_tost": 0.0 if equivalent else 1.0}
 

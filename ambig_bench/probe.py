@@ -59,6 +59,9 @@ L2_GRID = [float(f"{10 ** (2 - k / 2):.3g}") for k in range(13)]  # 100 .. 1e-4,
 L2_START = 1.0  # where the walk along the grid begins (sklearn's default C = 1 is L2 = 1/N, for N ~ 1e3: 1e-3)
 GRAD_TOLERANCE = 1e-4  # largest |gradient| entry of the penalised mean loss at which a fit has converged
 CHANGE_TOLERANCE = 1e-9  # L-BFGS also stops when the loss or the step changes by less (float32: no progress)
+# Where the loss or the step stops changing in float32 before the gradient tolerance, the fit counts as converged
+# only if its gradient is within 10x the tolerance (float32's resolution of a mean loss); beyond, it stalled.
+STALL_TOLERANCE = 10 * GRAD_TOLERANCE
 MAX_ITERATIONS = 500  # per L2 value: a fit that needs more has not converged (recorded as such)
 DRAWS = 8  # passes of mixing over the training set that a mixing strategy's sample-average objective averages
 MIX_BATCH = 64  # rows mixed together (one λ and one pairing each for mixup), as in a training batch
@@ -123,13 +126,14 @@ class Fit:
     def converged(self) -> bool:
         """Stopped on a tolerance: the gradient's, or no more progress in float32 (the loss and step stopped
         changing); not on the iteration cap."""
-        return self.gradient <= GRAD_TOLERANCE or self.iterations < self.cap
+        return self.gradient <= GRAD_TOLERANCE or (self.iterations < self.cap and self.gradient <= STALL_TOLERANCE)
 
     @property
     def convergence(self) -> str:
         if not self.converged:
-            return (f"L-BFGS hit its cap of {self.cap} iterations at L2 {self.l2:g} with a gradient of "
-                    f"{self.gradient:.1e} (tolerance {GRAD_TOLERANCE:g}): the probe is not at its optimum")
+            stop = f"hit its cap of {self.cap} iterations" if self.iterations >= self.cap else "stalled"
+            return (f"L-BFGS {stop} at L2 {self.l2:g} with a gradient of {self.gradient:.1e} (tolerance "
+                    f"{GRAD_TOLERANCE:g}): the probe is not at its optimum")
         test = "gradient" if self.gradient <= GRAD_TOLERANCE else "loss-change"
         return (f"L-BFGS stopped on its {test} tolerance after {self.iterations} iterations at L2 {self.l2:g} "
                 f"(largest gradient {self.gradient:.1e})")

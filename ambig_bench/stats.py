@@ -175,11 +175,15 @@ def sample_size(sd: float, delta: float, alpha: float = 0.05, power: float = POW
 
 
 def classify(significant: bool, equivalent: bool, diff: float, margin: float) -> str:
-    """One of OUTCOMES: a significant difference at least the margin (`different`) or smaller (`negligible`);
-    not significant but inside the margin by TOST (`equivalent`); otherwise `undecided`."""
-    if significant:
-        return "different" if abs(diff) >= margin else "negligible"
-    return "equivalent" if equivalent else "undecided"
+    """One of OUTCOMES. `different`: significant, and the mean difference at least the margin; `negligible`:
+    significant, but inside the margin by TOST (shown smaller than the margin, not merely estimated smaller);
+    `equivalent`: not significant and inside the margin by TOST; otherwise `undecided` (among them a significant
+    difference whose mean is below the margin but whose interval reaches past it: whether it matters is open)."""
+    if significant and equivalent:
+        return "negligible"
+    if significant and abs(diff) >= margin:
+        return "different"
+    return "equivalent" if equivalent and not significant else "undecided"
 
 
 def holm(pvalues: ArrayLike) -> np.ndarray:

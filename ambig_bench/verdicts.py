@@ -51,19 +51,20 @@ def paired_cell(r: pd.Series) -> str:
 
 def seeds_to_significance(n: int, comparisons: int) -> int:
     """More seeds at which the paired test across seeds can reach significance at all (Holm, `comparisons`)."""
-    return next(m for m in range(max(n, 2), 64) if min_holm_p(m, comparisons) < ALPHA) - n
+    return next((m for m in range(max(n, 2), max(n, 2) + 64) if min_holm_p(m, comparisons) < ALPHA), n) - n
 
 
 def more_data(seeds: pd.Series, images: pd.Series | None, margin: float, comparisons: int, metric: str) -> str:
     """'about 7 more seeds or about 300 more in-between test images': what would resolve a difference of δ,
-    from the observed spread of the paired differences (80% power, level 5%). Where the spread says the data at hand
+    from the observed spread of the paired differences (80% power, at level 5% / comparisons: Bonferroni's bound on
+    the Holm-corrected tests the verdict uses). Where the spread says the data at hand
     are already enough, an estimate of "1 more" would mislead: it says so instead."""
     n = int(seeds.n_pairs)
-    need = sample_size(seeds.diff_sd, margin)
+    need = sample_size(seeds.diff_sd, margin, alpha=ALPHA / comparisons)
     more = seeds_to_significance(n, comparisons) if math.isnan(need) else math.ceil(need) - n
     options = [f"about {more} more seed{'s' if more > 1 else ''}"] if more > 0 else []
     if images is not None and images.n_images >= 2:
-        need = sample_size(images.diff_sd, margin)
+        need = sample_size(images.diff_sd, margin, alpha=ALPHA / comparisons)
         more_images = math.ceil(need) - int(images.n_images) if not math.isnan(need) else 0
         if more_images > 0:
             pooled = "" if images.pool == ONCE else " (pooled over seeds)"
@@ -87,8 +88,8 @@ def judge(leader: str, tests: pd.DataFrame, metric: str, margin: float, more: di
         sign = -1 if higher else 1  # the leader's advantage, positive
         low, high = sorted((sign * runner.diff_ci_low, sign * runner.diff_ci_high))
         return (f"**{leader}** is better by {sign * runner.diff_mean:.3f} [{low:.3f}, {high:.3f}]",
-                f"better than all {len(tests)} others by at least {margin:g}; closest {tests.index[0]} − {leader}: "
-                f"{paired_cell(runner)}")
+                f"significantly better than all {len(tests)} others, each by {margin:g} or more on the mean; "
+                f"closest {tests.index[0]} − {leader}: {paired_cell(runner)}")
     if undecided:
         s = undecided[0]
         t = tests.loc[s]

@@ -247,7 +247,7 @@ def test_the_saved_network_on_images_gives_the_probes_logits(voted):
 def test_a_frozen_run_records_the_probe_and_claims_no_epochs(voted, tmp_path):
     result = run_experiment(build({**voted, "strategy": "votes", "freeze": True}), out=tmp_path / "out")
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
-    assert metrics["probe_l2"] in probe.L2_GRID and metrics["probe_iterations"] > 0 and metrics["epochs"] is None
+    assert metrics["probe_l2"] in probe.L2_GRID and metrics["probe_iterations"] > 0 and "epochs" not in metrics
     assert np.isfinite(metrics["human_ce"])
 
 
@@ -261,3 +261,14 @@ def test_frozen_runs_are_a_new_experiment_and_other_runs_keep_their_key(voted):
     assert key_content(build({**voted, "freeze": True}))["probe"] == PROBE
     assert "probe" not in key_content(build(voted))
 
+
+
+@pytest.mark.parametrize("iterations, gradient, converged, says", [
+    (40, 5e-5, True, "gradient tolerance"),  # on the gradient tolerance
+    (40, 5e-4, True, "loss-change tolerance"),  # float32 stopped it within 10x the tolerance
+    (40, 5e-2, False, "stalled"),  # stopped changing far from the optimum
+    (500, 5e-2, False, "hit its cap"),
+])
+def test_a_fit_has_converged_only_near_its_gradient_tolerance(iterations, gradient, converged, says):
+    fit = probe.Fit(0.1, torch.zeros(2, 3), torch.zeros(2), iterations, 500, 0.5, gradient)
+    assert fit.converged is converged and says in fit.convergence

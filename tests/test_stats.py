@@ -301,7 +301,8 @@ def test_sample_size_by_hand_and_statsmodels():
 
 
 @pytest.mark.parametrize("significant, equivalent, diff, outcome", [
-    (True, False, 0.05, "different"), (True, True, -0.005, "negligible"), (True, False, -0.01, "negligible"),
+    (True, False, 0.05, "different"), (True, True, -0.005, "negligible"),
+    (True, False, -0.01, "undecided"),  # significant, below the margin on the mean, but not shown inside it
     (False, True, 0.001, "equivalent"), (False, False, 0.03, "undecided"), (True, False, -0.02, "different")])
 def test_classify(significant, equivalent, diff, outcome):
     assert classify(significant, equivalent, diff, 0.02) == outcome and outcome in OUTCOMES

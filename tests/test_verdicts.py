@@ -103,13 +103,25 @@ def test_out_of_fold_pool_gets_the_exact_mcnemar_test(tmp_path):
     assert lead_row(c, {}, "clear-cut accuracy", "clear_acc")["test"].startswith(f"image by image ({ONCE}")
 
 
-@pytest.mark.parametrize("seeds, folds", [([0, 1, 2], None), ([0, 1, 2], 0), ([0, 1, 2, 3, 4, 5], 3), ([0, 1], 3)])
-def test_pools_that_repeat_or_miss_images_get_the_cluster_bootstrap(tmp_path, seeds, folds):
+@pytest.mark.parametrize("seeds, folds", [(list(range(12)), None), (list(range(10)), 0), (list(range(12)), 3)])
+def test_pools_that_repeat_images_over_enough_seeds_get_the_cluster_bootstrap(tmp_path, seeds, folds):
     plant_images(tmp_path, seeds=seeds, folds=folds)
     row = analyse(tmp_path).images.set_index(["strategy", "metric"]).loc[("hard", "clear_acc")]
     assert (row.pool, row.test) == (REPEATED, "cluster bootstrap over seeds")
     ece = analyse(tmp_path).images.set_index(["strategy", "metric"]).loc[("hard", "ece")]
     assert ece.test == "cluster bootstrap over seeds" and not math.isnan(ece.diff_mean)
+
+
+@pytest.mark.parametrize("seeds, folds", [([0, 1, 2], None), ([0], None), ([0, 1, 2, 3, 4, 5], 3), ([0, 1], 3)])
+def test_pools_that_repeat_or_miss_images_over_few_seeds_get_no_test_by_image(tmp_path, seeds, folds):
+    """Resampling 1-9 whole seeds: every resample has the sign of every seed (a p-value at its floor), and one seed
+    no spread at all; no test by image is made, and the verdict uses the test across seeds."""
+    plant_images(tmp_path, seeds=seeds, folds=folds)
+    c = analyse(tmp_path)
+    row = c.images.set_index(["strategy", "metric"]).loc[("hard", "clear_acc")]
+    assert row.pool == REPEATED and row.test.startswith("none") and math.isnan(row.p_value)
+    assert row.outcome == "undecided" and not row.significant and not row.equivalent
+    assert lead_row(c, {}, "clear-cut accuracy", "clear_acc")["test"] == "across seeds"
 
 
 def test_ece_out_of_fold_is_a_paired_bootstrap_over_images(tmp_path):
@@ -275,3 +287,12 @@ def test_cli_margin_reaches_the_tests_and_bad_input_exits_2(tmp_path):
     for command in ("compare", "report"):
         result = runner.invoke(app, [command, str(tmp_path), "--margin", "speed=1"])
         assert result.exit_code == 2 and "--margin speed=1: unknown metric 'speed'" in result.output
+
+
+def test_many_seeds_of_identical_strategies_give_a_verdict(tmp_path):
+    """64 seeds where reassign's probe is soft's exactly (zero spread): no crash looking for more seeds."""
+    for seed in range(64):
+        for strategy in ("soft", "reassign"):
+            fake_run(tmp_path, strategy, seed, {"clear_acc": 0.8 + 0.001 * (seed % 5)})
+    row = lead_row(analyse(tmp_path), {}, "clear-cut accuracy", "clear_acc")
+    assert row["answer"].startswith("equivalent within ±0.02"), row
