@@ -103,12 +103,14 @@ def test_out_of_fold_pool_gets_the_exact_mcnemar_test(tmp_path):
     assert lead_row(c, {}, "clear-cut accuracy", "clear_acc")["test"].startswith(f"image by image ({ONCE}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds, folds", [(list(range(12)), None), (list(range(10)), 0), (list(range(12)), 3)])
 def test_pools_that_repeat_images_over_enough_seeds_get_the_cluster_bootstrap(tmp_path, seeds, folds):
     plant_images(tmp_path, seeds=seeds, folds=folds)
-    row = analyse(tmp_path).images.set_index(["strategy", "metric"]).loc[("hard", "clear_acc")]
+    images = analyse(tmp_path).images.set_index(["strategy", "metric"])
+    row = images.loc[("hard", "clear_acc")]
     assert (row.pool, row.test) == (REPEATED, "cluster bootstrap over seeds")
-    ece = analyse(tmp_path).images.set_index(["strategy", "metric"]).loc[("hard", "ece")]
+    ece = images.loc[("hard", "ece")]
     assert ece.test == "cluster bootstrap over seeds" and not math.isnan(ece.diff_mean)
 
 
