@@ -161,6 +161,8 @@ def sections(comparison: Comparison, level: int) -> list[Block]:
                              f"t-tests (margins: {margins_text(comparison.margins)}). "
                              f"{attainable(comparison.paired)}"),
                    tabulate(paired_display(comparison.paired, g), g)]
+    elif comparison.runs.strategy.nunique() == 1:
+        blocks.append(Paragraph(ONE_STRATEGY))
     if not comparison.images.empty:
         blocks += [Heading(f"Paired differences image by image against {code(baseline)}", level),
                    Paragraph("Test images paired by seed and row order, strategy minus baseline, pooled over seeds. "
@@ -169,8 +171,6 @@ def sections(comparison: Comparison, level: int) -> list[Block]:
                              "ECE. Otherwise images repeat across seeds and are not independent: a cluster bootstrap "
                              "resamples whole seeds. Holm-corrected across strategies per metric."),
                    tabulate(images_display(comparison.images, g), g)]
-    elif comparison.runs.strategy.nunique() == 1:
-        blocks.append(Paragraph(ONE_STRATEGY))
     if summary["cp_coverage_mean"].notna().any():
         blocks += [Heading(f"Conformal prediction sets (LAC, α = {CONFORMAL_ALPHA}, calibrated per kind on "
                            "validation)", level),

@@ -202,6 +202,8 @@ def parse_normalize(value: str) -> tuple[tuple[float, ...], tuple[float, ...]] |
         raise UserError(f"--normalize {value}: means must be in [0, 1] and stds in (0, 1] (pixel values scaled to "
                         "0..1, as torchvision and timm give them)")
     return mean, std
+
+
 AUGMENT = ("auto", "on", "off")
 EARLY_STOPPING = ("auto", "on", "off")
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ambig_bench.metrics import expected_calibration_error
 from ambig_bench.rundir import RunDir
-from ambig_bench.stats import bootstrap_difference, classify, holm, mcnemar_exact, tost
+from ambig_bench.stats import against_margin, bootstrap_difference, mcnemar_exact, tost
 
 # The metrics tested image by image: which images (in-between or clear-cut) and the per-image outcome
 # (None: a metric of the whole set of images, bootstrapped).
@@ -111,13 +111,7 @@ def image_comparison(pools: dict[str, dict[int, pd.DataFrame]], metric: str, bas
     rows = [{"strategy": s, "baseline": baseline} | paired_images(pool, pools[baseline], metric, margin, folds)
             for s, pool in pools.items() if s != baseline]
     out = pd.DataFrame(rows, columns=[*COLUMNS[:11], "p_tost"])
-    out["p_holm"] = holm(out.p_value.to_numpy(float))
-    out["significant"] = (out.p_holm < alpha).astype(bool)
-    out["margin"] = margin
-    out["equivalent"] = (out.p_tost < alpha).astype(bool)
-    out["outcome"] = [classify(r.significant, r.equivalent, r.diff_mean, margin) if r.n_images >= 2 else "undecided"
-                      for r in out.itertuples()]
-    return out[COLUMNS]
+    return against_margin(out, margin, alpha)[COLUMNS]
 
 
 def never_pair(pool: dict[int, pd.DataFrame]) -> bool:

@@ -380,8 +380,12 @@ def normalization_source(options: ModelOptions, start: Start | None) -> str:
     """Where a run's input normalisation comes from: `data` (fitted on its training images), `starting weights`
     (--pretrained's, a run's), or the settled --normalize (`imagenet`, MEAN,STD)."""
     settled = settled_normalize(options)
-    if settled is not None:
-        return settled
+    return settled if settled is not None else own_normalization(start)
+
+
+def own_normalization(start: Start | None) -> str:
+    """Where a run's normalisation comes from without --normalize: its starting weights' own where they have one
+    (--pretrained's, a run's), else its data's."""
     return "starting weights" if start is not None and start.mean is not None else "data"
 
 
@@ -420,7 +424,7 @@ def build_network(name: str, train_images: torch.Tensor, num_outputs: int, width
     _, channels, size, _ = train_images.shape
     entry = MODELS.get(name)
     net = build_model(name, channels, size, num_outputs, width)
-    normalization = normalization or ("starting weights" if start is not None and start.mean is not None else "data")
+    normalization = normalization or own_normalization(start)
     # Grey images enter an RGB network as RGB: one grey channel's normalisation broadcast against 3.
     preprocess = preprocess_for(normalization, train_images, start, 3 if entry.rgb else channels)
     if start is not None:

@@ -186,6 +186,18 @@ def classify(significant: bool, equivalent: bool, diff: float, margin: float) ->
     return "equivalent" if equivalent and not significant else "undecided"
 
 
+def against_margin(tests: pd.DataFrame, margin: float, alpha: float) -> pd.DataFrame:
+    """A table of paired tests (`p_value`, `p_tost`, `diff_mean` per row) judged together: Holm across its rows,
+    significance and equivalence at `alpha`, and each row's outcome against `margin` (`classify`). A row without a
+    test (NaN p-values: too few pairs) is neither significant nor equivalent, so undecided."""
+    tests["p_holm"] = holm(tests["p_value"].to_numpy(float))
+    tests["significant"] = (tests["p_holm"] < alpha).astype(bool)  # NaN -> False
+    tests["margin"] = margin
+    tests["equivalent"] = (tests["p_tost"] < alpha).astype(bool)
+    tests["outcome"] = [classify(r.significant, r.equivalent, r.diff_mean, margin) for r in tests.itertuples()]
+    return tests
+
+
 def holm(pvalues: ArrayLike) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values; NaN stays NaN and is not counted."""
     p = np.asarray(pvalues, dtype=float).ravel()
@@ -231,12 +243,7 @@ def paired_comparison(df: pd.DataFrame, metric: str, baseline: str, margin: floa
         rows.append(row)
     out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "significant", "margin",
                                                                         "equivalent", "outcome", "verdict")])
-    out["p_holm"] = holm(out["p_value"].to_numpy(float))
-    out["significant"] = (out["p_holm"] < alpha).astype(bool)  # NaN -> False
-    out["margin"] = margin
-    out["equivalent"] = (out["p_tost"] < alpha).astype(bool)
-    out["outcome"] = [classify(r.significant, r.equivalent, r.diff_mean, margin) if r.n_pairs >= 2 else "undecided"
-                      for r in out.itertuples()]
+    out = against_margin(out, margin, alpha)
     out["verdict"] = [_verdict(r.n_pairs, r.outcome, r.diff_mean, margin, baseline) for r in out.itertuples()]
     return out[COLUMNS]
 

@@ -140,14 +140,13 @@ def lead_row(comparison: Comparison, where: dict, criterion: str, metric: str) -
     if images is not None and not by_image:
         runner = others[0]
         evidence += f"; by image ({images.loc[runner].pool}): {runner} − {leader} {paired_cell(images.loc[runner])}"
-    if metric == "between_set_acc" and threshold_note(comparison, where):
-        evidence += f"; {threshold_note(comparison, where)}"
+    if metric == "between_set_acc" and (note := threshold_note(comparison, where)):
+        evidence += f"; {note}"
     test = (f"image by image ({ONCE}, {images.test.iloc[0]})" if by_image else "across seeds")
     bad = unconverged(part)
     if bad.any():
-        fixes = ", ".join(dict.fromkeys(fix(r) for r in part[bad].get("convergence", pd.Series(dtype=str))))
         evidence = f"the runs alone would say: {answer.replace('**', '')}; {evidence}"
-        answer = f"no winner named: {int(bad.sum())} of {len(part)} runs had not converged ({fixes or FIX})"
+        answer = f"no winner named: {int(bad.sum())} of {len(part)} runs had not converged ({fixes(part[bad])})"
     return row | {"answer": answer, "evidence": evidence, "test": test}
 
 
@@ -170,6 +169,11 @@ def fix(reason: object) -> str:
     return reason.rsplit(": ", 1)[1] if ": " in reason else reason
 
 
+def fixes(runs: pd.DataFrame) -> str:
+    """The distinct fixes of unconverged runs' reasons ('raise --epochs'), in order; FIX where none records one."""
+    return ", ".join(dict.fromkeys(fix(r) for r in runs.get("convergence", pd.Series(dtype=str)))) or FIX
+
+
 def flags(comparison: Comparison) -> list[str]:
     """What the reader must know before trusting a number: runs that had not converged (or do not say), strategies
     that never answer "A or B", scores that come through a threshold tuned on validation."""
@@ -178,9 +182,8 @@ def flags(comparison: Comparison) -> list[str]:
     bad = unconverged(done)
     if bad.any():
         who = ", ".join(f"{s} {n}" for s, n in done[bad].strategy.value_counts(sort=False).items())
-        fixes = ", ".join(dict.fromkeys(fix(r) for r in done[bad].get("convergence", pd.Series(dtype=str))))
-        lines.append(f"{int(bad.sum())} of {len(done)} runs had not converged: {fixes or FIX} ({who}); no winner is "
-                     "named for a criterion whose strategies include them.")
+        lines.append(f"{int(bad.sum())} of {len(done)} runs had not converged: {fixes(done[bad])} ({who}); no winner "
+                     "is named for a criterion whose strategies include them.")
     unknown = (done["converged"].isna() if "converged" in done else pd.Series(True, index=done.index))
     if unknown.any():
         lines.append(f"{int(unknown.sum())} of {len(done)} runs do not record whether they converged (written before "
