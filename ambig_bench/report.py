@@ -338,14 +338,17 @@ def verdict_rules() -> list[str]:
     return [
         "Verdict per criterion: the strategy with the best mean is compared with every other strategy (Holm "
         f"across those comparisons, level {ALPHA}), image by image where each test image was tested once "
-        "(out-of-fold pools of `--folds`), else across seeds. Each comparison is *different* (significant, at "
-        "least the margin δ), *negligible* (significant, smaller than δ: never a trade-off), *equivalent* (two "
-        "one-sided tests inside ±δ) or *undecided*.",
+        "(out-of-fold pools of `--folds`), else across seeds. Each comparison is *different* (significant, the "
+        "mean at least the margin δ), *negligible* (significant, and inside ±δ by two one-sided tests: never a "
+        "trade-off), *equivalent* (not significant, inside ±δ by two one-sided tests) or *undecided* (anything "
+        "else, a significant difference not shown inside ±δ among them).",
         "**X is better by d [95% CI]** only if X is different from, and better than, every other strategy; d is "
         "its lead over the runner-up. **Undecided** if any comparison is: the 95% CI's half-width, and how many more "
-        f"seeds or test images a test at level {ALPHA} needs to detect a difference of δ with probability {POWER:g} "
-        "(n = ((z₀.₉₇₅ + z₀.₈) · sd / δ)², sd the observed spread of one seed's or one image's paired difference; "
-        "where seeds cannot reach significance at all, the seeds that can). Otherwise the strategies "
+        f"seeds or test images a test at level {ALPHA}/k (k comparisons: Bonferroni's bound on Holm) needs to "
+        f"detect a difference of δ with probability {POWER:g} (n = ((z₁₋α/₂ₖ + z₀.₈) · sd / δ)², sd the observed "
+        "spread of one seed's or one image's paired difference; where seeds cannot reach significance at all, the "
+        "seeds that can; a repeat with new seeds where the data at hand should already suffice). Otherwise the "
+        "strategies "
         "**equivalent within ±δ** (or negligibly different) from the best, and those worse beyond δ.",
         "No winner is named for a criterion whose strategies include runs that had not converged (metrics.json "
         "`converged`); runs that do not record it are counted as unknown and do not block.",
