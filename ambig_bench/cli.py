@@ -27,6 +27,7 @@ from ambig_bench.catalogue import catalogue
 from ambig_bench.config import ExperimentConfig
 from ambig_bench.errors import TERMINATED, RunFailed, UserError, stop_on_sigterm
 from ambig_bench.experiments import experiment
+from ambig_bench.shown import shown
 
 # Only light modules are imported here: --help, the listings and argument errors answer without torch, pandas or
 # matplotlib (the catalogue describes the registries); each command imports what its work needs.
@@ -37,8 +38,9 @@ out = Console()
 
 
 def say(label: str, style: str, message: object) -> None:
-    """One line on stderr: a coloured label, then `message` as plain text (file names may hold `[/x]`)."""
-    err.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
+    """One line on stderr: a coloured label, then `message` as plain text (file names may hold `[/x]`), its
+    control characters escaped (`shown`)."""
+    err.print(Text.assemble((label, style), " ", shown(message)), highlight=False, soft_wrap=True)
 
 
 def guarded(fn: Callable) -> Callable:

@@ -28,6 +28,8 @@ from urllib.parse import unquote
 import pandas as pd
 from markdown_it import MarkdownIt
 
+from ambig_bench.shown import shown
+
 FIGURES = "figures/"  # where figures are written, relative to the document
 
 
@@ -39,12 +41,12 @@ MARKUP = re.compile(r"[\\`*~<>&|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=[(\[:]
 
 def escape(text: object) -> str:
     """User text (a class name, a path) as markdown that shows exactly that text, on one line."""
-    return MARKUP.sub(lambda m: "\\" + m.group(), " ".join(str(text).splitlines()))
+    return MARKUP.sub(lambda m: "\\" + m.group(), shown(" ".join(str(text).splitlines())))
 
 
 def code(text: object) -> str:
     """User text as a code span: fenced by more backticks than it holds, so none of it can close the span."""
-    flat = " ".join(str(text).splitlines())
+    flat = shown(" ".join(str(text).splitlines()))
     fence = "`" * (1 + max((len(run) for run in re.findall("`+", flat)), default=0))
     return f"{fence} {flat} {fence}" if "`" in flat else f"`{flat}`"
 
@@ -82,7 +84,7 @@ Block = Heading | Paragraph | Bullets | Table | Image
 
 def markdown_cell(value: object) -> str:
     # A "|" would end the cell and a newline the row: both would tear the table apart in markdown and HTML.
-    return " ".join(str(value).replace("|", "\\|").splitlines())
+    return shown(" ".join(str(value).replace("|", "\\|").splitlines()))
 
 
 def markdown_table(frame: pd.DataFrame, markdown: tuple[str, ...] = ()) -> str:
@@ -152,5 +154,5 @@ def to_html(markdown: str, title: str, figures: dict[str, bytes]) -> str:
     md.add_render_rule("image", embed_image)
     md.add_render_rule("link_open", link_in_page)
     body = md.render(markdown, {"figures": figures})
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(shown(title))}</title>"
             f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")

@@ -24,7 +24,6 @@ import functools
 import hashlib
 import io
 import os
-import stat
 import sys
 import tarfile
 import warnings
@@ -39,6 +38,7 @@ from PIL import Image, ImageOps
 
 from ambig_bench import cache
 from ambig_bench.errors import UserError
+from ambig_bench.io import read_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -174,20 +174,12 @@ def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImage
 
 
 def read_file(path: Path, inside: Path | None = None) -> bytes:
-    """An image file's bytes, if it is a regular file (not a FIFO that would block, not a device that never ends)
-    of at most MAX_FILE_BYTES, and, given `inside`, not a link to something outside that folder."""
-    try:
-        st = os.stat(path)  # follows links: what would be read
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); only image files are read")
+    """An image file's bytes (`io.read_bytes`: a regular file of at most MAX_FILE_BYTES) and, given `inside`, not
+    a link to something outside that folder."""
+    data = read_bytes(path, MAX_FILE_BYTES, "image file")
     if inside is not None and not path.resolve().is_relative_to(inside):
         raise UserError(f"{path}: a link to {path.resolve()}, outside the data folder {inside}; copy the file in")
-    if st.st_size > MAX_FILE_BYTES:
-        raise UserError(f"{path}: {st.st_size} bytes, more than an image file may have ({MAX_FILE_BYTES >> 20} MiB)")
-    with path.open("rb") as f:
-        return f.read(MAX_FILE_BYTES + 1)
+    return data
 
 
 def load_image(data: bytes, where: str) -> Image.Image:

@@ -12,14 +12,17 @@ the permissions the user's umask gives a new file (0644 under the usual 022), as
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ambig_bench.errors import UserError
+from ambig_bench.shown import csv_frame
 
 if TYPE_CHECKING:  # pandas is not imported for the CLI's start (the catalogue's cache is written here)
     import pandas as pd
@@ -67,12 +70,58 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    write_atomic(path, df.to_csv(index=False))
+    """A CSV whose text cells cannot run as spreadsheet formulas (`shown.csv_frame`)."""
+    write_atomic(path, csv_frame(df).to_csv(index=False))
 
 
-def read_json(path: Path) -> dict:
+MAX_TEXT_BYTES = 64 << 20  # a config, labels CSV or run file beyond this is not one this tool wrote or reads
+
+
+def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path` if it is a regular file (not a FIFO that would block, not a device that never ends, not
+    a folder or a link loop) of at most `limit` bytes; otherwise one line naming the file (UserError)."""
+    try:
+        # O_NONBLOCK: a FIFO put in place after any check still cannot block the open; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, where a {what} belongs") from None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR):
+            raise UserError(f"{path}: cannot be opened ({e.strerror}); give the path of a {what}") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
+        if st.st_size > limit:
+            raise UserError(f"{path}: {st.st_size:,} bytes, more than a {what} may have ({limit:,})")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while being read
+        raise UserError(f"{path}: more than a {what} may have ({limit:,} bytes)")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str = "text file") -> str:
+    """`read_bytes` as UTF-8 text (a BOM is dropped); invalid encodings and NUL bytes are one line naming the
+    file and line."""
+    data = read_bytes(path, limit, what)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not UTF-8 text (byte {data[e.start]:#04x}); save it as UTF-8") from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise UserError(f"{path}: line {line}: holds a NUL byte; a {what} is text")
+    return text
+
+
+def read_json(path: Path, limit: int = MAX_TEXT_BYTES) -> Any:
     """Files written here are never partial, so an unreadable one was edited or damaged by hand."""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); delete its run directory to train the run again") from None
+        return json.loads(read_text(path, limit, "JSON file"))
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
+        why = e if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        raise UserError(f"{path}: not valid JSON ({why}); delete its run directory to train the run again") from None

@@ -38,6 +38,7 @@ from ambig_bench.conformal import prediction_sets
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import Change, find_images, read_image
 from ambig_bench.rundir import RunDir
+from ambig_bench.shown import csv_frame
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
@@ -231,7 +232,7 @@ def to_csv(report: PredictionReport) -> str:
         row.update({f"p_{name}": p for name, p in zip(report.class_names, probs, strict=True)})
         rows.append({**row, "converted": "; ".join(map(change_text, r.changes)), "error": r.error})
     buffer = io.StringIO()
-    pd.DataFrame(rows).to_csv(buffer, index=False, float_format="%.6g")
+    csv_frame(pd.DataFrame(rows)).to_csv(buffer, index=False, float_format="%.6g")
     return buffer.getvalue()
 
 

@@ -1,0 +1,53 @@
+"""One rule for every name that reaches a person: text from someone else's dataset is shown, never obeyed.
+
+A class, file or folder name may hold control characters. Printed raw, `\\x1b]0;TITLE\\x1b\\\\` retitles the
+terminal, `\\x1b[2J` clears it and `\\x1b[5A` moves the cursor up over a warning; a bidi override makes
+`gpj.exe` read as `exe.jpg`. `shown` writes each such character as its escape (`\\x1b`, `\\n`, `\\u202e`), in the
+terminal, in error lines, in markdown and HTML. Everything else (accents, CJK, emoji) stays as typed.
+
+A CSV cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is read as a formula by spreadsheet
+programs (`=HYPERLINK(...)`); `csv_cell` prefixes such a text cell with `'` (OWASP's rule for CSV injection).
+Numbers are never changed, so `-0.5` stays a number.
+
+>>> shown("cat\\x1b[2J")
+'cat\\\\x1b[2J'
+>>> shown("a\\nb"), shown("caf\\u00e9")
+('a\\\\nb', 'café')
+>>> csv_cell("=HYPERLINK(1)"), csv_cell("dog"), csv_cell(-0.5)
+("'=HYPERLINK(1)", 'dog', -0.5)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is not imported for the CLI's start
+    import pandas as pd
+
+# C0 controls, DEL, C1 controls; bidi embeddings, overrides and isolates, and the invisible direction marks.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_control(match: re.Match) -> str:
+    char = match.group()
+    return NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def shown(text: object) -> str:
+    """`text` with every control and bidi character written as its escape; the rest unchanged."""
+    return CONTROL.sub(escape_control, str(text))
+
+
+def csv_cell(value: object) -> object:
+    """A text cell that a spreadsheet would read as a formula, prefixed with `'`; anything else unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with `csv_cell` applied to its column names and to every text cell."""
+    text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
+    safe = frame.assign(**{c: frame[c].map(csv_cell) for c in text}) if text else frame
+    return safe.set_axis([csv_cell(c) for c in frame.columns], axis=1)
