@@ -11,6 +11,8 @@ One rule for every kind:
 - a cache that cannot be written (read-only home, full disk) costs the speed-up and a warning, never the command.
 
 $ AMBIG_BENCH_CACHE=/tmp/ab ambig-bench run --dataset cifar10     # cache somewhere else
+$ ambig-bench cache            # where it is and what it holds
+$ ambig-bench cache --clear    # remove what ambig-bench wrote there, nothing else
 
 >>> cached(file("catalogue", ["example"]), JSON, lambda: {"a": 1})  # doctest: +SKIP
 {'a': 1}
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,6 +62,36 @@ def library_folder(library: str) -> Path:
     if library not in LIBRARIES:
         raise KeyError(f"{library!r} is not a cache folder; add it to cache.LIBRARIES")
     return directory() / library
+
+
+def contents() -> dict[str, list[Path]]:
+    """What ambig-bench wrote in the cache directory, by kind and library folder: only files it names (and the
+    temporary files of a killed write), so a cache set to a folder that holds other files never loses them."""
+    top = directory()
+    found = {kind: sorted(top.glob(f"{kind}-*{k.suffix}")) for kind, k in KINDS.items()}
+    found |= {library: [top / library] for library in LIBRARIES if (top / library).is_dir()}
+    found["unfinished writes"] = sorted(p for kind in KINDS for p in top.glob(f".{kind}-*.tmp"))
+    return {kind: paths for kind, paths in found.items() if paths}
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (links not followed)."""
+    if path.is_dir() and not path.is_symlink():
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.lstat().st_size
+
+
+def clear() -> int:
+    """Remove everything `contents` lists; the bytes freed."""
+    freed = 0
+    for paths in contents().values():
+        for path in paths:
+            freed += size(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return freed
 
 
 def file(kind: str, parts: Iterable[str | bytes]) -> Path:

@@ -409,6 +409,28 @@ def datasets() -> None:
     listing("in-between sources (--between-source)", catalogue()["sources"])
 
 
+@app.command("cache")
+@guarded
+def cache_command(clear: bool = typer.Option(False, "--clear", help="Remove what ambig-bench wrote there (decoded "
+                                              "images, features, downloads); nothing else in the folder")) -> None:
+    """Where the cache is ($AMBIG_BENCH_CACHE, else ~/.cache/ambig-bench) and what it holds; --clear empties it."""
+    from ambig_bench import cache
+
+    held = {kind: (len(paths), sum(map(cache.size, paths))) for kind, paths in cache.contents().items()}
+    if clear:
+        freed = cache.clear()
+        say("cache:", "green", f"{cache.directory()}: removed {sum(n for n, _ in held.values())} entries, "
+                               f"{freed / 2**20:.1f} MiB")
+        return
+    table = Table(title=f"cache: {shown(cache.directory())}", title_justify="left")
+    for column in ("kind", "entries", "MiB"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for kind, (n, size) in held.items():
+        table.add_row(kind, str(n), f"{size / 2**20:.1f}")
+    table.add_row("total", str(sum(n for n, _ in held.values())), f"{sum(b for _, b in held.values()) / 2**20:.1f}")
+    out.print(table)
+
+
 def main() -> int:
     """The console entry point. Usage errors (an unknown option, a value of the wrong type) are one line, like every
     other error, instead of click's framed box; `--help` and the commands' own exit codes pass through."""

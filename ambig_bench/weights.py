@@ -20,7 +20,9 @@ import hashlib
 import json
 import os
 import pickle
+import socket
 import urllib.error
+import urllib.parse
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -130,17 +132,34 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def timm_start(architecture: str) -> Start:
-    """timm's default pretrained weights, through timm's own download and cache (the Hugging Face hub cache)."""
-    import timm  # optional extra; the model name already required it
-
+def reachable(url: str, timeout: float = 2.0) -> bool:
+    """Whether `url`'s host accepts a connection: asked before a download, so that a machine without network gets
+    one line at once, not a library's "Downloading ..." line followed by a failure."""
+    parts = urllib.parse.urlsplit(url)
     try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def timm_start(architecture: str) -> Start:
+    """timm's default pretrained weights, through timm's own download and cache (the Hugging Face hub cache);
+    without network, the cache alone (HF_HUB_OFFLINE), so nothing tries to download."""
+    import timm  # optional extra; the model name already required it
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        constants.HF_HUB_OFFLINE = offline or not reachable("https://huggingface.co")
         net = timm.create_model(architecture, pretrained=True)
     except Exception as e:  # noqa: BLE001 - hub and timm raise many kinds offline; each becomes this one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--pretrained: timm:{architecture}'s weights are not cached and cannot be downloaded "
                         f"({first}); run once with network access, or put the model's files in the Hugging Face "
                         f"cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)") from None
+    finally:
+        constants.HF_HUB_OFFLINE = offline
     cfg, state = net.pretrained_cfg, net.state_dict()
     return Start(state, torch.tensor(cfg["mean"]) * 255, torch.tensor(cfg["std"]) * 255,
                  {"weights": f"timm:{architecture} ({cfg.get('hf_hub_id') or cfg.get('url') or 'default'})",
@@ -159,6 +178,10 @@ def pretrained_start(architecture: str) -> Start:
     weights = get_model_weights(architecture).DEFAULT
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     file = folder / os.path.basename(weights.url)
+    if not file.exists() and not reachable(weights.url):
+        raise UserError(f"--pretrained: {architecture}'s ImageNet weights are not cached and this machine cannot "
+                        f"reach {urllib.parse.urlsplit(weights.url).hostname}; put {weights.url} at {file} "
+                        f"(docs/own-photos.md, 'Without network')")
     try:
         state = weights.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:

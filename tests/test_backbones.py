@@ -186,6 +186,8 @@ def test_pretrained_offline_without_a_cached_copy_names_the_file(tmp_path, monke
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(_api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr("ambig_bench.weights.reachable", lambda url, timeout=2.0: True)  # the host answers, the
+    # download then fails
     out = tmp_path / "out"
     result, lines = run(["--dataset", "folder", "--labels", str(photos(tmp_path)), "--model", "mobilenet_v3_small",
                          "--pretrained", "--out", str(out)], tmp_path, monkeypatch)
@@ -282,8 +284,8 @@ def test_timm_models_are_registered_on_first_use(tmp_path, monkeypatch):
     net = entry.factory(3, 224, 5, 0)
     assert net.get_submodule(head_name(net)).out_features == 5 and not entry.widenable
     assert entry.recipe.optimizer == "adamw" and entry.input_size == 176  # timm's own
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("ambig_bench.weights.reachable", lambda url, timeout=2.0: False)  # the Hub is not asked
     out = tmp_path / "out"
     result, lines = run(["--dataset", "folder", "--labels", str(photos(tmp_path)), "--model", "timm:resnet10t",
                          "--pretrained", "--out", str(out)], tmp_path, monkeypatch)
@@ -295,3 +297,39 @@ def test_timm_missing_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "timm", None)  # as if the extra were not installed
     result, lines = run(["--model", "timm:never_installed", "--out", str(tmp_path / "out")], tmp_path, monkeypatch)
     assert result.exit_code == 2 and len(lines) == 1 and "pip install 'ambig-bench[timm]'" in lines[0]
+
+
+def test_pretrained_without_network_says_so_at_once_without_a_downloading_line(tmp_path, monkeypatch, capfd):
+    from torchvision.models import _api
+
+    from ambig_bench import weights
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("a download was tried on a machine that cannot reach the host")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights, "reachable", lambda url, timeout=2.0: False)
+    monkeypatch.setattr(_api, "load_state_dict_from_url", must_not_download)
+    weights.pretrained_start.cache_clear()
+    out = tmp_path / "out"
+    result, lines = run(["--dataset", "folder", "--labels", str(photos(tmp_path)), "--model", "mobilenet_v3_small",
+                         "--pretrained", "--out", str(out)], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert "cannot reach download.pytorch.org" in lines[0] and str(tmp_path / "torch") in lines[0]
+    assert "Downloading" not in result.stderr + capfd.readouterr().err
+    assert not out.exists()
+
+
+def test_reachable_is_false_for_a_port_nobody_listens_on():
+    import socket
+
+    from ambig_bench.weights import reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing accepts on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert not reachable(f"http://127.0.0.1:{port}/x", timeout=1.0)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert reachable(f"http://127.0.0.1:{listening.getsockname()[1]}/x", timeout=1.0)

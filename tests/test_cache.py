@@ -106,3 +106,27 @@ def test_two_seeds_compute_each_image_once_and_share_its_features(monkeypatch):
     again = [features.probe(net, data, torch.device("cpu")) for data in seeds]
     assert len(computed) == 2 and [p.seconds for p in again] == [0.0, 0.0]
     assert all(torch.equal(a.data.images, p.data.images) for a, p in zip(again, probes, strict=True))
+
+
+def test_the_cache_command_lists_and_clears_only_what_ambig_bench_wrote(tmp_path):
+    from typer.testing import CliRunner
+
+    from ambig_bench.cli import app
+
+    top = cache.directory()
+    cache.keep(cache.file("catalogue", ["x"]), cache.JSON, {"a": 1})
+    (top / "features-0123456789abcdef01234567.safetensors").write_bytes(b"f" * 2048)
+    (top / "torchvision").mkdir()
+    (top / "torchvision" / "cifar-10-python.tar.gz").write_bytes(b"t" * 4096)
+    (top / ".images-abc.npz.1234.tmp").write_bytes(b"partial")
+    (top / "notes.txt").write_text("the user's own file, in a folder they pointed the cache at")
+    assert {kind: len(paths) for kind, paths in cache.contents().items()} == {
+        "catalogue": 1, "features": 1, "torchvision": 1, "unfinished writes": 1}
+    assert cache.size(top / "torchvision") == 4096
+
+    listed = CliRunner().invoke(app, ["cache"], terminal_width=200)
+    assert listed.exit_code == 0 and "features" in listed.stdout and "torchvision" in listed.stdout
+    cleared = CliRunner().invoke(app, ["cache", "--clear"], terminal_width=200)
+    assert cleared.exit_code == 0, cleared.stderr
+    assert sorted(p.name for p in top.iterdir()) == ["notes.txt"]
+    assert cache.contents() == {}
