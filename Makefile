@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing ambig-bench and its dependencies into $(VENV): torch and torchvision (CUDA builds, about" \
 	      "5.5 GB), Ray, the integrations the tests cover (Hugging Face datasets, MLflow, TensorBoard, crowd-kit," \
-	      "timm) and the test tools: about 6.8 GB and a few minutes the first time."
-	$(PY) -m pip install --progress-bar on -e '.[dev,ray,hf,mlflow,tensorboard,crowd,timm]'
+	      "timm, ONNX Runtime) and the test tools: about 6.8 GB and a few minutes the first time."
+	$(PY) -m pip install --progress-bar on -e '.[dev,ray,hf,mlflow,tensorboard,crowd,timm,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)

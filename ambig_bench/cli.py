@@ -375,6 +375,28 @@ def predict(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+@guarded
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory: <results>/runs/<strategy>-seed<seed>-<key>"),
+    to: Path | None = typer.Option(None, "--out", "-o", help="The file to write (default: <run name>.onnx here)"),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (the only format)"),
+    alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
+    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
+    per_kind: bool = typer.Option(True, "--per-kind/--marginal",
+                                  help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
+                                       "or only on average over the validation mix"),
+) -> None:
+    """Write a run as one ONNX graph (network, decoding, conformal sets), checked against the run before it is kept."""
+    if fmt != "onnx":
+        raise UserError(f"--format {fmt!r}: export writes onnx only")
+    from ambig_bench.export import export_onnx
+
+    exported = export_onnx(run_dir, to or Path(f"{run_dir.name}.onnx"), alpha, conformal, per_kind)
+    say("wrote", "green", f"{exported.path}: checked with onnxruntime on {exported.checked} images against the run "
+                          f"(largest probability difference {exported.max_prob_difference:.1g}; every set the same)")
+
+
 def listing(title: str, items: dict[str, str]) -> None:
     table = Table(title=title, show_header=False, box=None)
     for name, text in items.items():

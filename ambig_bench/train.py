@@ -421,30 +421,33 @@ def fit_reference(cfg: RunConfig, device: torch.device, data: LabelledImages, se
 
 
 @torch.no_grad()
+def view_logits(model: nn.Module, x: torch.Tensor, tta: int = 0,
+                layout: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+    """float32 logits of one batch, averaged over its test-time views (`tta_level`): at 1 the image and its mirror
+    are averaged; at 2, as airbench does, the image and its mirror weigh 1/4 each and both of them shifted one pixel
+    up-left and one down-right 1/8 each. `layout` puts each view in its device's memory layout. Plain tensor
+    operations only, so the exported ONNX graph (export.py) computes the very same views."""
+
+    def mirror_mean(v: torch.Tensor) -> torch.Tensor:
+        v = layout(v)
+        return (model(v).float() + model(v.flip(3)).float()) / 2
+
+    if tta == 2:
+        one = x.new_ones(x.shape[0], 1, dtype=torch.long)
+        return mirror_mean(x) / 2 + mirror_mean(shifted(x, -one, -one)) / 4 + mirror_mean(shifted(x, one, one)) / 4
+    if tta == 1:
+        return mirror_mean(x)
+    return model(x).float()
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, tta: int = 0,
                    batch_size: int = 2048) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches.
-
-    Test-time views (`tta_level`): at 1 the image and its mirror are averaged; at 2, as airbench does, the image
-    and its mirror weigh 1/4 each and both of them shifted one pixel up-left and one down-right 1/8 each.
-    """
+    """Logits (float32, on the CPU) for uint8 images, in eval mode, in large batches (`view_logits`)."""
     model.eval()
-
-    def mirror_mean(x: torch.Tensor) -> torch.Tensor:
-        x = device_layout(x, device)
-        return (model(x).float() + model(x.flip(3)).float()) / 2
-
     out = []
     for start in range(0, len(images), batch_size):
         x = device_layout(images[start:start + batch_size].to(device, non_blocking=True), device)
         with autocast(device):
-            if tta == 2:
-                one = torch.ones(len(x), 1, dtype=torch.long, device=device)
-                logits = (mirror_mean(x) / 2 + mirror_mean(shifted(x, -one, -one)) / 4
-                          + mirror_mean(shifted(x, one, one)) / 4)
-            elif tta == 1:
-                logits = mirror_mean(x)
-            else:
-                logits = model(x).float()
+            logits = view_logits(model, x, tta, lambda t: device_layout(t, device))
         out.append(logits.cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -122,9 +122,9 @@ class Strategy:
     def predict_sets(self, logits: torch.Tensor, threshold: float) -> torch.Tensor:
         """N×K bool: classes scoring at least `threshold`; the top class is always in (no empty sets)."""
         scores = self.set_scores(logits)
-        sets = scores >= threshold
-        sets[torch.arange(len(scores)), scores.argmax(1)] = True
-        return sets
+        # A one-hot "or" rather than an indexed write: the same sets, and a graph that torch.onnx can export
+        # for any batch size (indexing by arange(len) fixes the batch size in an exported graph).
+        return (scores >= threshold) | F.one_hot(scores.argmax(1), scores.shape[1]).bool()
 
     def ambiguity(self, logits: torch.Tensor) -> torch.Tensor:
         """How in-between the model thinks an image is: the second-largest class score."""
