@@ -397,6 +397,29 @@ def export(
                           f"(largest probability difference {exported.max_prob_difference:.1g}; every set the same)")
 
 
+@app.command()
+@guarded
+def suggest(
+    source: Path = typer.Argument(..., help="A results directory (every finished run votes) or one run directory"),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders to rank (searched recursively)"),
+    top: int = typer.Option(20, min=0, help="Images listed, most in-between first (0: all)"),
+    strategy: str | None = typer.Option(None, "--strategy", "-s", help="Only these strategies' runs (comma list)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+) -> None:
+    """Which images to label next: rank images by how in-between the trained runs find them, with the pair."""
+    from ambig_bench.suggest import render
+    from ambig_bench.suggest import suggest as rank_images
+
+    found = rank_images(source, images, [s.strip() for s in strategy.split(",")] if strategy else ())
+    for path, why in found.unreadable.items():
+        say("warning:", "yellow", f"{path}: skipped ({why})")
+    rendered = render(found, fmt, top)
+    if isinstance(rendered, str):
+        print(rendered, end="")
+    else:
+        out.print(rendered)
+
+
 def listing(title: str, items: dict[str, str]) -> None:
     table = Table(title=title, show_header=False, box=None)
     for name, text in items.items():
