@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import sys
 import tarfile
@@ -36,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from ambig_bench import cache
+from ambig_bench import budget, cache
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_bytes
 
@@ -150,7 +151,18 @@ def cached(key: str, decode: Callable[[], DecodedImages]) -> DecodedImages:
 
 
 def decode_archive(path: Path, size: int | None) -> DecodedImages:
+    # Two passes over the members: their headers first, so the total is checked before any image is decoded.
+    check_total([header_of(io.BytesIO(data), where) for _, where, data in archive_images(path)], size, str(path))
     paths, arrays = [], []
+    for name, where, data in archive_images(path):
+        paths.append(name)
+        arrays.append(decode_one(data, where, size))
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    return stack([paths[i] for i in order], [arrays[i] for i in order], str(path))
+
+
+def archive_images(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(name, where, bytes) of each image file in a tar archive, in archive order."""
     try:
         with tarfile.open(path) as tar:
             for member in tar:
@@ -160,16 +172,15 @@ def decode_archive(path: Path, size: int | None) -> DecodedImages:
                     if member.size > MAX_FILE_BYTES:
                         raise UserError(f"{where}: {member.size} bytes, more than an image file may have "
                                         f"({MAX_FILE_BYTES >> 20} MiB)")
-                    paths.append(name)
-                    arrays.append(decode_one(tar.extractfile(member).read(), where, size))
+                    yield name, where, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(f"{path}: unreadable archive ({e})") from None
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    return stack([paths[i] for i in order], [arrays[i] for i in order], str(path))
 
 
 def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImages:
     inside = root.resolve()
+    check_total([header_of(root / n, str(root / n)) if budget.regular_file(root / n) else None for n in names],
+                size, str(root))
     return stack(names, [decode_one(read_file(root / n, inside), str(root / n), size) for n in names], str(root))
 
 
@@ -229,7 +240,8 @@ def fit_array(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def fit_images(images: np.ndarray, size: int) -> np.ndarray:
-    """fit_image for every image of a uint8 N×C×H×W array (datasets loaded at their own size)."""
+    """fit_image for every image of a uint8 N×C×H×W array (datasets loaded at their own size: --image-size)."""
+    budget.check_images(len(images), images.shape[1], size, f"--image-size {size}", "--image-size")
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
     for i, image in enumerate(images):
         fitted = fit_array(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), size)
@@ -249,7 +261,7 @@ def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImag
         raise UserError(f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     size = arrays[0].shape[:2]
     if any(a.shape[:2] != size for a in arrays):  # mixed sizes, no --image-size: the smallest shorter side
-        side = min(min(a.shape[:2]) for a in arrays)
+        side = mixed_side(paths, [a.shape[1::-1] for a in arrays], where)
         arrays = [fit_array(a, side) for a in arrays]
         size = (side, side)
     rgb = any(a.ndim == 3 for a in arrays)
@@ -257,6 +269,51 @@ def stack(paths: list[str], arrays: list[np.ndarray], where: str) -> DecodedImag
     for i, a in enumerate(arrays):
         out[i] = a.transpose(2, 0, 1) if a.ndim == 3 else a  # a grey image among RGB ones fills all 3 channels
     return DecodedImages(paths, out)
+
+
+def mixed_side(paths: list[str], sizes: list[tuple[int, int]], where: str) -> int:
+    """The side images of mixed (width, height) sizes are fitted to: the smallest shorter side, said once on
+    stderr. An image far smaller than the others (a stray thumbnail) would shrink every image to its size, so
+    one below budget.MIN_SIDE or a quarter of the median shorter side is refused, named."""
+    sides = [min(s) for s in sizes]
+    i = int(np.argmin(sides))
+    median = float(np.median(sides))
+    if sides[i] < budget.MIN_SIDE or sides[i] < median / 4:
+        w, h = sizes[i]
+        raise UserError(f"{where}: {paths[i]} is {w}×{h}, far smaller than the other images (median shorter side "
+                        f"{median:g} px); mixed sizes are fitted to the smallest shorter side, at least "
+                        f"{budget.MIN_SIDE} px and a quarter of the median: remove it or give --image-size")
+    print(f"warning: {where}: images of mixed sizes, all fitted to {sides[i]}×{sides[i]} (the smallest shorter "
+          f"side, of {paths[i]}); give --image-size to choose", file=sys.stderr)
+    return sides[i]
+
+
+def header_of(source: Path | BinaryIO, where: str) -> tuple[int, int, int] | None:
+    """(width, height, channels) from an image file's header, nothing decoded; None when the header is unreadable
+    (decoding then names the file and the fault)."""
+    try:
+        with Image.open(source) as image:
+            return image.width, image.height, 1 if image.mode in GREY_MODES else 3
+    except Exception:  # noqa: BLE001 - any fault of the file is reported by decode_one, with its name
+        return None
+
+
+def check_total(headers: list[tuple[int, int, int] | None], size: int | None, where: str) -> None:
+    """All the images' decoded size against the machine's memory, from their headers before any is decoded: each
+    decoded image (at `size`, else at its own size, all held until they are stacked) and the stacked images a run
+    keeps (budget.IMAGE_BYTES per pixel channel)."""
+    known = [h for h in headers if h is not None]
+    if not known:
+        return
+    channels = max(c for _, _, c in known)
+    side = size or min(min(w, h) for w, h, _ in known)
+    held = sum((size * size if size else w * h) * c for w, h, c in known)
+    need = held + len(known) * channels * side * side * budget.IMAGE_BYTES
+    if need > budget.available():
+        fits = math.isqrt(budget.largest(len(known) * channels * (1 + budget.IMAGE_BYTES)))
+        at = f"--image-size {size}" if size else "their own sizes"
+        budget.check(need, f"{where}: {len(known):,} images decoded at {at}",
+                     f"give --image-size {fits} or less" if fits >= 1 else "use fewer images", "in all")
 
 
 # -- single files, for prediction ---------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ambig_bench.batched import copy_back, group_size, widen
 from ambig_bench.config import RunConfig
 from ambig_bench.data import LabelledImages, RawImages
 from ambig_bench.datasets import DATASETS, load_raw
-from ambig_bench.datasets.base import split_and_label
+from ambig_bench.datasets.base import check_before_loading, split_and_label
 from ambig_bench.datasets.confusable import resolve_auto
 from ambig_bench.features import probe
 from ambig_bench.keys import data_fingerprint, experiment_key
@@ -51,6 +51,7 @@ def raw_of(cfg: RunConfig) -> RawImages:
     """The dataset's raw images, loaded once for every run that reads the same files the same way: the data
     options but the pairs, the loader's options and the files' fingerprint; and the seed for a loader that draws
     from it (`draws_from_seed`, e.g. cifar10h's halves)."""
+    check_before_loading(cfg)  # before the key: the key reads the labels CSV and fingerprints the files
     seeded = DATASETS.get(cfg.data.dataset).draws_from_seed
     key = (repr({**dataclasses.asdict(cfg.data), "pairs": None}), repr(cfg.loader), repr(data_fingerprint(cfg)),
            cfg.seed if seeded else None)
@@ -65,6 +66,7 @@ def prepare_data(cfg: RunConfig) -> LabelledImages:
 
     The `natural` source judges images with a reference network trained here (`train.fit_reference`).
     """
+    check_before_loading(cfg)  # before the key, as in raw_of
     shared = {k: v for k, v in cfg.to_dict().items() if k not in ("strategy", "strategy_options", "runtime")}
     key = (cfg.seed, repr(shared), repr(data_fingerprint(cfg)))
     if key not in _prepared:

@@ -20,10 +20,13 @@ from pathlib import Path
 from ambig_bench import options
 from ambig_bench.analysis import analyse
 from ambig_bench.config import ExperimentConfig, RunConfig, coerce
+from ambig_bench.datasets.base import split_and_label
+from ambig_bench.datasets.confusable import wants_auto_pairs
 from ambig_bench.errors import UserError
 from ambig_bench.executors import Executor, grid, run_all
 from ambig_bench.io import write_atomic
 from ambig_bench.plots import png_bytes, sweep_figure
+from ambig_bench.prepare import raw_of
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult
 
@@ -64,8 +67,23 @@ def sweep_points(run: RunConfig, vary: dict[str, list]) -> list[RunConfig]:
                         f"fraction; with --between-source {source} the data fix them")
     # A varied model takes its own recipe (its models.MODELS entry) unless the recipe is varied too; every
     # point is built and checked here, so a bad value fails before any training, naming the option.
-    return [options.replace(run, **dict(zip(vary, values, strict=True)))
-            for values in itertools.product(*vary.values())]
+    points = [options.replace(run, **dict(zip(vary, values, strict=True)))
+              for values in itertools.product(*vary.values())]
+    check_data(points)
+    return points
+
+
+def check_data(points: list[RunConfig]) -> None:
+    """Each point's data, prepared as far as they are without training (memory, files, splits, pairs, in-between
+    images), so that a point whose data fail does before the first point trains: preflight prepares only the
+    first run's data in full. Points that prepare the same data are checked once."""
+    seen = set()
+    for point in points:
+        key = repr((point.data, point.source, point.loader))
+        if key in seen or wants_auto_pairs(point):  # auto pairs are found by training: the run prepares them
+            continue
+        seen.add(key)
+        split_and_label(raw_of(point), point, check_only=True)
 
 
 def sweep_configs(exp: ExperimentConfig, vary: dict[str, list]) -> list[RunConfig]:

@@ -15,15 +15,18 @@ the `human` source trains on the in-between ones; the others keep them (and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ambig_bench import cache
+from ambig_bench import budget, cache
 from ambig_bench.config import RunConfig
 from ambig_bench.data import CLEAR, SPLITS, LabelledImages, RawImages, parse_pairs
 from ambig_bench.errors import UserError
@@ -54,9 +57,14 @@ DATASETS: Registry[Loader] = Registry("dataset")
 BETWEEN_SOURCES: Registry[Source] = Registry("between source")
 
 
+# (images, channels, side) a dataset holds before --image-size resizes them, known without loading it.
+ImagesShape = tuple[int, int, int]
+
+
 def register_dataset(name: str, options: type | None = None,
                      listed_files: Callable[[Path], list[str]] | None = None,
-                     draws_from_seed: bool = False) -> Callable[[Loader], Loader]:
+                     draws_from_seed: bool = False,
+                     shape: Callable[[RunConfig], ImagesShape] | None = None) -> Callable[[Loader], Loader]:
     """Register a dataset loader and the options it reads (a dataclass with `validate()`); each option becomes
     a CLI flag and counts in the experiment key only for runs of this dataset (`loader_options` reads them).
 
@@ -66,11 +74,15 @@ def register_dataset(name: str, options: type | None = None,
 
     draws_from_seed: the loader's images or splits depend on the seed (cifar10h's halves), so the runs of other
     seeds do not reuse its images (`prepare.raw_of`).
+
+    shape: the run's options -> the images' count, channels and side, for a dataset of a known size: --image-size
+    is then checked against the machine's memory before anything is loaded (`check_before_loading`).
     """
 
     def add(loader: Loader) -> Loader:
         loader.listed_files = listed_files
         loader.draws_from_seed = draws_from_seed
+        loader.shape = shape
         return DATASETS.register(name, options)(loader)
 
     return add
@@ -93,11 +105,48 @@ def load_raw(cfg: RunConfig) -> RawImages:
     A loader reads the data options and its own (and the seed, where it registered `draws_from_seed`)."""
     if cfg.data.between_source != "auto":
         BETWEEN_SOURCES.get(cfg.data.between_source)  # a typo fails before a slow load
+    check_before_loading(cfg)
     raw = DATASETS.get(cfg.data.dataset)(cfg)
     check_raw(raw, cfg.data.dataset)
     if cfg.data.image_size and tuple(raw.images.shape[2:]) != (cfg.data.image_size,) * 2:
         raw = dataclasses.replace(raw, images=torch.from_numpy(fit_images(raw.images.numpy(), cfg.data.image_size)))
     return raw
+
+
+def check_before_loading(cfg: RunConfig) -> None:
+    """What the options ask of memory and what the files' headers say, before a dataset is loaded: the images of a
+    dataset of known size at --image-size, an .npz file's arrays, a labels CSV's columns (budget.py's limits)."""
+    loader = DATASETS.get(cfg.data.dataset)
+    if loader.shape is not None:
+        n, channels, side = loader.shape(cfg)
+        size = cfg.data.image_size
+        budget.check_images(n, channels, size or side, f"--image-size {size}" if size else
+                            f"dataset {cfg.data.dataset}", "--image-size" if size else "")
+    data_file = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None
+    if data_file is not None and data_file.suffix.lower() == ".npz":
+        budget.check_npz(data_file)
+        check_npz_labels(data_file)
+    if cfg.data.labels:  # file, split and one column per class at most: checked before the rows are read
+        most = budget.MAX_CLASSES + 2
+        if budget.csv_columns(Path(cfg.data.labels).expanduser(), most) > most:
+            raise UserError(f"--labels {cfg.data.labels}: more than {most:,} columns (file, split and one per "
+                            f"class), more than the {budget.MAX_CLASSES:,} classes a dataset may have")
+
+
+def check_npz_labels(path: Path) -> None:
+    """An .npz file's `y` (read alone, once its header says it is one integer per image) names at most
+    budget.MAX_CLASSES classes, checked in one pass: the loader names classes 0..max(y)."""
+    shapes = budget.npz_shapes(path)
+    if "class_names" in shapes or "probs" in shapes or len(shapes.get("y", ())) != 1:
+        return  # the classes are named or voted on (checked from their headers), or y is the loader's to refuse
+    budget.check(shapes["y"][0] * 8, f"{path}: y of shape {shapes['y']}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            y = f["y"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return  # the loader names the fault
+    if y.size and np.issubdtype(y.dtype, np.integer) and int(y.max()) >= budget.MAX_CLASSES:
+        budget.check_classes(int(y.max()) + 1, f"{path}: y holds {int(y.max()):,}, so it names")
 
 
 def pairs_of(raw: RawImages, cfg: RunConfig) -> list[tuple[int, int]]:
@@ -114,8 +163,12 @@ def prepare(cfg: RunConfig, reference: Reference | None = None) -> LabelledImage
     return split_and_label(load_raw(cfg), cfg, reference)
 
 
-def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None = None) -> LabelledImages:
-    """The run's data from its dataset's raw images (`load_raw`): split, and labelled by the in-between source."""
+def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None = None,
+                    check_only: bool = False) -> LabelledImages | None:
+    """The run's data from its dataset's raw images (`load_raw`): split, and labelled by the in-between source.
+
+    check_only: every check without training, so a sweep's points fail before the first trains: a source that
+    judges images with a trained network (`needs_reference`) is not run, and None is returned."""
     source_name, notes = pick_source(raw, cfg)
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -136,7 +189,12 @@ def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None 
         raise UserError(f"dataset {cfg.data.dataset}: no (clear-cut) training image for class {names}")
     options_type = BETWEEN_SOURCES.options(source_name)
     options = options_type(**cfg.source.get(source_name, {})) if options_type else None
-    data = BETWEEN_SOURCES.get(source_name)(raw, pairs, SourceContext(cfg, options, gen, reference))
+    source = BETWEEN_SOURCES.get(source_name)
+    if check_only and getattr(source, "needs_reference", False):
+        return None
+    data = source(raw, pairs, SourceContext(cfg, options, gen, reference))
+    if check_only:
+        return None
     data.info.update(dataset=cfg.data.dataset, between_source=source_name, origin=raw.source, counts=data.counts(),
                      image_policy={"size": list(data.images.shape[2:]), "requested": cfg.data.image_size,
                                    "resize": RESIZE_POLICY, "exif_orientation": EXIF_POLICY}, notes=notes)
@@ -168,6 +226,7 @@ def check_raw(raw: RawImages, dataset: str) -> None:
         raise UserError(f"dataset {dataset}: images must be uint8 N×C×H×W with one label each")
     if len(raw.class_names) < 2:
         raise UserError(f"dataset {dataset}: needs at least 2 classes, found {len(raw.class_names)}")
+    budget.check_classes(len(raw.class_names), f"dataset {dataset}")
     if n and not 0 <= int(raw.labels.min()) <= int(raw.labels.max()) < len(raw.class_names):
         raise UserError(f"dataset {dataset}: labels must be class indices 0..{len(raw.class_names) - 1}")
     if raw.votes is not None:
@@ -410,6 +469,26 @@ def between_count(n_clear_train: int, fraction: float, n_pairs: int) -> int:
     """In-between training images per pair so they make up `fraction` of the training set."""
     total = round(fraction / (1 - fraction) * n_clear_train)
     return max(1, round(total / n_pairs))
+
+
+def check_generated(per_pair: dict[str, int], n_pairs: int, images: torch.Tensor, n_clear_train: int,
+                    fraction: float) -> None:
+    """In-between images a source will generate (`per_pair`: per split, of each pair), of the size of `images`,
+    against the machine's memory beside `images`, before any is made; the largest --between-fraction that fits
+    is named."""
+    pixels = math.prod(images.shape[1:])
+    count = sum(per_pair.values()) * n_pairs
+    have = budget.available() - len(images) * pixels * budget.IMAGE_BYTES
+    if count * pixels * budget.BLEND_BYTES <= have:
+        return
+    fixed = (count - per_pair["train"] * n_pairs) * pixels * budget.BLEND_BYTES
+    train_room = budget.largest(pixels * budget.BLEND_BYTES, max(have - fixed, 0))
+    most = train_room / (train_room + n_clear_train) if n_clear_train else 0
+    advice = (f"at most --between-fraction {math.floor(most * 1e4) / 1e4:g}" if most >= 1e-4 else
+              "give fewer --test-between-per-pair / --val-between-per-pair or smaller images")
+    budget.check(count * pixels * budget.BLEND_BYTES + len(images) * pixels * budget.IMAGE_BYTES,
+                 f"--between-fraction {fraction}", advice, f"for {count:,} in-between images of "
+                 f"{'×'.join(map(str, images.shape[1:]))} beside {n_clear_train:,} clear-cut training images")
 
 
 # -- where dataset files are ---------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import torch
 
 from ambig_bench.config import MAX_COUNT, check_between, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
-from ambig_bench.datasets.base import BETWEEN_SOURCES, SourceContext, between_count, clear_cut, concat
+from ambig_bench.datasets.base import (
+    BETWEEN_SOURCES,
+    SourceContext,
+    between_count,
+    check_generated,
+    clear_cut,
+    concat,
+)
 from ambig_bench.errors import UserError
 
 
@@ -54,6 +61,7 @@ def blend(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) -> L
         "val": opts.val_between_per_pair,
         "test": opts.test_between_per_pair,
     }
+    check_generated(per_split, len(pairs), raw.images, n_train_clear, opts.between_fraction)
     parts = [clear]
     for split, n in per_split.items():
         inside = clear.split == SPLITS[split]

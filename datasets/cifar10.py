@@ -39,7 +39,7 @@ BATCH_MD5 = {
 }
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", shape=lambda cfg: (60_000, 3, 32))
 def cifar10(cfg: RunConfig) -> RawImages:
     """CIFAR-10, 32x32 RGB: an image-folder tree, a .tgz of one, or torchvision's batches (--download)."""
     raw, _ = read_cifar10(cfg)

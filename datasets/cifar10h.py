@@ -35,7 +35,9 @@ VOTE_FILES = ("cifar10h-counts.npy", "cifar10h-probs.npy")
 HALVES_STREAM = 7919  # added to the seed: the halves get a random stream of their own
 
 
-@register_dataset("cifar10h", draws_from_seed=True)  # the halves are drawn per seed
+# The halves are drawn per seed; 10,000 voted test images, and the 50,000 training images with --human-extra-train.
+@register_dataset("cifar10h", draws_from_seed=True,
+                  shape=lambda cfg: (60_000 if cfg.data.human_extra_train else 10_000, 3, 32))
 def cifar10h(cfg: RunConfig) -> RawImages:
     """CIFAR-10 test images with CIFAR-10H human votes; real in-between images (use --between-source human)."""
     votes_file = locate_votes(cfg)  # before the slow image load, so a missing file fails fast

@@ -12,7 +12,7 @@ from ambig_bench.data import RawImages
 from ambig_bench.datasets.base import register_dataset
 
 
-@register_dataset("digits")
+@register_dataset("digits", shape=lambda cfg: (1797, 1, 8))
 def digits(cfg: RunConfig) -> RawImages:
     """scikit-learn's 1,797 8x8 grey digits (bundled, no download); default pairs 4:9 and 3:8."""
     bunch = load_digits()

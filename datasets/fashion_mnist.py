@@ -26,7 +26,7 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 DEBIAN = "/usr/share/datasets/fashion-mnist"
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", shape=lambda cfg: (70_000, 1, 28))
 def fashion_mnist(cfg: RunConfig) -> RawImages:
     """Fashion-MNIST idx files (--data-dir, Debian's dataset-fashion-mnist, or --download); 28x28 grey."""
     folder = locate(cfg)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ambig_bench.config import check_at_least, check_fraction, option
+from ambig_bench.config import MAX_FOLDS, check_at_least, check_between, check_fraction, option
 from ambig_bench.data import SPLITS, LabelledImages, RawImages
 from ambig_bench.datasets.base import (
     BETWEEN_SOURCES,
@@ -37,7 +37,7 @@ class NaturalOptions:
 
     def validate(self) -> None:
         check_fraction("natural_threshold", self.natural_threshold)
-        check_at_least("natural_folds", self.natural_folds, 2)
+        check_between("natural_folds", self.natural_folds, 2, MAX_FOLDS)
         check_at_least("natural_epochs", self.natural_epochs, 1)
 
 
@@ -64,6 +64,9 @@ def natural(raw: RawImages, pairs: list[tuple[int, int]], ctx: SourceContext) ->
     return data
 
 
+natural.needs_reference = True  # trains networks: a sweep's check of every point leaves it out
+
+
 def reference_probs(data: LabelledImages, ctx: SourceContext) -> torch.Tensor:
     """N×K probabilities: out-of-fold for training images, the fold models' mean for val and test."""
     if ctx.reference is None:
@@ -71,6 +74,12 @@ def reference_probs(data: LabelledImages, ctx: SourceContext) -> torch.Tensor:
     opts: NaturalOptions = ctx.options
     folds = opts.natural_folds
     train_idx = (data.split == SPLITS["train"]).nonzero().squeeze(1)
+    counts = torch.bincount(data.label_a[train_idx], minlength=data.num_classes)
+    if int(counts.min()) < folds:  # a fold would hold out no image of that class, or train on none
+        c = int(counts.argmin())
+        fix = f"at most --natural-folds {int(counts[c])}" if counts[c] >= 2 else "add images of it"
+        raise UserError(f"--natural-folds {folds}: only {int(counts[c])} clear-cut training images of class "
+                        f"{data.class_names[c]}; {fix}")
     held_out = ((data.split == SPLITS["val"]) | (data.split == SPLITS["test"])).nonzero().squeeze(1)
     fold = stratified_split(data.label_a[train_idx], [1 / folds] * (folds - 1), ctx.gen)
     probs = torch.zeros(len(data), data.num_classes)

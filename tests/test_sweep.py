@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,37 @@ def test_the_sweep_figure_is_the_reports_and_nothing_else_is_written(tmp_path):
     report(tmp_path)
     assert (tmp_path / "sweep-between-fraction.png").read_bytes() == \
         (tmp_path / "figures" / "sweep-between-fraction.png").read_bytes()
+
+
+@pytest.mark.parametrize("vary, says", [
+    pytest.param("image-size=8,100000", "--image-size 100000 needs 163 TiB", id="int"),
+    pytest.param("between-fraction=0.05,0.9999999", "--between-fraction 0.9999999 needs", id="float"),
+    pytest.param("model=small-cnn,nope", "unknown model 'nope'", id="str"),
+    pytest.param("freeze=false,true", "--freeze trains only the head", id="bool"),
+])
+def test_a_bad_value_of_every_option_kind_fails_before_the_first_point(monkeypatch, vary, says):
+    monkeypatch.setenv("AMBIG_BENCH_MEMORY", "2GiB")
+    with pytest.raises(UserError, match=re.escape(says)):
+        sweep_configs(ExperimentConfig(tiny_config(), ["soft"], seeds=1, out="unused"), parse_vary([vary]))
+
+
+def test_a_pair_the_data_cannot_serve_is_refused_before_the_first_point_trains(tmp_path, monkeypatch):
+    """On a folder whose labels have in-between images of a:b only, the point of pair b:c fails; the point of a:b,
+    though first, trains nothing (as `run --pairs 1:2` writes nothing)."""
+    from ambig_bench.cli import app
+    from tests.test_bad_input import cli, photo_tree
+
+    monkeypatch.setenv("AMBIG_BENCH_CACHE", str(tmp_path / "cache"))
+    root = photo_tree(tmp_path)
+    rows = [f"{p.relative_to(root).as_posix()},{'a|b' if p.parent.name == 'a' and p.stem < '4' else p.parent.name}"
+            for p in sorted(root.glob("*/*.png"))]
+    (root / "labels.csv").write_text("\n".join(["file,label", *rows]) + "\n")
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["sweep", "--dataset", "folder", "--labels", str(root / "labels.csv"), "--vary",
+                              "pairs=0:1,1:2", "--epochs", "1", "--width", "8", "--seeds", "1", "--device", "cpu",
+                              "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == ["error: --between-source human: no train image is in-between for "
+                                                  "pairs b:c; lower --human-second or --human-pair-mass, or choose "
+                                                  "other --pairs"]
+    assert not out.exists()
