@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ambig_bench import budget
 from ambig_bench.config import RunConfig
 from ambig_bench.models import MODELS, Preprocess, Scale
 from ambig_bench.train import autocast, device_layout, make_optimizer, run_part, timed
@@ -126,7 +127,7 @@ def group_size(cfg: RunConfig, model: nn.Module, images_shape: tuple, num_output
     and the GPU, so it is measured here rather than guessed. Augmentation is the same work either way and is left
     out of the timing.
     """
-    size = min(n_runs, MAX_GROUP)
+    size = min(n_runs, MAX_GROUP, max(1, budget.largest(network_bytes(model))))
     if cfg.runtime.batch_runs == "on" or size == 1:
         return size
     try:
@@ -136,6 +137,12 @@ def group_size(cfg: RunConfig, model: nn.Module, images_shape: tuple, num_output
         torch.cuda.empty_cache()
         return 1
     return size if together <= PROBE_MARGIN * size * alone else 1
+
+
+def network_bytes(model: nn.Module) -> int:
+    """What one network of a wide model holds while it trains, activations aside: float32 weights, gradients and
+    two optimizer moments (Adam's; SGD's momentum takes one). A group is never larger than the memory holds."""
+    return 4 * 4 * sum(p.numel() for p in model.parameters())
 
 
 def step_seconds(wide: nn.Module, cfg: RunConfig, images_shape: tuple, num_outputs: int, m_count: int,

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from ambig_bench import cache
+from ambig_bench import budget, cache
 from ambig_bench.data import LabelledImages
 from ambig_bench.models import head_name
 from ambig_bench.train import predict_logits
@@ -123,6 +123,10 @@ def cached_features(images: torch.Tensor, extractor: nn.Module, device: torch.de
 def probe(model: nn.Sequential, data: LabelledImages, device: torch.device) -> Probe:
     """The head to train and the run's data as cached features."""
     extractor, head = extractor_of(model)
+    # The bank, the run's rows of it and the newly computed rows: three float32 copies of N×D at most.
+    width = getattr(head, "in_features", 0)
+    budget.check(3 * 4 * len(data.images) * width, f"--freeze with {len(data.images):,} images",
+                 "use fewer images (--train-size) or a backbone with fewer features", f"for {width:,} features each")
     feats, seconds = cached_features(data.images, extractor, device)
     # Every field kept but the images (votes included: a new field of LabelledImages is kept too).
     return Probe(nn.Sequential(nn.Flatten(), head), dataclasses.replace(data, images=feats[:, :, None, None]),

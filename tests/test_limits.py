@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ambig_bench import budget
 from ambig_bench.errors import UserError
@@ -162,3 +163,34 @@ def test_mixed_sizes_in_range_say_the_size_chosen_once(tmp_path, capsys):
     assert decoded.images.shape == (5, 1, 10, 10)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(warnings) == 1 and "all fitted to 10×10" in warnings[0] and "b/0.png" in warnings[0]
+
+
+def test_freeze_features_beyond_the_machine_are_refused_before_they_are_computed(monkeypatch):
+    from ambig_bench import features
+    from ambig_bench.data import LabelledImages
+    from ambig_bench.models import build_network
+
+    monkeypatch.setenv("AMBIG_BENCH_MEMORY", "100KiB")
+    images = torch.zeros(2000, 1, 8, 8, dtype=torch.uint8)
+    net = build_network("small-cnn", images[:4], 10, 16)
+    n = len(images)
+    data = LabelledImages(images, torch.zeros(n, dtype=torch.long), torch.full((n,), -1), torch.ones(n),
+                          torch.zeros(n, dtype=torch.int8), [str(k) for k in range(10)], [(0, 1)])
+    computed = []
+    monkeypatch.setattr(features, "cached_features", lambda *a: computed.append(a))
+    with pytest.raises(UserError, match=r"--freeze with 2,000 images needs .* for 32 features each"):
+        features.probe(net, data, torch.device("cpu"))
+    assert computed == []
+
+
+def test_a_wide_group_is_never_larger_than_the_memory_holds(monkeypatch):
+    from ambig_bench.batched import group_size, network_bytes
+    from ambig_bench.models import build_network
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(batch_runs="on")
+    net = build_network("small-cnn", torch.zeros(4, 1, 8, 8, dtype=torch.uint8), 10, 16)
+    monkeypatch.setenv("AMBIG_BENCH_MEMORY", str(3 * network_bytes(net)))
+    assert group_size(cfg, net, (100, 1, 8, 8), 10, 8, torch.device("cpu")) == 3
+    monkeypatch.setenv("AMBIG_BENCH_MEMORY", "64GiB")
+    assert group_size(cfg, net, (100, 1, 8, 8), 10, 8, torch.device("cpu")) == 8
