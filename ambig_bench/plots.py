@@ -141,6 +141,18 @@ def panels(n: int, ncols: int, width: float, height: float) -> tuple[Figure, lis
     return fig, axes[:n]
 
 
+def label_outer(axes: list, ncols: int, share_y: bool) -> None:
+    """Small multiples on one 0–1 x scale: x labels only under the lowest panel of each column; y labels (and, with
+    `share_y`, y tick labels) only on the first panel of each row. Fewer repeated words to read, and to draw."""
+    for i, ax in enumerate(axes):
+        if i + ncols < len(axes):  # another panel below this one
+            ax.set_xlabel("")
+            ax.tick_params(labelbottom=False)
+        if i % ncols:
+            ax.set_ylabel("")
+            ax.tick_params(labelleft=not share_y)
+
+
 def metric_title(metric: str) -> str:
     """The metric's name and, where one end is better, which: 'ece (↓ better)'."""
     better = METRICS[metric].higher_is_better if metric in METRICS else None
@@ -236,6 +248,7 @@ def reliability_diagrams(preds: dict[str, pd.DataFrame], title: str, styles: Sty
         ax.set_xlabel("top-1 confidence (probability)", fontsize=8)
         ax.set_ylabel("accuracy (fraction)", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
+    label_outer(axes, min(4, len(axes)), share_y=True)
     suptitle(fig, f"{title}: reliability on clear-cut test images ({BINS} equal-width bins, seeds pooled)")
     return fig
 
@@ -260,6 +273,7 @@ def balance_histograms(preds: dict[str, pd.DataFrame], title: str, styles: Style
         ax.set_xlabel("p_A / (p_A + p_B)", fontsize=8)
         ax.set_ylabel("share of images", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
+    label_outer(axes, min(4, len(axes)), share_y=False)
     suptitle(fig, f"{title}: in-between test images, probability split inside the pair (seeds pooled)")
     return fig
 

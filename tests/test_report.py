@@ -298,7 +298,13 @@ def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
     assert "link" not in page.tags and "script" not in page.tags
     # Links to figure files jump to the embedded figure instead.
     assert page.links and all(link.startswith("#") and link[1:] in page.ids for link in page.links)
-    assert "<strong>extra-class</strong> is better by" in built.html and "<code>clear_acc</code>" in built.html
+    assert '<strong><span class="n">extra-class</span></strong> is better by' in built.html
+    assert "<code>clear_acc</code>" in built.html
+    # Built for a phone too: laid out at the screen's width, every table in a box that scrolls it, each interval
+    # in one unbreakable piece (tests/test_browser.py checks the layout itself in chromium).
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in built.html
+    assert built.html.count('<div class="scroll"><table>') == page.tags["table"]
+    assert '<td><span class="n">0.900 [0.898, 0.902]</span></td>' in built.html
 
 
 @pytest.mark.slow
