@@ -3,10 +3,10 @@
 Figures are built with the object API (matplotlib.figure.Figure, rendered by Agg), never pyplot: no window,
 no global figure list to leak, safe on servers and in CI.
 
-One colour and marker per strategy (strategy_styles), the same in every figure of a report, apart for 20
-strategies and more; labels laid out so no two overlap (text_boxes finds their boxes); axes carry units (each metric's
-label and direction come from metrics.METRICS); the figures are drawn from compare's summary (mean and 95% CI
-over seeds) or from the runs' test predictions.
+One colour and marker per strategy (strategy_styles), the same in every figure of a report: 20 strategies get 20
+colours, and no two of far more share both. Labels are laid out so that no two overlap (text_boxes gives their
+boxes, for tests); axes carry units (each metric's label and direction come from metrics.METRICS); the figures are
+drawn from compare's summary (mean and 95% CI over seeds) or from the runs' test predictions.
 
 $ ambig-bench report results/demo        # draws all of them into results/demo/figures/
 
