@@ -29,7 +29,8 @@ from ambig_bench.verdicts import flags, paired_cell
 
 ONE_STRATEGY = ("Only one strategy has runs here, so there is nothing to compare it with: run more strategies "
                 "into the same directory (e.g. `--strategy all`).")
-CELLS = "Cells are mean ± 95% CI half-width over seeds (Student t); n = seeds."
+CELLS = ("Cells are mean [low, high]: the mean over seeds and its 95% CI (Student t, clipped to the metric's "
+         "range); n = seeds.")
 
 
 def flag(name: str) -> str:
@@ -41,18 +42,17 @@ MIN_SEEDS_FOR_CI = 3  # below this a t-interval over seeds is wider than most me
 
 
 def fmt(mean: float, low: float, high: float, n: int = MIN_SEEDS_FOR_CI) -> str:
-    """'0.912 ± 0.013', or '0.995 [0.984, 1.000]' where the interval was clipped to the metric's range."""
+    """'0.912 [0.899, 0.925]': the mean and its 95% CI, one notation whether or not the interval was clipped to
+    the metric's range (as the paired differences' bootstrap CIs, which are not symmetric either)."""
     if math.isnan(mean):
         return "–"
     if math.isnan(low) or n < MIN_SEEDS_FOR_CI:
         return f"{mean:.3f}" if n == 1 else f"{mean:.3f} (n too small)"
-    if not math.isclose(high - mean, mean - low, rel_tol=1e-6, abs_tol=1e-9):
-        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{mean:.3f} ± {(high - low) / 2:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def summary_display(summary: pd.DataFrame, group_by: list[str], metrics=tuple(METRICS)) -> pd.DataFrame:
-    """The human table: one column per metric holding 'mean ± CI half-width' (see fmt)."""
+    """The human table: one column per metric holding 'mean [95% CI]' (see fmt)."""
     shown = summary[group_by + ["strategy", "n_seeds"]].rename(columns={"n_seeds": "n"}).copy()
     for m in metrics:
         if summary[f"{m}_mean"].notna().any():

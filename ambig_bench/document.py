@@ -113,10 +113,20 @@ def to_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(map(block_markdown, blocks)) + "\n"
 
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;
-vertical-align:top}th{background:#f3f3f3}img{max-width:100%;margin-top:1.5em}p>em:only-child{color:#555}
+# Built for a phone as much as a screen: the page never scrolls sideways; a table wider than the page scrolls inside
+# its own box (.scroll), an interval never breaks across lines (.n), a long word (a path, a command) breaks rather
+# than widen the page, and figures shrink to the page's width.
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:break-word}.scroll{max-width:100%;overflow-x:auto;margin:1em 0}table{border-collapse:collapse;
+font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top;text-align:left}th{background:#f3f3f3}
+.n{white-space:nowrap}.long{min-width:14em}img{max-width:100%;height:auto;margin-top:1.5em}p>em:only-child{color:#555}
 code{background:#f3f3f3;padding:0 3px}"""
+
+VIEWPORT = "<meta name='viewport' content='width=device-width, initial-scale=1'>"  # a phone lays out at its width
+NUMBER = r"[+−-]?\d+(?:\.\d+)?"
+INTERVAL = re.compile(rf"{NUMBER} \[{NUMBER}, {NUMBER}\]")  # '0.912 [0.899, 0.925]', as compare.fmt writes it
+WORD = 40  # characters: a word this long still fits a phone's screen
+LONG = 30  # characters: a cell this long is text to wrap, not a value
 
 
 def anchor(name: str) -> str:
@@ -147,12 +157,41 @@ def link_in_page(self, tokens, idx, options, env) -> str:
     return self.renderToken(tokens, idx, options, env)
 
 
+def unbroken(self, tokens, idx, options, env) -> str:
+    """Text as HTML, each 'mean [low, high]', and a text that is one short word (a strategy's name with its options,
+    `label-smoothing@smoothing-eps=0.2`), in a span that never wraps: cells and sentences wrap between words, never
+    inside an interval or at a name's hyphens."""
+    content = tokens[idx].content
+    if len(content) <= WORD and not any(c.isspace() for c in content):
+        return f'<span class="n">{html.escape(content)}</span>'
+    return INTERVAL.sub(lambda m: f'<span class="n">{m.group()}</span>', html.escape(content))
+
+
+def text_cell(self, tokens, idx, options, env) -> str:
+    """A cell holding a sentence gets a width to wrap in (.long): in a table wider than a phone, the browser would
+    otherwise squeeze it to a word a line beside the columns that cannot wrap."""
+    content = tokens[idx + 1].content
+    if len(content) >= LONG and any(c.isspace() for c in content):
+        tokens[idx].attrSet("class", "long")
+    return self.renderToken(tokens, idx, options, env)
+
+
+def scroll_box(self, tokens, idx, options, env) -> str:
+    """A table inside a box of its own that scrolls sideways where the table is wider than the page."""
+    tag = self.renderToken(tokens, idx, options, env)
+    return '<div class="scroll">' + tag if tokens[idx].nesting == 1 else tag + "</div>\n"
+
+
 def to_html(markdown: str, title: str, figures: dict[str, bytes]) -> str:
     """A self-contained page from `markdown`; `figures` maps each file name under figures/ to its PNG."""
     # Raw HTML off: a strategy or dataset name is shown as text, never interpreted as markup.
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
     md.add_render_rule("image", embed_image)
     md.add_render_rule("link_open", link_in_page)
+    md.add_render_rule("text", unbroken)
+    md.add_render_rule("table_open", scroll_box)
+    md.add_render_rule("table_close", scroll_box)
+    md.add_render_rule("td_open", text_cell)
     body = md.render(markdown, {"figures": figures})
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(shown(title))}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{VIEWPORT}"
+            f"<title>{html.escape(shown(title))}</title><style>{STYLE}</style></head><body>\n{body}</body></html>\n")

@@ -3,9 +3,10 @@
 Figures are built with the object API (matplotlib.figure.Figure, rendered by Agg), never pyplot: no window,
 no global figure list to leak, safe on servers and in CI.
 
-One colour per strategy name (STRATEGY_COLORS), the same in every figure; axes carry units (each metric's
-label and direction come from metrics.METRICS); the figures are drawn from compare's summary (mean and 95% CI
-over seeds) or from the runs' test predictions.
+One colour and marker per strategy (strategy_styles), the same in every figure of a report: 20 strategies get 20
+colours, and no two of far more share both. Labels are laid out so that no two overlap (text_boxes gives their
+boxes, for tests); axes carry units (each metric's label and direction come from metrics.METRICS); the figures are
+drawn from compare's summary (mean and 95% CI over seeds) or from the runs' test predictions.
 
 $ ambig-bench report results/demo        # draws all of them into results/demo/figures/
 
@@ -22,24 +23,32 @@ from __future__ import annotations
 import io
 import math
 import sys
+import textwrap
 import warnings
-import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from ambig_bench.metrics import METRICS, expected_calibration_error
 
-# Fixed per name, not per position, so a new strategy never recolours the others.
-STRATEGY_COLORS = {
-    "soft": "#1f77b4", "reassign": "#ff7f0e", "duplicate": "#2ca02c", "extra-class": "#d62728",
-    "multilabel": "#9467bd", "partial": "#8c564b", "hard": "#7f7f7f", "discard": "#bcbd22",
-}
-_SPARE = ["#17becf", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
+# A slot per known strategy, fixed by name, so a strategy keeps its look whatever else ran; other names (a strategy
+# with options, label-smoothing@smoothing-eps=0.2) take the slots after these, in sorted order.
+KNOWN = ("soft", "reassign", "duplicate", "extra-class", "multilabel", "partial", "votes", "hard", "discard", "mixup",
+         "label-smoothing")
+# tab20's strong shades, then its light ones: 20 colours. Markers cycle with a period (9) that does not divide 20,
+# so no two of the first 180 slots share both colour and marker.
+COLORS = [to_hex(c) for c in colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]]
+MARKERS = "osD^vPX*h"
 
 FIELD_LABELS = {  # x-axis label with unit, per swept run option
     "between_fraction": "between-fraction (share of the training set)",
@@ -49,9 +58,61 @@ FIELD_LABELS = {  # x-axis label with unit, per swept run option
 BINS = 15  # reliability bins: the same equal-width bins as the ECE metric
 
 
-def strategy_color(name: str) -> str:
-    """The colour of a strategy in every figure; unknown names get a stable spare colour."""
-    return STRATEGY_COLORS.get(name) or _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
+@dataclass(frozen=True)
+class Style:
+    color: str
+    marker: str
+
+
+Styles = dict[str, Style]  # strategy name -> its look
+
+
+def strategy_styles(names: Iterable[str]) -> Styles:
+    """A colour and marker per strategy name: the known strategies in fixed slots, the others after them, sorted.
+    Draw every figure of a report with the styles of all its strategies, and each keeps one look throughout."""
+    names = list(dict.fromkeys(names))
+    others = sorted(n for n in names if n not in KNOWN)
+    slots = {n: KNOWN.index(n) for n in names if n in KNOWN} | {n: len(KNOWN) + i for i, n in enumerate(others)}
+    return {n: Style(COLORS[k % len(COLORS)], MARKERS[k % len(MARKERS)]) for n, k in slots.items()}
+
+
+def text_boxes(fig: Figure) -> list[tuple[str, Bbox]]:
+    """Every text the figure draws, with its box in pixels after a layout: titles, tick and axis labels, legend
+    entries, annotations. Tick labels whose tick lies outside the axis's view are left out (matplotlib keeps them
+    but does not draw them)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()  # one renderer for the layout and every extent
+    fig.draw_without_rendering()
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            slack = 1e-9 * (high - low)
+            for locs, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks()),
+                                (axis.get_minorticklocs(), axis.get_minor_ticks())):
+                undrawn |= {label for loc, tick in zip(locs, ticks, strict=False)
+                            if not low - slack <= loc <= high + slack for label in (tick.label1, tick.label2)}
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t not in undrawn
+            and (t.axes is None or t.axes.get_visible())]
+
+
+def untangle_x_labels(fig: Figure) -> None:
+    """Turn an axes' x tick labels upright where, laid out flat, two of them overlap (values close on the axis, or
+    long ones): checked on the laid-out figure, not guessed."""
+    renderer = FigureCanvasAgg(fig).get_renderer()  # one renderer for the layout and every extent
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                       key=lambda box: box.x0)
+        if any(left.x1 > right.x0 for left, right in zip(boxes, boxes[1:], strict=False)):
+            ax.tick_params(axis="x", rotation=90)
+
+
+def fits(text: str, inches: float, size: float) -> str:
+    """`text` wrapped to lines that fit `inches` at font `size` (points; about 0.6 em per character), so a long title
+    or strategy name stays inside its panel instead of running into the next."""
+    width = max(8, int(inches * 72 / (0.6 * size)))
+    return "\n".join(line for part in text.split("\n") for line in textwrap.wrap(part, width) or [""])
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -80,6 +141,18 @@ def panels(n: int, ncols: int, width: float, height: float) -> tuple[Figure, lis
     return fig, axes[:n]
 
 
+def label_outer(axes: list, ncols: int, share_y: bool) -> None:
+    """Small multiples on one 0–1 x scale: x labels only under the lowest panel of each column; y labels (and, with
+    `share_y`, y tick labels) only on the first panel of each row. Fewer repeated words to read, and to draw."""
+    for i, ax in enumerate(axes):
+        if i + ncols < len(axes):  # another panel below this one
+            ax.set_xlabel("")
+            ax.tick_params(labelbottom=False)
+        if i % ncols:
+            ax.set_ylabel("")
+            ax.tick_params(labelleft=not share_y)
+
+
 def metric_title(metric: str) -> str:
     """The metric's name and, where one end is better, which: 'ece (↓ better)'."""
     better = METRICS[metric].higher_is_better if metric in METRICS else None
@@ -98,38 +171,51 @@ def ci_errors(frame: pd.DataFrame, metric: str) -> np.ndarray:
     return np.vstack([low, high])
 
 
-def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str) -> Figure:
-    """One panel per metric: a bar per strategy at its mean over seeds, whiskers = 95% CI."""
-    fig, axes = panels(len(metrics), 4, 3.4, 2.9)
+def suptitle(fig: Figure, text: str, size: float = 12) -> None:
+    fig.suptitle(fits(text, fig.get_figwidth() - 0.2, size), fontsize=size)
+
+
+def metric_bars(summary: pd.DataFrame, metrics: list[str], title: str, styles: Styles | None = None) -> Figure:
+    """One panel per metric: a horizontal bar per strategy at its mean over seeds, whiskers = 95% CI. Horizontal, so
+    the strategies' names sit one per row and never collide; only the first panel of a row names them."""
     names = summary.strategy.tolist()
-    colors = [strategy_color(s) for s in names]
-    for ax, m in zip(axes, metrics, strict=True):
-        ax.bar(names, summary[f"{m}_mean"], yerr=ci_errors(summary, m), color=colors, capsize=3)
+    styles = styles or strategy_styles(names)
+    ncols = min(4, len(metrics))
+    fig, axes = panels(len(metrics), ncols, 3.4, 1.2 + 0.2 * len(names))
+    rows = np.arange(len(names))
+    for i, (ax, m) in enumerate(zip(axes, metrics, strict=True)):
+        ax.barh(rows, summary[f"{m}_mean"], xerr=ci_errors(summary, m), color=[styles[s].color for s in names],
+                capsize=2)
+        ax.set_yticks(rows, names if i % ncols == 0 else [], fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # the first strategy on top, as in the tables
         ax.set_title(metric_title(m), fontsize=10)
-        ax.set_ylabel(axis_label(m), fontsize=8)
-        ax.tick_params(axis="x", rotation=60, labelsize=8)
-        ax.grid(axis="y", alpha=0.3)
+        ax.set_xlabel(fits(axis_label(m), 3.0, 8), fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
     low, high = summary.n_seeds.min(), summary.n_seeds.max()
-    fig.suptitle(f"{title}: mean over seeds, whiskers = 95% CI (n = {low if low == high else f'{low}–{high}'} seeds)")
+    suptitle(fig, f"{title}: mean over seeds, whiskers = 95% CI (n = {low if low == high else f'{low}–{high}'} "
+                  "seeds)")
     return fig
 
 
-def tradeoff_scatter(summary: pd.DataFrame, title: str) -> Figure:
-    """Clear-cut vs in-between accuracy per strategy: up and to the right is better on both."""
-    fig = Figure(figsize=(6.4, 5), layout="constrained")
+def tradeoff_scatter(summary: pd.DataFrame, title: str, styles: Styles | None = None) -> Figure:
+    """Clear-cut vs in-between accuracy per strategy: up and to the right is better on both. Each strategy is a
+    colour and marker named in the legend beside the axes: no label sits among the points to collide."""
+    styles = styles or strategy_styles(summary.strategy)
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     for i, row in summary.reset_index(drop=True).iterrows():
-        one = summary.iloc[[i]]
-        ax.errorbar(row.clear_acc_mean, row.between_set_acc_mean, fmt="o", ms=7, capsize=3,
-                    xerr=ci_errors(one, "clear_acc"), yerr=ci_errors(one, "between_set_acc"),
-                    color=strategy_color(row.strategy), label=row.strategy)
-        ax.annotate(row.strategy, (row.clear_acc_mean, row.between_set_acc_mean), fontsize=8,
-                    xytext=(5, 4), textcoords="offset points")
+        one, style = summary.iloc[[i]], styles[row.strategy]
+        ax.errorbar(row.clear_acc_mean, row.between_set_acc_mean, fmt=style.marker, ms=7, capsize=3,
+                    xerr=ci_errors(one, "clear_acc"), yerr=ci_errors(one, "between_set_acc"), color=style.color,
+                    label=row.strategy)
     ax.set_xlabel(METRICS["clear_acc"].label)
     ax.set_ylabel(METRICS["between_set_acc"].label)
-    ax.set_title(f"{title}: clear-cut vs in-between accuracy\n(mean, whiskers = 95% CI over seeds)", fontsize=10)
+    ax.set_title(fits(f"{title}: clear-cut vs in-between accuracy (mean, whiskers = 95% CI over seeds)", 5.5, 10),
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", title="strategy", title_fontsize=8)
+    fig.legend(loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8,
+               ncols=math.ceil(len(summary) / 24))
     return fig
 
 
@@ -140,8 +226,9 @@ def clear_rows(preds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return probs.max(1), probs.argmax(1) == clear.label_a.to_numpy()
 
 
-def reliability_diagrams(preds: dict[str, pd.DataFrame], title: str) -> Figure:
+def reliability_diagrams(preds: dict[str, pd.DataFrame], title: str, styles: Styles | None = None) -> Figure:
     """Per strategy: accuracy against top-1 confidence on clear-cut test images, all seeds pooled."""
+    styles = styles or strategy_styles(preds)
     fig, axes = panels(len(preds), 4, 3.1, 3.0)
     edges = np.linspace(0, 1, BINS + 1)
     for ax, (name, frame) in zip(axes, preds.items(), strict=True):
@@ -151,22 +238,24 @@ def reliability_diagrams(preds: dict[str, pd.DataFrame], title: str) -> Figure:
         counts = np.bincount(which, minlength=BINS)
         hits = np.bincount(which, weights=correct, minlength=BINS)
         accuracy = np.divide(hits, counts, out=np.full(BINS, np.nan), where=counts > 0)
-        ax.bar(edges[:-1], accuracy, width=1 / BINS, align="edge", color=strategy_color(name),
+        ax.bar(edges[:-1], accuracy, width=1 / BINS, align="edge", color=styles[name].color,
                edgecolor="white", label="accuracy in bin")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ece = expected_calibration_error(torch.from_numpy(confidence), torch.from_numpy(correct), BINS)
-        ax.set_title(f"{name}: pooled ECE {ece:.3f}\n{len(confidence)} images", fontsize=9)
+        ax.set_title(fits(f"{name}\npooled ECE {ece:.3f}, {len(confidence)} images", 2.8, 9), fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("top-1 confidence (probability)", fontsize=8)
         ax.set_ylabel("accuracy (fraction)", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{title}: reliability on clear-cut test images ({BINS} equal-width bins, seeds pooled)")
+    label_outer(axes, min(4, len(axes)), share_y=True)
+    suptitle(fig, f"{title}: reliability on clear-cut test images ({BINS} equal-width bins, seeds pooled)")
     return fig
 
 
-def balance_histograms(preds: dict[str, pd.DataFrame], title: str) -> Figure:
+def balance_histograms(preds: dict[str, pd.DataFrame], title: str, styles: Styles | None = None) -> Figure:
     """Per strategy: how the model splits probability inside the pair on in-between test images."""
+    styles = styles or strategy_styles(preds)
     fig, axes = panels(len(preds), 4, 3.1, 2.6)
     bins = np.linspace(0, 1, 21)
     for ax, (name, frame) in zip(axes, preds.items(), strict=True):
@@ -177,20 +266,22 @@ def balance_histograms(preds: dict[str, pd.DataFrame], title: str) -> Figure:
         p_b = probs[rows, between.label_b.to_numpy()]
         balance = p_a / np.maximum(p_a + p_b, 1e-12)
         ax.hist(balance, bins=bins, weights=np.full(len(balance), 1 / max(len(balance), 1)),
-                color=strategy_color(name))
+                color=styles[name].color)
         ax.axvline(between.share_a.mean(), color="k", ls="--", lw=1, label="true share of A")
-        ax.set_title(f"{name} ({len(balance)} images)", fontsize=9)
+        ax.set_title(fits(f"{name}\n{len(balance)} images", 2.8, 9), fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_xlabel("p_A / (p_A + p_B)", fontsize=8)
         ax.set_ylabel("share of images", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{title}: in-between test images, probability split inside the pair (seeds pooled)")
+    label_outer(axes, min(4, len(axes)), share_y=False)
+    suptitle(fig, f"{title}: in-between test images, probability split inside the pair (seeds pooled)")
     return fig
 
 
 def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]], class_names: list[str],
                    title: str) -> Figure:
-    """Per strategy and pair: true label (A, B, in-between A and B) against predicted set, rows sum to 1."""
+    """Per strategy and pair: true label (A, B, in-between A and B) against predicted set, rows sum to 1. The
+    predicted sets read upright: a class name of any length never runs into the next."""
     per_row = max(1, 4 // len(pairs))  # strategies per row of panels, every pair of a strategy side by side
     fig, axes = panels(len(preds) * len(pairs), per_row * len(pairs), 3.0, 2.5)
     panel = iter(axes)
@@ -212,25 +303,27 @@ def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]],
             ax.imshow(table, cmap="Blues", vmin=0, vmax=1)
             for (i, j), v in np.ndenumerate(table):
                 ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=7, color="white" if v > 0.6 else "black")
-            ax.set_xticks(range(4), [f"{{{na}}}", f"{{{nb}}}", f"{{{na},{nb}}}", "other"], fontsize=7, rotation=25,
-                          ha="right")
+            ax.set_xticks(range(4), [f"{{{na}}}", f"{{{nb}}}", f"{{{na},{nb}}}", "other"], fontsize=7, rotation=90)
             ax.set_yticks(range(3), [na, nb, "in-between"], fontsize=7)
-            ax.set_title(f"{name}: {na} vs {nb}", fontsize=9, color=strategy_color(name), fontweight="bold")
+            ax.set_title(fits(f"{name}\n{na} vs {nb}", 2.7, 9), fontsize=9, fontweight="bold")
             ax.set_xlabel("predicted set", fontsize=7)
             ax.set_ylabel("true label", fontsize=7)
-    fig.suptitle(f"{title}: paired classes, share of each true label's test images per predicted set (seeds pooled)",
-                 fontsize=10)
+    suptitle(fig, f"{title}: paired classes, share of each true label's test images per predicted set (seeds "
+                  "pooled)", 10)
     return fig
 
 
-def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics: list[str] | None = None) -> Figure:
-    """Each metric against the swept option, one line per strategy (line style per other swept option)."""
+def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics: list[str] | None = None,
+                 styles: Styles | None = None) -> Figure:
+    """Each metric against the swept option, one line per strategy, its colour and marker (line style per other
+    swept option)."""
+    styles = styles or strategy_styles(summary.strategy)
     metrics = metrics or [m for m in METRICS if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
     others = [g for g in group_by if g != field]
     numeric = pd.api.types.is_numeric_dtype(summary[field])
     values = sorted(summary[field].unique())
     log = numeric and min(values) > 0 and max(values) / min(values) >= 10
-    styles = ["-", "--", ":", "-."]
+    dashes = ["-", "--", ":", "-."]
     slices = list(summary.groupby(others, sort=True)) if others else [((), summary)]
     fig, axes = panels(len(metrics), 4, 3.5, 2.9)
     for ax, m in zip(axes, metrics, strict=True):
@@ -238,30 +331,35 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
             for name, line in part.groupby("strategy", sort=False):
                 line = line.sort_values(field)
                 x = line[field].to_numpy(float) if numeric else [values.index(v) for v in line[field]]
-                color = strategy_color(name)
-                ax.plot(x, line[f"{m}_mean"], marker="o", ms=3, color=color, ls=styles[k % len(styles)])
-                ax.fill_between(x, line[f"{m}_ci_low"], line[f"{m}_ci_high"], color=color, alpha=0.15, lw=0)
+                style = styles[name]
+                ax.plot(x, line[f"{m}_mean"], marker=style.marker, ms=4, color=style.color, ls=dashes[k % len(dashes)])
+                ax.fill_between(x, line[f"{m}_ci_low"], line[f"{m}_ci_high"], color=style.color, alpha=0.15, lw=0)
         if log:
             ax.set_xscale("log")
             ax.minorticks_off()
         # A tick at every swept value (the values are few), labelled as typed.
         ax.set_xticks(values if numeric else range(len(values)), [f"{v:g}" if numeric else str(v) for v in values])
         ax.set_title(metric_title(m), fontsize=10)
-        ax.set_ylabel(axis_label(m), fontsize=8)
-        ax.set_xlabel(FIELD_LABELS.get(field, field.replace("_", "-")) + (", log scale" if log else ""), fontsize=8)
+        ax.set_ylabel(fits(axis_label(m), 2.4, 8), fontsize=8)
+        ax.set_xlabel(fits(FIELD_LABELS.get(field, field.replace("_", "-")) + (", log scale" if log else ""), 3.0, 8),
+                      fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=strategy_color(s), marker="o", label=s) for s in pd.unique(summary.strategy)]
-    handles += [Line2D([], [], color="k", ls=styles[k % len(styles)],
+    handles = [Line2D([], [], color=styles[s].color, marker=styles[s].marker, label=s)
+               for s in pd.unique(summary.strategy)]
+    handles += [Line2D([], [], color="k", ls=dashes[k % len(dashes)],
                        label=", ".join(f"{g.replace('_', '-')}={v}" for g, v in
                                        zip(others, key if isinstance(key, tuple) else (key,), strict=True)))
                 for k, (key, _) in enumerate(slices) if others]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8)
-    fig.suptitle(f"Metrics against {field.replace('_', '-')}: mean over seeds, band = 95% CI")
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8,
+               ncols=math.ceil(len(handles) / 24))
+    suptitle(fig, f"Metrics against {field.replace('_', '-')}: mean over seeds, band = 95% CI")
+    untangle_x_labels(fig)
     return fig
 
 
-
-def sweep_figure(summary: pd.DataFrame, field: str, group_by: list[str]) -> tuple[str, Figure]:
+def sweep_figure(summary: pd.DataFrame, field: str, group_by: list[str],
+                 styles: Styles | None = None) -> tuple[str, Figure]:
     """sweep-<option>.png and its figure (`sweep_curves`): the one place that names and draws a sweep figure, which
     `ambig-bench sweep` writes beside the runs and the report into figures/."""
-    return f"sweep-{field.replace('_', '-')}.png", sweep_curves(summary, field, group_by)
+    return f"sweep-{field.replace('_', '-')}.png", sweep_curves(summary, field, group_by, styles=styles)

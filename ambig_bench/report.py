@@ -59,6 +59,7 @@ from ambig_bench.plots import (
     pair_confusion,
     png_bytes,
     reliability_diagrams,
+    strategy_styles,
     sweep_figure,
     tradeoff_scatter,
 )
@@ -247,8 +248,9 @@ def detail_groups(comparison: Comparison) -> list[dict]:
 def draw(comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[str, bytes]]:
     """Every figure of the report: its block (file name and caption) and its PNG, by file name."""
     drawn = []
+    styles = strategy_styles(comparison.summary.strategy)  # one look per strategy in every figure
     for f in comparison.group_by:
-        name, fig = sweep_figure(comparison.summary, f, comparison.group_by)
+        name, fig = sweep_figure(comparison.summary, f, comparison.group_by, styles)
         drawn.append((name, f"Every metric against {flag(f)}, per strategy: mean over seeds, band = 95% CI.", fig))
     for where in detail_groups(comparison):
         summary = select(comparison.summary, where)
@@ -261,13 +263,13 @@ def draw(comparison: Comparison, meta: pd.DataFrame) -> tuple[list[Image], dict[
         metrics = [m for m in METRICS if summary[f"{m}_mean"].notna().any()]
         drawn += [
             (f"bars{tail}.png", f"Every metric per strategy{at}: mean over seeds, whiskers = 95% CI.",
-             metric_bars(summary, metrics, title)),
+             metric_bars(summary, metrics, title, styles)),
             (f"tradeoff{tail}.png", f"The trade-off{at}: clear-cut against in-between accuracy; up and right is "
-                                    f"better on both.", tradeoff_scatter(summary, title)),
+                                    f"better on both.", tradeoff_scatter(summary, title, styles)),
             (f"reliability{tail}.png", f"Reliability of the top-1 confidence on clear-cut test images{at}, seeds "
-                                       f"pooled.", reliability_diagrams(preds, title)),
+                                       f"pooled.", reliability_diagrams(preds, title, styles)),
             (f"balance{tail}.png", f"How in-between test images split their probability inside the pair{at}; "
-                                   f"dashed = true share.", balance_histograms(preds, title)),
+                                   f"dashed = true share.", balance_histograms(preds, title, styles)),
             (f"confusion{tail}.png", f"Paired classes{at}: true label against predicted set, share of each true "
                                      f"label.",
              pair_confusion(preds, [tuple(p) for p in data["pairs"]], data["class_names"], title)),

@@ -70,7 +70,7 @@ def test_intervals_stay_inside_the_metric_range_and_need_three_seeds(tmp_path):
     markdown = (tmp_path / "comparison.md").read_text()
     assert "0.990 [" in markdown and ", 1.000]" in markdown, "a clipped interval is shown as its bounds"
     assert "0.765 (n too small)" in markdown, "two seeds give no interval worth showing"
-    assert fmt(0.5, 0.4, 0.6) == "0.500 ± 0.100" and fmt(0.5, float("nan"), float("nan"), 1) == "0.500"
+    assert fmt(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]" and fmt(0.5, float("nan"), float("nan"), 1) == "0.500"
 
 
 @pytest.mark.slow

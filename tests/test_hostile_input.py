@@ -42,8 +42,8 @@ HOSTILE_CLASSES = [
 ]
 HOSTILE_FILES = ["photo[edited].png", "a|b.png", 'q"uote.png', "[bold]x.png", "<b>b<b>.png"]  # [/x] is in folders
 TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "h4", "p", "ul", "li", "table", "thead",
-        "tbody", "tr", "th", "td", "img", "a", "em", "strong", "code", "br"}
-ATTRIBUTES = {"lang", "charset", "src", "alt", "id", "href", "style"}
+        "tbody", "tr", "th", "td", "img", "a", "em", "strong", "code", "br", "div", "span"}
+ATTRIBUTES = {"lang", "charset", "name", "content", "src", "alt", "id", "href", "style", "class"}
 
 
 def png(pixels: np.ndarray) -> bytes:

@@ -18,13 +18,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from ambig_bench.claims import judge_claims, seeds_needed
 from ambig_bench.compare import compare
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import METRICS
+from ambig_bench.options import strategy_label
+from ambig_bench.plots import (
+    balance_histograms,
+    metric_bars,
+    pair_confusion,
+    reliability_diagrams,
+    strategy_styles,
+    sweep_figure,
+    text_boxes,
+    tradeoff_scatter,
+    untangle_x_labels,
+)
 from ambig_bench.report import report
 from ambig_bench.stats import min_holm_p
+from ambig_bench.strategies import STRATEGIES
 from ambig_bench.verdicts import lead_row
 from tests.fake_runs import fake_run_dir, run_record
 
@@ -115,6 +130,21 @@ def plant_sweep(out: Path, seeds: int = 10, predictions: bool = True, large: dic
             metrics = {"clear_acc": 0.95 + j + shift, "between_set_acc": 0.90 + j + shift}
             fake_run(out, strategy, seed, metrics | (large or {}).get(strategy, {}), predictions,
                      between_fraction=0.2)
+
+
+# Every registered strategy and two with options of their own: more rows than tab10 has colours.
+MANY = [(s, {}) for s in STRATEGIES.describe()] + [("label-smoothing", {"smoothing_eps": 0.2}),
+                                                   ("mixup", {"mixup_alpha": 0.4})]
+MANY_LABELS = [strategy_label(s, options) for s, options in MANY]
+
+
+def plant_many(out: Path, seeds: int = 3) -> None:
+    """Every strategy of MANY with distinct planted means, 3 seeds: the report at its widest."""
+    for seed in range(seeds):
+        for i, (strategy, options) in enumerate(MANY):
+            j = jitter(seed)
+            fake_run(out, strategy, seed, {"clear_acc": 0.80 + 0.01 * i + j, "between_set_acc": 0.50 + 0.03 * i + j,
+                                           "ece": 0.02 + 0.003 * i + j / 10}, **options)
 
 
 def verdicts_of(out: Path) -> dict[str, str]:
@@ -268,7 +298,13 @@ def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
     assert "link" not in page.tags and "script" not in page.tags
     # Links to figure files jump to the embedded figure instead.
     assert page.links and all(link.startswith("#") and link[1:] in page.ids for link in page.links)
-    assert "<strong>extra-class</strong> is better by" in built.html and "<code>clear_acc</code>" in built.html
+    assert '<strong><span class="n">extra-class</span></strong> is better by' in built.html
+    assert "<code>clear_acc</code>" in built.html
+    # Built for a phone too: laid out at the screen's width, every table in a box that scrolls it, each interval
+    # in one unbreakable piece (tests/test_browser.py checks the layout itself in chromium).
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in built.html
+    assert built.html.count('<div class="scroll"><table>') == page.tags["table"]
+    assert '<td><span class="n">0.900 [0.898, 0.902]</span></td>' in built.html
 
 
 @pytest.mark.slow
@@ -316,3 +352,68 @@ def test_the_alternatives_to_soft_are_judged_against_soft(tmp_path):
     assert " | no difference beyond the margin | " in rows["label-smoothing@smoothing-eps=0.2"]
     assert "agreement with human votes" in text, "a criterion where the images have votes"
 
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+def many_summary(fractions: tuple[float, ...] = (0.05,)) -> pd.DataFrame:
+    """compare's summary for MANY, as the figures read it: every metric's mean and 95% CI per strategy."""
+    rows = []
+    for fraction in fractions:
+        for i, name in enumerate(MANY_LABELS):
+            row = {"strategy": name, "between_fraction": fraction, "n_seeds": 3}
+            for k, m in enumerate(METRICS):
+                mean = 0.3 + 0.04 * i + 0.01 * k + 0.1 * fraction
+                row |= {f"{m}_mean": mean, f"{m}_ci_low": mean - 0.01, f"{m}_ci_high": mean + 0.02}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def many_predictions() -> dict[str, pd.DataFrame]:
+    return {name: planted_predictions(name, 0) for name in MANY_LABELS}
+
+
+# Every figure the report draws, for 13 strategies; the sweep with two values close on its log axis.
+FIGURES = {
+    "sweep": lambda: sweep_figure(many_summary((0.005, 0.01, 0.012, 0.2)), "between_fraction",
+                                  ["between_fraction"])[1],
+    "bars": lambda: metric_bars(many_summary(), list(METRICS), "many"),
+    "tradeoff": lambda: tradeoff_scatter(many_summary(), "many"),
+    "reliability": lambda: reliability_diagrams(many_predictions(), "many"),
+    "balance": lambda: balance_histograms(many_predictions(), "many"),
+    "confusion": lambda: pair_confusion(many_predictions(), [tuple(p) for p in PAIRS], CLASSES, "many"),
+}
+
+
+def overlaps(boxes: list[tuple[str, Bbox]]) -> list[tuple[str, str]]:
+    """The pairs of texts (plots.text_boxes) whose boxes overlap by more than a pixel both ways."""
+    extents = np.array([box.extents for _, box in boxes])  # x0, y0, x1, y1 in pixels
+    width = np.minimum(extents[:, None, 2], extents[None, :, 2]) - np.maximum(extents[:, None, 0], extents[None, :, 0])
+    height = np.minimum(extents[:, None, 3], extents[None, :, 3]) - np.maximum(extents[:, None, 1], extents[None, :, 1])
+    first, second = np.nonzero(np.triu((width > 1) & (height > 1), 1))
+    return [(boxes[i][0], boxes[j][0]) for i, j in zip(first, second, strict=True)]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_no_two_texts_of_a_figure_overlap(name):
+    boxes = text_boxes(FIGURES[name]())
+    texts = [text.replace("\n", "") for text, _ in boxes]
+    assert all(any(label in text for text in texts) for label in MANY_LABELS), "every strategy is named"
+    assert overlaps(boxes) == []
+
+
+def test_the_overlap_check_sees_labels_that_collide_and_untangle_turns_them_upright():
+    fig = Figure(figsize=(3, 2), layout="constrained")
+    fig.subplots().set_xticks([0, 0.1, 1], ["label-smoothing", "mixup", "soft"])
+    assert overlaps(text_boxes(fig)) == [("label-smoothing", "mixup")]
+    untangle_x_labels(fig)
+    assert overlaps(text_boxes(fig)) == []
+
+
+def test_every_strategy_keeps_one_look_of_its_own():
+    styles = strategy_styles(MANY_LABELS + [f"new-{k}" for k in range(10)])
+    looks = [(style.color, style.marker) for style in styles.values()]
+    assert len(set(looks)) == len(looks) == len(MANY) + 10
+    assert len({styles[name].color for name in MANY_LABELS}) == len(MANY), "13 strategies, 13 colours"
+    # Fixed per name: a strategy looks the same whatever else ran.
+    assert strategy_styles(["mixup", "soft"]) == {"mixup": styles["mixup"], "soft": styles["soft"]}
+    assert strategy_styles(["mixup@mixup-alpha=0.4", "new-0"])["new-0"] != styles["soft"]
