@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -65,8 +66,29 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     fsync_dir(path.parent)
 
 
+STALE_AFTER_S = 60.0  # a temporary file untouched this long is a killed writer's: write_atomic finishes in moments
+
+
+def remove_stale_temps(*targets: Path, older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files (`.NAME.XXXXXXXX.tmp`) that `write_atomic` left for `targets` when its process
+    was killed; a target's name may be a pattern (`figures/*.png`). A writer alive now writes and renames its
+    file within moments, so only files unchanged for `older_than` seconds are taken. Returns what was removed."""
+    removed = []
+    cutoff = time.time() - older_than
+    for target in targets:
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            try:
+                if tmp.lstat().st_mtime < cutoff and stat.S_ISREG(tmp.lstat().st_mode):
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:  # removed by another command cleaning up at the same moment
+                continue
+    return removed
+
+
 def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON (JSON.parse and most readers refuse them).
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
