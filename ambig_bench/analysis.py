@@ -218,7 +218,7 @@ def add_conformal(runs: pd.DataFrame, run_dirs: dict[str, RunDir]) -> pd.DataFra
     for name, status in zip(runs.run, runs.status, strict=True):
         run = run_dirs[name]
         ok = status == "done" and run.predictions_file.exists()
-        rows.append(conformal_summary(run.path, CONFORMAL_ALPHA, "lac") if ok else {})
+        rows.append(conformal_summary(run, CONFORMAL_ALPHA, "lac") if ok else {})
     extra = pd.DataFrame(rows, index=runs.index)
     return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
 
