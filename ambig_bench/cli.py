@@ -392,7 +392,9 @@ def predict(
     if isinstance(rendered, str):
         print(rendered, end="")
     else:
-        out.print(rendered, crop=False)  # wider than the terminal rather than a file name cut (predict.to_table)
+        if rendered.min_width and rendered.min_width > out.width:  # wider than the terminal rather than a file
+            rendered.width = rendered.min_width  # name cut (predict.to_table); the terminal wraps lines whole
+        out.print(rendered, crop=False)
     raise typer.Exit(report.exit_code)
 
 

@@ -113,10 +113,11 @@ def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
         if e.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR):
             raise UserError(f"{path}: cannot be opened ({e.strerror}); give the path of a {what}") from None
         raise
+    st = os.fstat(fd)  # before fdopen, which refuses a folder with an OSError of its own
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
         if st.st_size > limit:
             raise UserError(f"{path}: {st.st_size:,} bytes, more than a {what} may have ({limit:,})")
         data = f.read(limit + 1)

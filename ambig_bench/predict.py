@@ -251,8 +251,8 @@ def to_table(report: PredictionReport) -> Table:
     # A file name is never broken: its column is as wide as the longest name, the others wrap down to a few
     # characters, and the table is at least that wide, wider than a narrow terminal if need be (the CLI prints it
     # uncropped, so a terminal wraps its lines whole rather than Rich folding a name).
-    columns = {"image": max((cell_len(shown(r.path)) for r in report.images), default=5), "decision": 6,
-               f"top {TABLE_TOP} probabilities": 6, "ambiguity": 4, "conformal set": 6}
+    columns = {"image": max((cell_len(shown(r.path)) for r in report.images), default=5), "decision": 8,
+               f"top {TABLE_TOP} probabilities": 10, "ambiguity": 9, "conformal set": 9}
     table.min_width = sum(columns.values()) + 3 * len(columns) + 1  # each column: 2 of padding, 1 of border
     for column, width in columns.items():
         table.add_column(column, min_width=width, **({"no_wrap": True} if column == "image" else {"overflow": "fold"}))

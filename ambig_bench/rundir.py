@@ -127,40 +127,33 @@ class RunDir:
         return {p.name: p for p in sorted(self.path.glob("*")) if p.is_file()} if self.path.is_dir() else {}
 
     # -- reading: every file checked against its schema (ambig_bench.schema); UserError names file and field --
-    def read(self, name: str) -> object:
-        """A JSON file of the run (io.read_json: a regular file, size-capped); a folder in its place is refused."""
-        path = self.path / name
-        if path.is_dir():
-            raise UserError(f"{path}: a folder, where the run's {name} belongs")
-        return read_json(path)
-
     def config(self) -> dict:
         """config.json as written (nested in groups; flat in runs of older versions), checked."""
-        config = self.read(CONFIG)
+        config = read_json(self.path / CONFIG)
         check_config(config, self.path / CONFIG)
         return config
 
     def options(self) -> dict:
         """config.json's fields by their flat option names (`schema.flatten_config`), checked."""
-        return check_config(self.read(CONFIG), self.path / CONFIG)
+        return check_config(read_json(self.path / CONFIG), self.path / CONFIG)
 
     def metrics(self, bounds: Mapping[str, tuple[float, float]] | None = None, required: tuple[str, ...] = (),
                 reserved: tuple[str, ...] = ()) -> dict:
         """metrics.json, checked (`schema.check_metrics`: the metrics of `bounds` within them, the `required` ones
         measured, none of the run's own fields nor `reserved`). A missing file is a UserError."""
-        return check_metrics(self.read(METRICS), self.path / METRICS, bounds, required, reserved)
+        return check_metrics(read_json(self.path / METRICS), self.path / METRICS, bounds, required, reserved)
 
     def error(self) -> str:
         """Why training broke (FAILED)."""
-        return check_failed(self.read(FAILED), self.path / FAILED)
+        return check_failed(read_json(self.path / FAILED), self.path / FAILED)
 
     def data(self) -> dict:
         """data.json: class names, pairs, counts, provenance."""
-        return check_data(self.read(self.required(DATA).name), self.path / DATA)
+        return check_data(read_json(self.required(DATA)), self.path / DATA)
 
     def env(self) -> dict:
         """env.json: versions, device, threads."""
-        return check_env(self.read(self.required(ENV).name), self.path / ENV)
+        return check_env(read_json(self.required(ENV)), self.path / ENV)
 
     def recorded_source(self) -> str | None:
         """The in-between source the run used, as data.json records it (None where it has no record)."""
