@@ -164,11 +164,18 @@ def flatten_config(config: dict, path: object = "config.json") -> dict:
 
 
 CONFIG: dict[str, Check] = {"strategy": NAME, "seed": integer(0)}
+GROUPS = ("data", "model", "train", "runtime")  # config.GROUPS: objects wherever config.json is nested in groups
+GROUP_KEYS = {"data": "dataset", "model": "name", "train": "epochs"}
 
 
 def check_config(doc: Any, path: object) -> dict:
     """config.json: an object of option groups with a strategy name and a seed >= 0; returns it flat."""
     check_fields(doc, path, {})
+    if any(isinstance(v, dict) for v in doc.values()):  # nested (this version): its groups are objects
+        check_fields(doc, path, dict.fromkeys(GROUPS, (lambda v: isinstance(v, dict), "an object (option group)")))
+        for group, key in GROUP_KEYS.items():  # what every version's group holds: an experiment is told by them
+            if group in doc and key not in doc[group]:
+                raise UserError(f"{path}: field {group!r} lacks its {key!r}")
     flat = flatten_config(doc, path)
     return check_fields(flat, path, CONFIG, required=tuple(CONFIG))
 

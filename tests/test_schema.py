@@ -313,3 +313,14 @@ def test_stale_temp_files_of_a_killed_compare_or_report_go_with_the_next_write(t
     assert not stale[0].exists() and not stale[1].exists() and stale[2].exists() and fresh.exists()
     assert remove_stale_temps(out / "figures" / "*") == [stale[2]]
     assert fresh.exists()
+
+
+def test_config_groups_are_the_configs():
+    from ambig_bench.config import GROUPS
+    from ambig_bench.schema import GROUPS as CHECKED
+
+    assert set(CHECKED) == set(GROUPS)
+    with pytest.raises(UserError, match="field 'model' must be an object"):
+        check_config({"strategy": "soft", "seed": 0, "data": {}, "model": None}, "config.json")
+    with pytest.raises(UserError, match="field 'model' lacks its 'name'"):
+        check_config({"strategy": "soft", "seed": 0, "model": {"a": 1}}, "config.json")
