@@ -15,18 +15,20 @@ against the metric's margin (MARGINS, `--margin`); the criteria's metrics are al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ambig_bench import rundir
 from ambig_bench.calibration import conformal_summary
 from ambig_bench.errors import UserError
 from ambig_bench.images import PER_IMAGE, image_comparison, outcomes
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
 from ambig_bench.options import outside_experiment, strategy_label
-from ambig_bench.rundir import RunDir, list_runs
+from ambig_bench.rundir import RUNS, RunDir, list_runs
 from ambig_bench.stats import mean_ci, paired_comparison, rank_table
 
 CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
@@ -56,6 +58,7 @@ class Comparison:
     margins: dict[str, float]  # the margin δ per metric (MARGINS, or as --margin set them)
     outcomes: dict[str, pd.DataFrame]  # per finished run with predictions: its test images' outcomes (images.py)
     images: pd.DataFrame  # one row per (group, strategy, metric of PER_IMAGE): paired by image against the baseline
+    skipped: list[str] = field(default_factory=list)  # one line per run left out as damaged, then how many
 
     @property
     def done(self) -> pd.DataFrame:
@@ -124,24 +127,72 @@ def choose_baseline(results_dir: Path, strategies: list[str], baseline: str | No
     return baseline
 
 
-def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, RunDir]]:
+def no_runs(results_dir: Path) -> str:
+    """Why a directory has no runs to compare, and what to pass instead."""
+    said = f"{results_dir}: no finished runs found"
+    if any((results_dir / name).exists() for name in (rundir.CONFIG, rundir.DONE, rundir.FAILED)):
+        return (f"{said}: it is one run's directory; pass its results directory, the folder holding runs/: "
+                f"{results_dir.parent.parent if results_dir.parent.name == RUNS else results_dir.parent}")
+    if not (results_dir / RUNS).is_dir():
+        return (f"{said}: not a results directory (it has no {RUNS}/ folder); a results directory is the --out "
+                f"folder of `ambig-bench run`, holding {RUNS}/<strategy>-seed<N>-<key>/")
+    return f"{said} (run `ambig-bench run --out {results_dir}` first)"
+
+
+class SkippedRun(UserWarning):
+    """A run left out of the analysis because one of its files is damaged: the message names the file and field."""
+
+
+METRIC_BOUNDS = {name: m.bounds for name, m in METRICS.items()}
+# Measured on every test split (every split holds clear-cut images): a run without them is damaged, never counted.
+MEASURED = ("clear_acc", "clear_set_acc", "nll", "ece")
+
+
+def read_run(run: RunDir) -> tuple[dict, dict]:
+    """A run's config fields (flat; its strategy as compared, `strategy_label`) and its row (status, metrics or
+    why it failed), every file of it checked first (ambig_bench.schema): a UserError names the file and field."""
+    run.check_link()
+    config = run.options()
+    if run.done:
+        metrics = run.metrics(METRIC_BOUNDS, MEASURED, reserved=tuple(SET_METRICS))
+        clash = next((k for k, v in metrics.items() if k in config and config[k] != v), None)
+        if clash:
+            raise UserError(f"{run.path / rundir.METRICS}: field {clash!r} is {metrics[clash]!r}, but config.json "
+                            f"says {config[clash]!r}")
+        run.check_present()
+        row = {"run": run.name, "status": "done", "error": "", **metrics}
+    else:
+        row = {"run": run.name, "status": "failed", "error": run.error()}
+    if config.get("between_source") == "auto":
+        # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
+        config["between_source"] = run.recorded_source() or "auto"
+    # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
+    return config | {"strategy": strategy_label(config["strategy"], config)}, row
+
+
+def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, RunDir], list[str]]:
     """Every finished or failed run of results_dir (`rundir.list_runs`), the config fields found in their
-    config.json files, and the run directories by name."""
+    config.json files, the run directories by name, and one line per run skipped as damaged (each also a
+    SkippedRun warning, then one saying how many). Every run damaged is a UserError."""
     found = list_runs(results_dir)
-    configs, rows = [], []
+    configs, rows, kept, skipped = [], [], [], []
     for run in found:
-        if run.done:
-            rows.append({"run": run.name, "status": "done", "error": "", **run.metrics()})
-        else:
-            rows.append({"run": run.name, "status": "failed", "error": run.error()})
-        config = run.options()
-        if config.get("between_source") == "auto":
-            # What `auto` chose for the run's data (human labels, or blends): its runs compare as that source.
-            config["between_source"] = run.recorded_source() or "auto"
-        # Runs of one strategy with different own options (mixup's α, ...) are different rows, as they are runs.
-        configs.append(config | {"strategy": strategy_label(config["strategy"], config)})
+        try:
+            config, row = read_run(run)
+        except UserError as e:
+            skipped.append(f"{e}; run skipped")
+            continue
+        configs.append(config)
+        rows.append(row)
+        kept.append(run)
+    if not rows and skipped:
+        raise UserError(f"{results_dir}: no run can be read ({len(skipped)} damaged), e.g. {skipped[0]}")
     if not rows:
-        raise UserError(f"{results_dir}: no finished runs found (run `ambig-bench run --out {results_dir}` first)")
+        raise UserError(no_runs(results_dir))
+    if skipped:
+        skipped.append(f"{len(skipped)} of {len(found)} runs skipped as damaged; compared the other {len(rows)}")
+    for line in skipped:
+        warnings.warn(line, SkippedRun, stacklevel=2)
     runs = pd.DataFrame([config | row for config, row in zip(configs, rows, strict=True)])
     options = list(dict.fromkeys(name for config in configs for name in config))
     # A run written before a config field existed lacks it: it is a different experiment from the runs that have
@@ -153,7 +204,7 @@ def load_runs(results_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, Run
         if any(unset) and not all(unset):
             runs[name] = [ABSENT if name not in config else DEFAULT if config[name] is None else str(config[name])
                           for config in configs]
-    return runs, options, {run.name: run for run in found}
+    return runs, options, {run.name: run for run in kept}, skipped
 
 
 def varying_fields(runs: pd.DataFrame, options: list[str]) -> list[str]:
@@ -167,7 +218,7 @@ def add_conformal(runs: pd.DataFrame, run_dirs: dict[str, RunDir]) -> pd.DataFra
     for name, status in zip(runs.run, runs.status, strict=True):
         run = run_dirs[name]
         ok = status == "done" and run.predictions_file.exists()
-        rows.append(conformal_summary(run.path, CONFORMAL_ALPHA, "lac") if ok else {})
+        rows.append(conformal_summary(run, CONFORMAL_ALPHA, "lac") if ok else {})
     extra = pd.DataFrame(rows, index=runs.index)
     return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
 
@@ -265,7 +316,7 @@ def analyse(results_dir: str | Path, baseline: str | None = None, margins: dict[
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results directory not found")
-    runs, options, run_dirs = load_runs(results_dir)
+    runs, options, run_dirs, skipped = load_runs(results_dir)
     runs = add_conformal(runs, run_dirs)
     group_by = varying_fields(runs, options)
     twins = runs[runs.duplicated(group_by + ["strategy", "seed"], keep=False)]
@@ -279,6 +330,6 @@ def analyse(results_dir: str | Path, baseline: str | None = None, margins: dict[
     done = runs[runs.status == "done"]
     found = {name: outcomes(run_dirs[name]) for name in done.run if run_dirs[name].predictions_file.exists()}
     comparison = Comparison(results_dir, runs, summary, paired, ranks_all(summary, group_by), group_by, options,
-                            baseline, run_dirs, margins, found, pd.DataFrame())
+                            baseline, run_dirs, margins, found, pd.DataFrame(), skipped)
     comparison.images = images_all(comparison)
     return comparison

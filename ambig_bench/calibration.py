@@ -52,7 +52,11 @@ def truth_of(frame: pd.DataFrame, k: int) -> np.ndarray:
                           torch.tensor(frame.label_b.to_numpy(np.int64)), k).numpy()
 
 
-def calibrate_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
+def run_of(run_dir: str | Path | RunDir) -> RunDir:
+    return run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+
+
+def calibrate_run(run_dir: str | Path | RunDir, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
                   ) -> Calibration:
     """qhat from the run's validation rows (predictions.csv), so predicting never reruns validation.
 
@@ -62,7 +66,7 @@ def calibrate_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", 
     validation split's: in-between images, a minority there, are under-covered, and a deployment with more
     of them than validation had gets less than 1 - alpha overall.
     """
-    return calibrate_frame(*RunDir(run_dir).predictions(), alpha, method, per_kind)
+    return calibrate_frame(*run_of(run_dir).predictions(), alpha, method, per_kind)
 
 
 def calibrate_frame(frame: pd.DataFrame, k: int, alpha: float, method: str, per_kind: bool) -> Calibration:
@@ -81,14 +85,14 @@ def sets_from_column(pred_set: pd.Series, k: int) -> np.ndarray:
     return sets
 
 
-def conformal_summary(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
+def conformal_summary(run_dir: str | Path | RunDir, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
                       ) -> dict[str, float]:
     """Test-split set quality of the conformal sets (cp_*) and of the strategy's threshold sets (thr_*).
 
     coverage = every true label is in the set; size = mean number of classes in the set; exact = the set is
     exactly the true pair. cp_coverage over all test images is what the 1 - alpha guarantee is about.
     """
-    frame, k = RunDir(run_dir).predictions()
+    frame, k = run_of(run_dir).predictions()
     cal = calibrate_frame(frame, k, alpha, method, per_kind)
     test = frame[frame.split == "test"]
     truth = truth_of(test, k)

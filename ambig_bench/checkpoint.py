@@ -8,8 +8,8 @@ Nothing on disk is ever unpickled, so a checkpoint cannot run code when loaded.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import os
+import stat
 from pathlib import Path
 
 import torch
@@ -19,8 +19,10 @@ from torch import nn
 from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
+from ambig_bench.io import read_json
 from ambig_bench.models import MODELS, Preprocess, build_model
-from ambig_bench.rundir import RunDir
+from ambig_bench.rundir import RunDir, list_runs, runs_folder
+from ambig_bench.schema import check_model, what
 from ambig_bench.strategies import STRATEGIES, Strategy
 
 FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
@@ -48,58 +50,34 @@ def model_files(model: nn.Module, cfg: RunConfig, data: LabelledImages, strategy
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
-def _count(v: object, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low  # JSON true is a bool, not a count
-
-
-# What load_checkpoint needs from model.json: field -> (check, what the error says it must be).
-RECIPE: dict[str, tuple[Callable[[object], bool], str]] = {
-    "model": (lambda v: isinstance(v, str), "a model name"),
-    "width": (lambda v: _count(v, 0) and v <= MAX_WIDTH, f"an integer in 0..{MAX_WIDTH}"),
-    "in_channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
-    "image_size": (lambda v: _count(v, 1) and v <= MAX_SIDE, f"an integer in 1..{MAX_SIDE}"),
-    "strategy": (lambda v: isinstance(v, str), "a strategy name"),
-    "num_outputs": (lambda v: _count(v, 1), "an integer >= 1"),
-    "class_names": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(n, str) for n in v),
-                    "a list of at least two names"),
-    "pairs": (lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v),
-              "a list of [a, b] pairs"),
-    "tta": (lambda v: v in (0, 1, 2) and not isinstance(v, bool), "0, 1 or 2"),
-    "threshold": (lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
-                  "a number or null"),
-}
-
-
 def is_pickle(head: bytes) -> bool:
     """Pickle protocol 2+ (b'\\x80' + protocol) or torch.save's zip archive: formats that can run code."""
     return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(b"PK\x03\x04")
 
 
 def read_model_json(meta_path: Path) -> dict:
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path}: unreadable model.json: {e}") from None
+    """model.json, checked: its format, then every field of the recipe (`schema.check_model`)."""
+    meta = read_json(meta_path)
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not an ambig-bench model (a JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT:
         if str(meta.get("format")).startswith(FORMAT.split("/")[0] + "/"):
-            raise UserError(f"{meta_path}: written by another version of ambig-bench (format {meta['format']!r}, "
+            raise UserError(f"{meta_path}: written by another version of ambig-bench (format {what(meta['format'])}, "
                             f"this version reads {FORMAT!r}); retrain the run with --force")
-        raise UserError(f"{meta_path}: not an ambig-bench model (format {meta.get('format')!r}, expected {FORMAT!r})")
-    for key, (ok, what) in RECIPE.items():
-        if not ok(meta.get(key)):
-            raise UserError(f"{meta_path}: field {key!r} must be {what}, got {meta.get(key)!r}")
-    k = len(meta["class_names"])
-    if not all(_count(c, 0) and c < k for p in meta["pairs"] for c in p):
-        raise UserError(f"{meta_path}: field 'pairs' must hold class indices below {k}, got {meta['pairs']}")
-    return meta
+        raise UserError(f"{meta_path}: not an ambig-bench model (format {what(meta.get('format'))}, expected "
+                        f"{FORMAT!r})")
+    return check_model(meta, meta_path, MAX_SIDE, MAX_WIDTH)
 
 
 def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file written for a run (model_files); pickles are refused before parsing."""
     try:
-        with weights_path.open("rb") as f:
+        # O_NONBLOCK and fstat: a FIFO or device in its place is refused, never waited on (as io.read_bytes does;
+        # the file itself is memory-mapped by safetensors, not read whole).
+        fd = os.open(weights_path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UserError(f"{weights_path}: not a regular file (a FIFO, device or folder)")
             head = f.read(8)
     except OSError as e:
         raise UserError(f"{weights_path}: cannot read ({e.strerror or e})") from None
@@ -113,8 +91,15 @@ def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{weights_path}: not a valid safetensors file ({e})") from None
     if fmt != FORMAT:
-        raise UserError(f"{weights_path}: safetensors from another program (metadata format {fmt!r}, "
+        raise UserError(f"{weights_path}: safetensors from another program (metadata format {what(fmt)}, "
                         f"expected {FORMAT!r})")
+    broken = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken:
+        raise UserError(f"{weights_path}: tensor {what(broken)} holds NaN or infinite values; the weights are "
+                        "damaged (retrain the run with --force)")
+    if "0.std" in state and not (state["0.std"] > 0).all():
+        raise UserError(f"{weights_path}: the input normalisation's std (tensor '0.std') must be > 0, got "
+                        f"{state['0.std'].flatten().tolist()[:3]}")
     return state
 
 
@@ -136,8 +121,13 @@ def load_checkpoint(run_dir: str | Path) -> tuple[nn.Module, dict, Strategy]:
     """
     run = RunDir(run_dir)
     run_dir, meta_path, weights_path = run.path, run.model_file, run.weights_file
+    run.check_link()
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    if runs_folder(run_dir).is_dir():
+        done = [r.path for r in list_runs(run_dir) if r.done]
+        example = done[0] if done else runs_folder(run_dir) / "<name>"
+        raise UserError(f"{run_dir}: a results directory; predict takes one of its runs, e.g. {example}")
     if not weights_path.exists():
         pickles = sorted(p.name for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +243,9 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
     """Find the confusable class pairs: from votes when the data have them, else from a reference network's
     out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out."""
     from ambig_bench.document import markdown_table
-    from ambig_bench.pairs import find, shown
+    from ambig_bench.pairs import check_top, find, shown
 
+    check_top(top)
     for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here
         options.pop(grid_only)
     exp = experiment_from(options)
@@ -250,6 +253,22 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
     evidence = "human votes" if found.evidence == "votes" else "a reference network's out-of-fold predictions"
     err.print(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}", highlight=False)
     print(markdown_table(shown(found, top)))
+
+
+@contextmanager
+def skipped_runs_said() -> Iterator[None]:
+    """One `warning:` line per run that compare or report skipped as damaged (analysis.SkippedRun), once the
+    comparison is made; other warnings pass on as they were."""
+    from ambig_bench.analysis import SkippedRun
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SkippedRun)
+        yield
+    for found in caught:
+        if issubclass(found.category, SkippedRun):
+            say("warning:", "yellow", found.message)
+        else:
+            warnings.showwarning(found.message, found.category, found.filename, found.lineno)
 
 
 MARGIN_HELP = ("The difference too small to matter, per metric: one number for every accuracy (0.01), or "
@@ -281,7 +300,8 @@ def compare(
     from ambig_bench.compare import compare as do_compare
 
     check_compare_format(fmt)
-    comparison = do_compare(results_dir, baseline, margin)
+    with skipped_runs_said():
+        comparison = do_compare(results_dir, baseline, margin)
     err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv, paired.csv and paired_images.csv",
               highlight=False, markup=False)
     if fmt == "json":
@@ -337,7 +357,8 @@ def report(
     """Write report.md, a self-contained report.html and figures/: what differs, by how much, how surely."""
     from ambig_bench.report import report as write_report
 
-    built = write_report(results_dir, baseline, margin)
+    with skipped_runs_said():
+        built = write_report(results_dir, baseline, margin)
     err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
               f"figures in {results_dir / 'figures'}", markup=False, highlight=False)
     print("\n".join(built.summary_lines()))
@@ -367,11 +388,13 @@ def predict(
         say("warning:", "yellow", line)
     for failed in report.failed:
         say("error:", "red", f"{failed.path}: {failed.error}")
-    shown = render(report, fmt)
-    if isinstance(shown, str):
-        print(shown, end="")
+    rendered = render(report, fmt)
+    if isinstance(rendered, str):
+        print(rendered, end="")
     else:
-        out.print(shown)
+        if rendered.min_width and rendered.min_width > out.width:  # wider than the terminal rather than a file
+            rendered.width = rendered.min_width  # name cut (predict.to_table); the terminal wraps lines whole
+        out.print(rendered, crop=False)
     raise typer.Exit(report.exit_code)
 
 

@@ -22,7 +22,7 @@ from ambig_bench.analysis import CONFORMAL_ALPHA, Comparison, analyse, parse_mar
 from ambig_bench.document import Block, Bullets, Heading, Paragraph, Table, code, escape, to_markdown
 from ambig_bench.document import markdown_table as markdown_table  # the CLI prints the summary with it
 from ambig_bench.errors import UserError
-from ambig_bench.io import write_atomic, write_csv
+from ambig_bench.io import remove_stale_temps, write_atomic, write_csv
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
 from ambig_bench.stats import min_holm_p
 from ambig_bench.verdicts import flags, paired_cell
@@ -199,6 +199,7 @@ def comparison_markdown(comparison: Comparison) -> str:
     """comparison.md."""
     return to_markdown([Heading(f"Comparison of strategies: {escape(comparison.results_dir.name)}", 1),
                         Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
+                        *([Paragraph(escape(comparison.skipped[-1]) + ".")] if comparison.skipped else []),
                         *flag_blocks(comparison, 2), *sections(comparison, 2), *glossary()])
 
 
@@ -225,8 +226,8 @@ def comparison_json(comparison: Comparison) -> str:
         "margins": comparison.margins, "flags": flags(comparison),
         "summary": records(comparison.summary), "paired": records(comparison.paired),
         "paired_images": records(comparison.images), "ranks": records(comparison.ranks),
-        "runs": records(comparison.runs),
-    }, indent=2) + "\n"
+        "runs": records(comparison.runs), "skipped": comparison.skipped,
+    }, indent=2, allow_nan=False) + "\n"
 
 
 def write_comparison(comparison: Comparison) -> None:
@@ -235,6 +236,7 @@ def write_comparison(comparison: Comparison) -> None:
     write_csv(comparison.results_dir / "paired.csv", comparison.paired)
     write_csv(comparison.results_dir / "paired_images.csv", comparison.images)
     write_atomic(comparison.results_dir / "comparison.md", comparison_markdown(comparison))
+    remove_stale_temps(comparison.results_dir / "*")  # what a compare or report killed mid-write left
 
 
 def compare(results_dir: str | Path, baseline: str | None = None, margin: str | float | None = None) -> Comparison:

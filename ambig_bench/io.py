@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -65,8 +66,29 @@ def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], None]) -> 
     fsync_dir(path.parent)
 
 
+STALE_AFTER_S = 60.0  # a temporary file untouched this long is a killed writer's: write_atomic finishes in moments
+
+
+def remove_stale_temps(*targets: Path, older_than: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files (`.NAME.XXXXXXXX.tmp`) that `write_atomic` left for `targets` when its process
+    was killed; a target's name may be a pattern (`figures/*.png`). A writer alive now writes and renames its
+    file within moments, so only files unchanged for `older_than` seconds are taken. Returns what was removed."""
+    removed = []
+    cutoff = time.time() - older_than
+    for target in targets:
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            try:
+                if tmp.lstat().st_mtime < cutoff and stat.S_ISREG(tmp.lstat().st_mode):
+                    tmp.unlink()
+                    removed.append(tmp)
+            except FileNotFoundError:  # removed by another command cleaning up at the same moment
+                continue
+    return removed
+
+
 def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON (JSON.parse and most readers refuse them).
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -91,10 +113,11 @@ def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
         if e.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR):
             raise UserError(f"{path}: cannot be opened ({e.strerror}); give the path of a {what}") from None
         raise
+    st = os.fstat(fd)  # before fdopen, which refuses a folder with an OSError of its own
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
         if st.st_size > limit:
             raise UserError(f"{path}: {st.st_size:,} bytes, more than a {what} may have ({limit:,})")
         data = f.read(limit + 1)

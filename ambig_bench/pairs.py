@@ -22,6 +22,7 @@ import pandas as pd
 
 from ambig_bench.config import RunConfig
 from ambig_bench.datasets.confusable import auto_pairs, find_pairs
+from ambig_bench.errors import UserError
 from ambig_bench.io import write_csv
 from ambig_bench.train import fit_reference, pick_device
 
@@ -45,6 +46,12 @@ def find(cfg: RunConfig, out: str | Path) -> Found:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_csv(path, table.assign(score=table.score.round(6)))
     return Found(table, evidence, auto_pairs(table), path)
+
+
+def check_top(top: int) -> None:
+    """--top: how many pairs to print, at least one."""
+    if top < 1:
+        raise UserError(f"--top must be at least 1 (pairs printed; pairs.csv holds them all), got {top}")
 
 
 def shown(found: Found, top: int) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 from torch import nn
@@ -38,7 +39,7 @@ from ambig_bench.conformal import prediction_sets
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import Change, find_images, read_image
 from ambig_bench.rundir import RunDir
-from ambig_bench.shown import csv_frame
+from ambig_bench.shown import csv_frame, shown
 from ambig_bench.strategies import Strategy
 from ambig_bench.train import predict_logits
 
@@ -99,6 +100,9 @@ class Predictor:
         # conformal threshold calibrated on those predictions applies.
         logits = predict_logits(self.model, images, torch.device("cpu"), self.meta["tta"])
         probs = self.strategy.class_probs(logits)
+        if not torch.isfinite(probs).all():  # finite weights (read_weights) can still overflow: never a NaN answer
+            raise UserError(f"{RunDir(self.run_dir).weights_file}: the network's outputs are not finite (NaN or "
+                            "infinite) for these images; the run's weights are unusable (retrain it with --force)")
         return {
             "probs": probs.numpy(),
             "decision": self.strategy.predict_sets(logits, self.threshold).numpy(),
@@ -219,7 +223,7 @@ def to_json(report: PredictionReport) -> str:
                       "per_kind": cal.per_kind, "qhat": None if math.isinf(cal.qhat) else cal.qhat,
                       "calibration_images": cal.n},
         "images": records(report),
-    }, indent=2) + "\n"
+    }, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: every number here is finite or null
 
 
 def to_csv(report: PredictionReport) -> str:
@@ -241,19 +245,25 @@ def to_table(report: PredictionReport) -> Table:
     cal = report.calibration
     threshold = "" if report.threshold is None else f", threshold {report.threshold:g}"
     per = "of clear-cut and of in-between images" if cal.per_kind else "on average"
-    table = Table(title=Text(f"{report.run_dir.name} ({report.strategy}{threshold}); conformal "
+    table = Table(title=Text(f"{shown(report.run_dir.name)} ({report.strategy}{threshold}); conformal "
                              f"{cal.method.upper()} sets cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} "
                              f"validation images)"))
-    for column in ("image", "decision", f"top {TABLE_TOP} probabilities", "ambiguity", "conformal set"):
-        table.add_column(column, overflow="fold")
+    # A file name is never broken: its column is as wide as the longest name, the others wrap down to a few
+    # characters, and the table is at least that wide, wider than a narrow terminal if need be (the CLI prints it
+    # uncropped, so a terminal wraps its lines whole rather than Rich folding a name).
+    columns = {"image": max((cell_len(shown(r.path)) for r in report.images), default=5), "decision": 8,
+               f"top {TABLE_TOP} probabilities": 10, "ambiguity": 9, "conformal set": 9}
+    table.min_width = sum(columns.values()) + 3 * len(columns) + 1  # each column: 2 of padding, 1 of border
+    for column, width in columns.items():
+        table.add_column(column, min_width=width, **({"no_wrap": True} if column == "image" else {"overflow": "fold"}))
     for r in report.images:
         if r.error:
-            table.add_row(Text(str(r.path)), Text(f"error: {r.error}", style="red"), "", "", "")
+            table.add_row(Text(shown(r.path)), Text(shown(f"error: {r.error}"), style="red"), "", "", "")
             continue
         top = ranked(report, r)[:TABLE_TOP]
-        table.add_row(Text(str(r.path)), Text(decision_text(r.decision)),
-                      Text("  ".join(f"{n} {p:.2f}" for n, p in top)), f"{r.ambiguity:.2f}",
-                      Text("{" + ", ".join(r.conformal) + "}"))
+        table.add_row(Text(shown(r.path)), Text(shown(decision_text(r.decision))),
+                      Text(shown("  ".join(f"{n} {p:.2f}" for n, p in top))), f"{r.ambiguity:.2f}",
+                      Text(shown("{" + ", ".join(r.conformal) + "}")))
     return table
 
 

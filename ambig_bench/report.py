@@ -51,7 +51,7 @@ from ambig_bench.document import (
     to_markdown,
 )
 from ambig_bench.errors import UserError
-from ambig_bench.io import write_atomic
+from ambig_bench.io import remove_stale_temps, write_atomic
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
 from ambig_bench.plots import (
     balance_histograms,
@@ -396,5 +396,6 @@ def report(results_dir: str | Path, baseline: str | None = None, margin: str | f
         built.paths.append(results_dir / "figures" / name)
     write_atomic(results_dir / "report.md", built.markdown)
     write_atomic(results_dir / "report.html", built.html)
+    remove_stale_temps(results_dir / "*", results_dir / "figures" / "*")  # a killed compare's or report's
     built.paths = [results_dir / "report.md", results_dir / "report.html", *built.paths]
     return built

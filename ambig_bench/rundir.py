@@ -17,10 +17,12 @@ module's.
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,16 @@ import pandas as pd
 from safetensors.torch import load, save
 
 from ambig_bench.errors import UserError
-from ambig_bench.io import fsync_dir, read_json, write_atomic, write_csv, write_json
+from ambig_bench.io import MAX_TEXT_BYTES, fsync_dir, read_json, read_text, write_atomic, write_csv, write_json
+from ambig_bench.schema import (
+    check_config,
+    check_data,
+    check_env,
+    check_failed,
+    check_metrics,
+    check_predictions,
+    flatten_config,
+)
 
 RUNS = "runs"  # OUT/runs/<run name>/
 TMP_PREFIX = ".tmp-"  # .tmp-<run name>-<random>: a run being assembled
@@ -38,6 +49,18 @@ OLD_PREFIX = ".old-"  # .old-<run name>-<random>: a failed or --force'd run move
 CONFIG, DATA, ENV, HISTORY = "config.json", "data.json", "env.json", "history.csv"
 METRICS, PREDICTIONS, WEIGHTS, MODEL = "metrics.json", "predictions.csv", "model.safetensors", "model.json"
 DONE, FAILED = "DONE", "FAILED"
+MAX_PREDICTIONS_BYTES = 1 << 30  # predictions.csv: about 10 million rows of 10 classes
+
+__all__ = ["flatten_config"]  # re-exported: the fields of a config.json by option name
+
+
+def read_csv(path: Path, limit: int = MAX_TEXT_BYTES, dtype: dict | None = None) -> pd.DataFrame:
+    """A CSV file of a run, read with io.read_text's limits (a regular file, never a FIFO); unparsable is one
+    line naming the file."""
+    try:
+        return pd.read_csv(io.StringIO(read_text(path, limit, "CSV file")), dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise UserError(f"{path}: unreadable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 @dataclass
@@ -64,28 +87,12 @@ class RunRecord:
         self.__dict__.update(state, weights=load(state["weights"]))
 
 
-def flatten_config(config: dict, within: str = "") -> dict:
-    """config.json's fields by their flat option names, whether the file is flat (older runs) or nested in groups.
-
-    A group's `name` is named after the group ("model": {"name": ...} is the option `model`).
-
-    >>> flatten_config({"strategy": "soft", "data": {"dataset": "digits"}, "model": {"name": "small-cnn", "lr": 0.1}})
-    {'strategy': 'soft', 'dataset': 'digits', 'model': 'small-cnn', 'lr': 0.1}
-    """
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, key))
-        else:
-            flat[within if key == "name" and within else key] = value
-    return flat
-
-
 class RunDir:
     """One run directory: what it holds, read back; and writing it whole (`write`, `write_failed`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._predictions: tuple[pd.DataFrame, int] | None = None
 
     @property
     def name(self) -> str:
@@ -99,65 +106,85 @@ class RunDir:
     def failed(self) -> bool:
         return (self.path / FAILED).exists()
 
+    @property
+    def dangling(self) -> bool:
+        """A symbolic link that leads nowhere (a loop, or its target gone)."""
+        return self.path.is_symlink() and not self.path.exists()
+
+    def check_link(self, force: bool = False) -> None:
+        """Refuse a run directory that is a link leading nowhere (it could never be read nor replaced), and, for
+        --force, one that is a link at all (replacing the run whole would replace the link, not its target)."""
+        if self.dangling:
+            raise UserError(f"{self.path}: a symbolic link that leads nowhere (a loop, or its target is gone); "
+                            "remove it")
+        if force and self.path.is_symlink():
+            raise UserError(f"{self.path}: a symbolic link; --force replaces a run directory whole, which would "
+                            f"replace the link and not the run it points to ({os.readlink(self.path)}): remove "
+                            "the link or copy the run in its place")
+
     def files(self) -> dict[str, Path]:
         """The run's files by name (config.json, predictions.csv, model.safetensors, ...); none while absent."""
         return {p.name: p for p in sorted(self.path.glob("*")) if p.is_file()} if self.path.is_dir() else {}
 
-    # -- reading -----------------------------------------------------------------------------------------------
+    # -- reading: every file checked against its schema (ambig_bench.schema); UserError names file and field --
     def config(self) -> dict:
-        """config.json as written (nested in groups; flat in runs of older versions)."""
-        return read_json(self.path / CONFIG)
+        """config.json as written (nested in groups; flat in runs of older versions), checked."""
+        config = read_json(self.path / CONFIG)
+        check_config(config, self.path / CONFIG)
+        return config
 
     def options(self) -> dict:
-        """config.json's fields by their flat option names (`flatten_config`)."""
-        return flatten_config(self.config())
+        """config.json's fields by their flat option names (`schema.flatten_config`), checked."""
+        return check_config(read_json(self.path / CONFIG), self.path / CONFIG)
 
-    def metrics(self) -> dict:
-        """metrics.json (FileNotFoundError while a --force rerun elsewhere has moved the run aside)."""
-        return read_json(self.path / METRICS)
+    def metrics(self, bounds: Mapping[str, tuple[float, float]] | None = None, required: tuple[str, ...] = (),
+                reserved: tuple[str, ...] = ()) -> dict:
+        """metrics.json, checked (`schema.check_metrics`: the metrics of `bounds` within them, the `required` ones
+        measured, none of the run's own fields nor `reserved`). A missing file is a UserError."""
+        return check_metrics(read_json(self.path / METRICS), self.path / METRICS, bounds, required, reserved)
 
     def error(self) -> str:
         """Why training broke (FAILED)."""
-        return read_json(self.path / FAILED)["error"]
+        return check_failed(read_json(self.path / FAILED), self.path / FAILED)
 
     def data(self) -> dict:
         """data.json: class names, pairs, counts, provenance."""
-        return read_json(self.required(DATA))
+        return check_data(read_json(self.required(DATA)), self.path / DATA)
 
     def env(self) -> dict:
         """env.json: versions, device, threads."""
-        return read_json(self.required(ENV))
+        return check_env(read_json(self.required(ENV)), self.path / ENV)
 
     def recorded_source(self) -> str | None:
         """The in-between source the run used, as data.json records it (None where it has no record)."""
-        return read_json(self.path / DATA).get("between_source") if (self.path / DATA).exists() else None
+        return self.data().get("between_source") if self.path.joinpath(DATA).exists() else None
 
     def history(self) -> pd.DataFrame:
         """history.csv, one row per epoch (no rows for a failed run, which has none)."""
         path = self.path / HISTORY
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["epoch", "train_loss"])
+        if not path.exists():
+            return pd.DataFrame(columns=["epoch", "train_loss"])
+        return read_csv(path)
 
     def predictions(self) -> tuple[pd.DataFrame, int]:
-        """predictions.csv, checked (split, label_a, label_b, pred_set, p_0..p_{K-1}, val rows), and K.
+        """predictions.csv, checked (`check_predictions`; against data.json's classes and counts where it has
+        them), and K. Read once per RunDir: compare and report look at it several times."""
+        if self._predictions is None:
+            path = self.path / PREDICTIONS
+            if not path.exists() and not path.is_symlink():
+                raise UserError(f"{path}: missing; a finished run writes it (rerun the run with --force if it "
+                                "was written by a different version)")
+            data = self.data() if (self.path / DATA).exists() else {}
+            self._predictions = check_predictions(read_csv(path, MAX_PREDICTIONS_BYTES, {"pred_set": str}), path,
+                                                  data)
+        return self._predictions
 
-        pred_set stays text ("4|9"; "" for an empty set), so a set like "3" is never read as a number.
-        """
-        path = self.path / PREDICTIONS
-        try:
-            frame = pd.read_csv(path, dtype={"pred_set": str})
-        except FileNotFoundError:
-            raise UserError(f"{path}: missing; a finished run writes it (rerun the run with --force if it was "
-                            "written by a different version)") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: unreadable ({e})") from None
-        k = sum(c.startswith("p_") for c in frame.columns)
-        needed = ["split", "label_a", "label_b", "pred_set"] + [f"p_{i}" for i in range(max(k, 2))]
-        missing = [c for c in needed if c not in frame.columns]
-        if missing:
-            raise UserError(f"{path}: not an ambig-bench predictions file (missing columns {', '.join(missing)})")
-        if not (frame.split == "val").any():
-            raise UserError(f"{path}: no validation rows to calibrate conformal sets on")
-        return frame.assign(pred_set=frame.pred_set.fillna("")), k
+    def check_present(self) -> None:
+        """Read data.json, env.json and predictions.csv where the run has them: a damaged one is a UserError now,
+        not when a report first needs it."""
+        for name, read in ((DATA, self.data), (ENV, self.env), (PREDICTIONS, self.predictions)):
+            if (self.path / name).exists():
+                read()
 
     @property
     def predictions_file(self) -> Path:
@@ -191,7 +218,9 @@ class RunDir:
             write_csv(tmp / PREDICTIONS, record.predictions)
             write_atomic(tmp / WEIGHTS, save(record.weights, metadata={"format": record.weights_format}))
             write_json(tmp / MODEL, record.model_meta)
-            write_json(tmp / METRICS, record.metrics)
+            # A metric that could not be measured (no human votes: human_ce) is null; JSON has no NaN.
+            write_json(tmp / METRICS, {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                       for k, v in record.metrics.items()})
             write_atomic(tmp / DONE, b"")
 
     def write_failed(self, config: dict, error: str) -> None:
@@ -221,11 +250,14 @@ class RunDir:
     def replace_with(self, tmp: Path) -> None:
         """Rename a complete run directory into place; an older one (failed, or --force) is first moved aside,
         so at every instant the run is either absent or complete."""
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             old = self.path.parent / f"{OLD_PREFIX}{self.name}-{uuid.uuid4().hex[:8]}"
             os.replace(self.path, old)
             os.replace(tmp, self.path)
-            shutil.rmtree(old)
+            if old.is_symlink():  # a run directory that was a link: the link goes, what it pointed to stays
+                old.unlink()
+            else:
+                shutil.rmtree(old)
         else:
             os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
@@ -238,7 +270,7 @@ def runs_folder(results_dir: str | Path) -> Path:
 def list_runs(results_dir: str | Path) -> list[RunDir]:
     """The finished and failed runs of a results directory, by name; runs being assembled or moved aside
     (`.tmp-`, `.old-`) and anything else that is not a run written whole (no config.json, or neither DONE nor
-    FAILED) are left out."""
+    FAILED) are left out. A link that leads nowhere is listed, so that its reader says so (`check_link`)."""
     folder = runs_folder(results_dir)
     found = [RunDir(p) for p in sorted(folder.glob("*")) if not p.name.startswith(".")]
-    return [run for run in found if (run.path / CONFIG).exists() and (run.done or run.failed)]
+    return [run for run in found if run.dangling or (run.path / CONFIG).exists() and (run.done or run.failed)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ambig_bench.config import RunConfig
+from ambig_bench.errors import UserError
 from ambig_bench.keys import data_version, run_name
 from ambig_bench.locks import RunLock
 from ambig_bench.rundir import RunDir, RunRecord, runs_folder
@@ -70,14 +71,17 @@ class RunStore:
             return None
         try:
             return RunResult(cfg, run.path, Status.REUSED, run.metrics())
-        except FileNotFoundError:  # moved aside this instant by a --force rerun in another process
-            return None
+        except UserError:
+            if not run.done:  # moved aside this instant by a --force rerun in another process
+                return None
+            raise
 
     def claim(self, cfg: RunConfig, force: bool, wait: bool) -> Claim | RunResult:
         """The run to train, with its lock held; or the result of one that needs no training (reused or busy)."""
+        run_dir = self.run_dir(cfg)
+        RunDir(run_dir).check_link(force)  # before any training: a link it could never replace is refused
         if not force and (done := self.finished(cfg)):
             return done
-        run_dir = self.run_dir(cfg)
         lock = RunLock(self.out / ".locks" / f"{run_dir.name}.lock")
         if not lock.acquire(wait):
             return RunResult(cfg, run_dir, Status.BUSY)

@@ -34,3 +34,15 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared data folder beside the project is missing)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_results(tmp_path_factory) -> Path:
+    """A results directory of two real tiny runs (soft and hard, seed 0), trained once per session: read it, copy
+    it before changing it."""
+    from ambig_bench.runner import run_experiment
+
+    out = tmp_path_factory.mktemp("trained-results")
+    for strategy in ("soft", "hard"):
+        run_experiment(tiny_config(strategy=strategy, epochs=1), out)
+    return out

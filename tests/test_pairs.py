@@ -147,3 +147,11 @@ def test_fashion_mnist_reference_ranks_the_known_confusable_pairs_near_the_top()
     table, evidence = find_pairs(cfg, functools.partial(fit_reference, cfg, torch.device("cpu")))
     known = {frozenset(p) for p in [("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Shirt", "Coat")]}
     assert evidence == "reference" and known <= top_pairs(table, 5)
+
+
+@pytest.mark.parametrize("top", ["0", "-5"])
+def test_top_below_one_is_refused_in_one_line_before_any_work(tmp_path, top):
+    result = CliRunner().invoke(app, ["pairs", "--dataset", "digits", "--top", top, "--out", str(tmp_path / "out")])
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(said) == 1 and "--top must be at least 1" in said[0], result.stderr
+    assert not (tmp_path / "out").exists()

@@ -199,3 +199,16 @@ def test_models_trained_with_augmentation_are_predicted_as_they_were_evaluated(t
     for row in range(4):
         probs = results[f"row{row}.png"].probs
         assert np.allclose(probs, [saved.iloc[row][f"p_{k}"] for k in range(len(probs))], atol=1e-5)
+
+
+def test_the_table_never_breaks_a_file_name_however_narrow_the_terminal(trained, image_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from ambig_bench.cli import app
+
+    long = tmp_path / ("a-rather-long-folder-name-" * 3) / "photo-of-a-four-or-a-nine-scanned-at-work.png"
+    long.parent.mkdir()
+    long.write_bytes((image_dir[0] / "row0000.png").read_bytes())
+    result = CliRunner().invoke(app, ["predict", str(trained[1]), str(long)], env={"COLUMNS": "40"})
+    assert result.exit_code == 0, result.output
+    assert str(long) in result.stdout, "the name is printed whole, on one line"

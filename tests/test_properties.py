@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
@@ -155,3 +157,107 @@ def test_soft_targets_carry_each_share(case, seed):
     assert torch.allclose(targets[rows, labels.a[index]], labels.share_a[index])
     between = labels.b[index] >= 0
     assert torch.allclose(targets[rows[between], labels.b[index][between]], 1 - labels.share_a[index][between])
+
+
+# -- a real run directory, mutated: compare, report and predict succeed or say what is wrong in one line ---------
+JSON_FILES = ("metrics.json", "config.json", "data.json", "model.json", "env.json")
+HOSTILE = st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.integers(-10**30, 10**30),
+                    st.floats(allow_nan=True, allow_infinity=True), st.lists(st.integers(), max_size=3),
+                    st.just({"a": {"b": [1]}}))
+CELLS = st.sampled_from(["", "nan", "inf", "1e309", "-5", "abc", "nan0242708", "4|99", "0|0|0", "=1+1", "2.5"])
+
+
+@st.composite
+def mutations(draw) -> tuple[str, str, object]:
+    """(file, how, what): a file of a run and a change to it."""
+    file = draw(st.sampled_from([*JSON_FILES, "predictions.csv"]))
+    kinds = ["truncate", "fifo", "folder", "delete"]
+    kinds += ["field", "type", "deep"] if file.endswith(".json") else ["cell", "extra-column", "drop-column"]
+    how = draw(st.sampled_from(kinds))
+    what = {"truncate": st.floats(0, 1), "field": st.tuples(st.integers(0, 50), HOSTILE), "cell": st.tuples(
+        st.integers(0, 10**6), st.integers(0, 50), CELLS), "type": HOSTILE, "drop-column": st.integers(0, 50)}
+    return file, how, draw(what.get(how, st.none()))
+
+
+def mutate(path: Path, how: str, what: object) -> None:
+    import json
+    import os
+
+    import pandas as pd
+
+    if how == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * what)])
+    elif how in ("fifo", "folder", "delete"):
+        path.unlink()
+        {"fifo": os.mkfifo, "folder": os.mkdir, "delete": lambda p: None}[how](path)
+    elif how == "deep":
+        path.write_text("[" * 50_000 + "]" * 50_000)
+    elif how == "type":
+        path.write_text(json.dumps(what))
+    elif how == "field":
+        doc = json.loads(path.read_text())
+        index, value = what
+        doc[list(doc)[index % len(doc)]] = value
+        path.write_text(json.dumps(doc))  # NaN and Infinity as Python writes them
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if how == "cell":
+            row, column, text = what
+            frame.iloc[row % len(frame), column % len(frame.columns)] = text
+        elif how == "extra-column":
+            frame[f"p_{sum(c.startswith('p_') for c in frame.columns)}"] = "0.0"
+        else:
+            frame = frame.drop(columns=frame.columns[what % len(frame.columns)])
+        frame.to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def an_image(tmp_path_factory) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 16, (8, 8), dtype=np.uint8)).save(path)
+    return path
+
+
+@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutations(), st.sampled_from(["soft", "hard"]), st.sampled_from(["compare", "predict", "compare", "report"]))
+@example(("metrics.json", "fifo", None), "soft", "compare")
+@example(("model.json", "deep", None), "soft", "predict")
+@example(("predictions.csv", "cell", (3, 5, "nan0242708")), "hard", "report")
+@example(("config.json", "field", (24, None)), "soft", "compare")  # the model group gone
+@example(("config.json", "field", (24, {"a": {"b": [1]}})), "soft", "report")
+def test_a_mutated_run_directory_gives_a_result_or_one_line_never_a_traceback(trained_results, an_image, mutation,
+                                                                              strategy, command):
+    import shutil
+    import tempfile
+    from unittest import mock
+
+    import matplotlib.pyplot as plt
+    from typer.testing import CliRunner
+
+    from ambig_bench.cli import app
+
+    file, how, what = mutation
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results"
+        shutil.copytree(trained_results, out)
+        [run] = (out / "runs").glob(f"{strategy}-seed0-*")
+        mutate(run / file, how, what)
+        args = {"compare": ["compare", str(out)], "report": ["report", str(out)],
+                "predict": ["predict", str(run), str(an_image), "--format", "json"]}[command]
+        # The report's figures are test_report's: drawn, not encoded, here.
+        with mock.patch("ambig_bench.report.png_bytes", lambda figure: plt.close(figure) or b""):
+            result = CliRunner().invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert len(said) == 1 and said[0].startswith("error:"), result.stderr
+        assert file in said[0] or run.name in said[0] or str(out) in said[0], said[0]
+    else:
+        assert result.exit_code == 0, result.output
+        warned = [line for line in said if line.startswith("warning:")]
+        assert not warned or file in warned[0], warned
