@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
 from ambig_bench.io import write_atomic
+from ambig_bench.shown import warn
 
 T = TypeVar("T")
 
@@ -136,8 +136,7 @@ def keep(path: Path, form: Format[T], value: T) -> None:
     try:
         write_atomic(path, lambda f: form.write(f, value))
     except OSError as e:
-        print(f"warning: could not write the cache file {path} ({e}); the next command computes it again",
-              file=sys.stderr)
+        warn(f"could not write the cache file {path} ({e}); the next command computes it again")
 
 
 def cached(path: Path, form: Format[T], make: Callable[[], T]) -> T:

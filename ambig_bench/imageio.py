@@ -25,7 +25,6 @@ import hashlib
 import io
 import math
 import os
-import sys
 import tarfile
 import warnings
 import zipfile
@@ -40,6 +39,7 @@ from PIL import Image, ImageOps
 from ambig_bench import budget, cache
 from ambig_bench.errors import UserError
 from ambig_bench.io import read_bytes
+from ambig_bench.shown import warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
@@ -211,7 +211,7 @@ def load_image(data: bytes, where: str) -> Image.Image:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{where}: unreadable or truncated image ({e})") from None
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
-        print(f"warning: {where}: {message}", file=sys.stderr)
+        warn(f"{where}: {message}")
     return image
 
 
@@ -283,8 +283,8 @@ def mixed_side(paths: list[str], sizes: list[tuple[int, int]], where: str) -> in
         raise UserError(f"{where}: {paths[i]} is {w}×{h}, far smaller than the other images (median shorter side "
                         f"{median:g} px); mixed sizes are fitted to the smallest shorter side, at least "
                         f"{budget.MIN_SIDE} px and a quarter of the median: remove it or give --image-size")
-    print(f"warning: {where}: images of mixed sizes, all fitted to {sides[i]}×{sides[i]} (the smallest shorter "
-          f"side, of {paths[i]}); give --image-size to choose", file=sys.stderr)
+    warn(f"{where}: images of mixed sizes, all fitted to {sides[i]}×{sides[i]} (the smallest shorter side, of "
+         f"{paths[i]}); give --image-size to choose")
     return sides[i]
 
 

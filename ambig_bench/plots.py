@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import math
-import sys
 import textwrap
 import warnings
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from ambig_bench.metrics import METRICS, expected_calibration_error
+from ambig_bench.shown import shown, warn
 
 # A slot per known strategy, fixed by name, so a strategy keeps its look whatever else ran; other names (a strategy
 # with options, label-smoothing@smoothing-eps=0.2) take the slots after these, in sorted order.
@@ -112,7 +112,7 @@ def fits(text: str, inches: float, size: float) -> str:
     """`text` wrapped to lines that fit `inches` at font `size` (points; about 0.6 em per character), so a long title
     or strategy name stays inside its panel instead of running into the next."""
     width = max(8, int(inches * 72 / (0.6 * size)))
-    return "\n".join(line for part in text.split("\n") for line in textwrap.wrap(part, width) or [""])
+    return "\n".join(line for part in text.split("\n") for line in textwrap.wrap(shown(part), width) or [""])
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -126,7 +126,7 @@ def png_bytes(fig: Figure) -> bytes:
         # No "Software" tag: a committed figure (docs/) does not change just because matplotlib was upgraded.
         fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):
-        print(f"warning: figure: {message}", file=sys.stderr)
+        warn(f"figure: {message}")
     return buf.getvalue()
 
 
@@ -288,7 +288,7 @@ def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]],
     for name, frame in preds.items():
         sets = frame.pred_set.fillna("").astype(str).map(lambda s: frozenset(int(k) for k in s.split("|") if k))
         for a, b in pairs:
-            na, nb = class_names[a], class_names[b]
+            na, nb = shown(class_names[a]), shown(class_names[b])
             truth = [(frame.label_a == a) & (frame.label_b < 0), (frame.label_a == b) & (frame.label_b < 0),
                      ((frame.label_a == a) & (frame.label_b == b)) | ((frame.label_a == b) & (frame.label_b == a))]
             predicted = [frozenset({a}), frozenset({b}), frozenset({a, b})]
@@ -338,7 +338,7 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
             ax.set_xscale("log")
             ax.minorticks_off()
         # A tick at every swept value (the values are few), labelled as typed.
-        ax.set_xticks(values if numeric else range(len(values)), [f"{v:g}" if numeric else str(v) for v in values])
+        ax.set_xticks(values if numeric else range(len(values)), [f"{v:g}" if numeric else shown(v) for v in values])
         ax.set_title(metric_title(m), fontsize=10)
         ax.set_ylabel(fits(axis_label(m), 2.4, 8), fontsize=8)
         ax.set_xlabel(fits(FIELD_LABELS.get(field, field.replace("_", "-")) + (", log scale" if log else ""), 3.0, 8),
@@ -348,7 +348,7 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
     handles = [Line2D([], [], color=styles[s].color, marker=styles[s].marker, label=s)
                for s in pd.unique(summary.strategy)]
     handles += [Line2D([], [], color="k", ls=dashes[k % len(dashes)],
-                       label=", ".join(f"{g.replace('_', '-')}={v}" for g, v in
+                       label=", ".join(f"{g.replace('_', '-')}={shown(v)}" for g, v in
                                        zip(others, key if isinstance(key, tuple) else (key,), strict=True)))
                 for k, (key, _) in enumerate(slices) if others]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="strategy", title_fontsize=8,

@@ -6,8 +6,9 @@ terminal, `\\x1b[2J` clears it and `\\x1b[5A` moves the cursor up over a warning
 terminal, in error lines, in markdown and HTML. Everything else (accents, CJK, emoji) stays as typed.
 
 A CSV cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is read as a formula by spreadsheet
-programs (`=HYPERLINK(...)`); `csv_cell` prefixes such a text cell with `'` (OWASP's rule for CSV injection).
-Numbers are never changed, so `-0.5` stays a number.
+programs (`=HYPERLINK(...)`); `csv_cell` prefixes such a text cell with `'` (OWASP's rule for CSV injection), and
+`csv_frame` applies both rules to every CSV the tool writes. Numbers are never changed, so `-0.5` stays a number.
+JSON output keeps names exact: the JSON encoder writes control characters as `\u001b`, which no terminal obeys.
 
 >>> shown("cat\\x1b[2J")
 'cat\\\\x1b[2J'
@@ -20,6 +21,7 @@ Numbers are never changed, so `-0.5` stays a number.
 from __future__ import annotations
 
 import re
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is not imported for the CLI's start
@@ -41,13 +43,21 @@ def shown(text: object) -> str:
     return CONTROL.sub(escape_control, str(text))
 
 
+def warn(message: object) -> None:
+    """One `warning: ...` line on stderr, its control characters escaped: the one way a warning reaches a person
+    from code that has no console of its own (image decoding, figures, the cache, data checks)."""
+    print(f"warning: {shown(message)}", file=sys.stderr)
+
+
 def csv_cell(value: object) -> object:
     """A text cell that a spreadsheet would read as a formula, prefixed with `'`; anything else unchanged."""
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with `csv_cell` applied to its column names and to every text cell."""
+    """`frame` as text a person may open or print: control characters of column names and text cells escaped
+    (`shown`), and formula-like cells prefixed (`csv_cell`). Numbers are untouched."""
     text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
-    safe = frame.assign(**{c: frame[c].map(csv_cell) for c in text}) if text else frame
-    return safe.set_axis([csv_cell(c) for c in frame.columns], axis=1)
+    safe = frame.assign(**{c: frame[c].map(lambda v: csv_cell(shown(v)) if isinstance(v, str) else v)
+                           for c in text}) if text else frame
+    return safe.set_axis([csv_cell(shown(c)) for c in frame.columns], axis=1)
