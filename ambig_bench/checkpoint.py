@@ -8,7 +8,6 @@ Nothing on disk is ever unpickled, so a checkpoint cannot run code when loaded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +18,11 @@ from torch import nn
 from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
+from ambig_bench.io import open_regular, read_json
 from ambig_bench.models import MODELS, Preprocess, build_model
 from ambig_bench.rundir import RunDir
 from ambig_bench.strategies import STRATEGIES, Strategy
+from ambig_bench.weights import MAX_WEIGHTS_BYTES
 
 FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
@@ -76,10 +77,7 @@ def is_pickle(head: bytes) -> bool:
 
 
 def read_model_json(meta_path: Path) -> dict:
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path}: unreadable model.json: {e}") from None
+    meta = read_json(meta_path)
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: not an ambig-bench model (a JSON {type(meta).__name__}, not an object)")
     if meta.get("format") != FORMAT:
@@ -99,7 +97,7 @@ def read_model_json(meta_path: Path) -> dict:
 def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file written for a run (model_files); pickles are refused before parsing."""
     try:
-        with weights_path.open("rb") as f:
+        with open_regular(weights_path, MAX_WEIGHTS_BYTES, "safetensors file") as f:
             head = f.read(8)
     except OSError as e:
         raise UserError(f"{weights_path}: cannot read ({e.strerror or e})") from None

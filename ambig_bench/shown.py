@@ -9,17 +9,23 @@ A CSV cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is re
 programs (`=HYPERLINK(...)`); `csv_cell` prefixes such a text cell with `'` (OWASP's rule for CSV injection).
 Numbers are never changed, so `-0.5` stays a number.
 
+An error line quotes a value from the user through `brief`: at most about 200 characters, so a 50 MB TOML string
+or a 4,000-digit number never floods the terminal.
+
 >>> shown("cat\\x1b[2J")
 'cat\\\\x1b[2J'
 >>> shown("a\\nb"), shown("caf\\u00e9")
 ('a\\\\nb', 'café')
 >>> csv_cell("=HYPERLINK(1)"), csv_cell("dog"), csv_cell(-0.5)
 ("'=HYPERLINK(1)", 'dog', -0.5)
+>>> brief("x" * 10**6)[-28:]
+"xxxx' (1,000,000 characters)"
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is not imported for the CLI's start
@@ -51,3 +57,20 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
     text = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
     safe = frame.assign(**{c: frame[c].map(csv_cell) for c in text}) if text else frame
     return safe.set_axis([csv_cell(c) for c in frame.columns], axis=1)
+
+
+BRIEF = 200  # characters of a value from the user that an error line quotes at most (about)
+QUOTE = reprlib.Repr()  # the standard library's bounded repr: long text, numbers and containers cut with `...`
+QUOTE.maxstring = QUOTE.maxother = BRIEF
+QUOTE.maxlong = 60
+
+
+def brief(value: object) -> str:
+    """`value` as an error line quotes it (its repr), at most about BRIEF characters: longer ones keep their start
+    and end around `...`, and text says its length."""
+    if isinstance(value, int) and value.bit_length() > 256:  # its repr is slow, and refused past 4300 digits
+        return f"an integer of {value.bit_length():,} bits"
+    text = QUOTE.repr(value)
+    if len(text) > BRIEF:  # a container of long items
+        text = f"{text[:BRIEF // 2]}...{text[-(BRIEF // 2):]}"
+    return f"{text} ({len(value):,} characters)" if isinstance(value, str) and len(value) > BRIEF else text
