@@ -214,7 +214,8 @@ def load_image(data: bytes, where: str) -> Image.Image:
         except UserError:
             raise
         except UnidentifiedImageError:
-            raise UserError(f"{where}: not a PNG, JPEG, BMP, GIF, TIFF or WebP image") from None
+            raise UserError(f"{where}: unreadable or truncated image (not a PNG, JPEG, BMP, GIF, TIFF or WebP "
+                            "image)") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{where}: unreadable or truncated image ({e})") from None
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):

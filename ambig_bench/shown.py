@@ -24,6 +24,7 @@ or a 4,000-digit number never floods the terminal.
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 from typing import TYPE_CHECKING
@@ -62,14 +63,17 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
 BRIEF = 200  # characters of a value from the user that an error line quotes at most (about)
 QUOTE = reprlib.Repr()  # the standard library's bounded repr: long text, numbers and containers cut with `...`
 QUOTE.maxstring = QUOTE.maxother = BRIEF
-QUOTE.maxlong = 60
+# Containers: BRIEF // 4 items and 8 levels before the cut, so a short one is quoted whole (the defaults cut at 6).
+QUOTE.maxlist = QUOTE.maxtuple = QUOTE.maxset = QUOTE.maxfrozenset = QUOTE.maxdict = BRIEF // 4
+QUOTE.maxlevel = 8
+QUOTE.maxlong = BRIEF
 
 
 def brief(value: object) -> str:
     """`value` as an error line quotes it (its repr), at most about BRIEF characters: longer ones keep their start
     and end around `...`, and text says its length."""
-    if isinstance(value, int) and value.bit_length() > 256:  # its repr is slow, and refused past 4300 digits
-        return f"an integer of {value.bit_length():,} bits"
+    if isinstance(value, int) and value.bit_length() > 4 * BRIEF:  # its repr is slow, refused past 4300 digits
+        return f"an integer of about {round(value.bit_length() * math.log10(2)):,} digits"
     text = QUOTE.repr(value)
     if len(text) > BRIEF:  # a container of long items
         text = f"{text[:BRIEF // 2]}...{text[-(BRIEF // 2):]}"
