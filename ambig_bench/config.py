@@ -335,7 +335,8 @@ def coerce(flag: str, kind: type, value: object) -> object:
 
 
 def unknown_option(name: str, known: Iterable[str]) -> UserError:
-    """"unknown option 'epoch'; did you mean 'epochs'?" (the nearest flat name, by difflib's similarity)."""
+    """The error for an unknown option, with the nearest flat name by difflib's similarity: "unknown option 'epoch';
+    did you mean 'epochs'?"."""
     shown_name = name.replace("_", "-")
     # A long name is no typo of a short one (and difflib's time grows with its length).
     near = difflib.get_close_matches(name, list(known), n=1) if len(name) <= 100 else []
@@ -359,12 +360,12 @@ def check_nesting(path: Path, text: str) -> None:
     depth = 0
     for token in TOML_TOKENS.finditer(text):
         bracket = token.group()
-        if bracket in "[{":
+        if bracket in ("[", "{"):
             depth += 1
             if depth > MAX_NESTING:
                 line = text.count("\n", 0, token.start()) + 1
                 raise UserError(f"{path}: line {line}: arrays or tables nested more than {MAX_NESTING} deep")
-        elif bracket in "]}":
+        elif bracket in ("]", "}"):
             depth = max(depth - 1, 0)
 
 
