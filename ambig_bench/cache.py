@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
-from ambig_bench.io import write_atomic
+from ambig_bench.io import read_text, write_atomic
 from ambig_bench.shown import warn
 
 T = TypeVar("T")
@@ -113,7 +113,7 @@ class Format(Generic[T]):
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(read_text(path))  # a regular file within read_text's limit, else a miss (UserError)
 
 
 def write_json(f: BinaryIO, value: Any) -> None:

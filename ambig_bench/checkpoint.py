@@ -8,8 +8,6 @@ Nothing on disk is ever unpickled, so a checkpoint cannot run code when loaded.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import torch
@@ -19,11 +17,12 @@ from torch import nn
 from ambig_bench.config import MAX_SIDE, MAX_WIDTH, RunConfig
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
-from ambig_bench.io import read_json
+from ambig_bench.io import open_regular, read_json
 from ambig_bench.models import MODELS, Preprocess, build_model
 from ambig_bench.rundir import RunDir, list_runs, runs_folder
 from ambig_bench.schema import check_model, what
 from ambig_bench.strategies import STRATEGIES, Strategy
+from ambig_bench.weights import MAX_WEIGHTS_BYTES
 
 FORMAT = "ambig-bench-model/2"  # 2: "tta" holds the test-time view level
 
@@ -72,12 +71,7 @@ def read_model_json(meta_path: Path) -> dict:
 def read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file written for a run (model_files); pickles are refused before parsing."""
     try:
-        # O_NONBLOCK and fstat: a FIFO or device in its place is refused, never waited on (as io.read_bytes does;
-        # the file itself is memory-mapped by safetensors, not read whole).
-        fd = os.open(weights_path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UserError(f"{weights_path}: not a regular file (a FIFO, device or folder)")
+        with open_regular(weights_path, MAX_WEIGHTS_BYTES, "safetensors file") as f:
             head = f.read(8)
     except OSError as e:
         raise UserError(f"{weights_path}: cannot read ({e.strerror or e})") from None

@@ -16,13 +16,19 @@ $ ambig-bench run --config exp.toml --epochs 5     # file values, then command-l
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
+import sys
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ambig_bench.errors import UserError
+from ambig_bench.io import read_text
+from ambig_bench.shown import brief
 
 
 def option(default: Any, help: str, flag: str = "", choices: tuple[str, ...] = ()) -> Any:
@@ -34,7 +40,9 @@ def option(default: Any, help: str, flag: str = "", choices: tuple[str, ...] = (
 MAX_WIDTH = 1024  # channels of a model's first stage (small-cnn: 1024/2048/4096 channels, ~1 GB of weights)
 MAX_BATCH = 65536  # images per step
 MAX_COUNT = 100_000  # generated images per pair and split (blend sources)
-MAX_SEED = 2**63 - 1  # torch's and numpy's generators take 64-bit seeds
+MAX_INT = 2**63 - 1  # any integer option: a value beyond 64 bits is a typo, and numpy and torch refuse it
+MAX_SEED = MAX_INT  # torch's and numpy's generators take 64-bit seeds
+MAX_EPOCHS = 10_000  # passes over the training set
 MAX_SEEDS = 10_000  # runs per strategy and grid point
 MAX_SIDE = 8192  # pixels along an image side (model.json's image_size)
 MAX_FOLDS = 1000  # --folds: each fold is tested by its own run
@@ -42,24 +50,24 @@ MAX_FOLDS = 1000  # --folds: each fold is tested by its own run
 
 def check_fraction(name: str, value: float) -> None:
     if not 0 < value < 1:
-        raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
+        raise UserError(f"--{name.replace('_', '-')} must be in (0, 1), got {brief(value)}")
 
 
 def check_at_least(name: str, value: int, low: int) -> None:
     if value < low:
-        raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {brief(value)}")
 
 
 def check_between(name: str, value: int, low: int, high: int) -> None:
     check_at_least(name, value, low)
     if value > high:
-        raise UserError(f"--{name.replace('_', '-')} must be at most {high}, got {value}")
+        raise UserError(f"--{name.replace('_', '-')} must be at most {high}, got {brief(value)}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
-        raise UserError(f"--{name.replace('_', '-')} must be {listed}, got {value!r}")
+        raise UserError(f"--{name.replace('_', '-')} must be {listed}, got {brief(value)}")
 
 
 @dataclass
@@ -195,7 +203,7 @@ def parse_normalize(value: str) -> tuple[tuple[float, ...], tuple[float, ...]] |
         numbers = []
     if len(numbers) not in (2, 6):
         raise UserError(f"--normalize must be data, imagenet or MEAN,STD (1 or 3 means, then as many stds, in 0..1), "
-                        f"got {value!r}")
+                        f"got {brief(value)}")
     half = len(numbers) // 2
     mean, std = tuple(numbers[:half]), tuple(numbers[half:])
     if not all(0 <= m <= 1 for m in mean) or not all(0 < s <= 1 for s in std):
@@ -224,7 +232,7 @@ class TrainOptions:
 
     def validate(self) -> None:
         """Checks the values that are set (a resolved recipe has them all)."""
-        check_at_least("epochs", self.epochs, 1)
+        check_between("epochs", self.epochs, 1, MAX_EPOCHS)
         if self.augment is not None:
             check_choice("augment", self.augment, AUGMENT)
         if self.translate is not None:
@@ -248,7 +256,7 @@ class Runtime:
     def validate(self) -> None:
         check_choice("batch_runs", self.batch_runs, BATCH_RUNS)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+            raise UserError(f"--device must be auto, cpu or cuda, got {brief(self.device)}")
 
 
 @dataclass
@@ -301,7 +309,8 @@ class ExperimentConfig:
 
 
 def coerce(flag: str, kind: type, value: object) -> object:
-    """A TOML or command-line value converted to `kind` (bool, int, float or str), or a one-line UserError."""
+    """A TOML or command-line value converted to `kind` (bool, int, float or str), or a one-line UserError. An
+    integer must fit in 64 bits (MAX_INT)."""
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -317,26 +326,78 @@ def coerce(flag: str, kind: type, value: object) -> object:
             return ",".join(value)  # TOML `pairs = ["4:9", "3:8"]` means --pairs 4:9,3:8
         if kind is str and not isinstance(value, str | int | float):
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise UserError(f"option {flag.replace('_', '-')!r}: {value!r} is not a valid {kind.__name__}") from None
+        typed = kind(value)  # int("9" * 5000) is refused by Python's own limit on digits (ValueError)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(1e400)
+        raise UserError(f"option {flag.replace('_', '-')!r}: {brief(value)} is not a valid {kind.__name__}") from None
+    if kind is int:
+        check_between(flag, typed, -MAX_INT, MAX_INT)
+    return typed
 
 
-def load_toml(path: str | Path) -> dict[str, object]:
-    """Read an experiment file: run options at top level (or under [run]), plus strategies/seeds/out."""
+def unknown_option(name: str, known: Iterable[str]) -> UserError:
+    """The error for an unknown option, with the nearest flat name by difflib's similarity: "unknown option 'epoch';
+    did you mean 'epochs'?"."""
+    shown_name = name.replace("_", "-")
+    # A long name is no typo of a short one (and difflib's time grows with its length).
+    near = difflib.get_close_matches(name, list(known), n=1) if len(name) <= 100 else []
+    hint = f"; did you mean {near[0].replace('_', '-')!r}?" if near else ""
+    return UserError(f"unknown option {brief(shown_name)}{hint}")
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file holds options, not data
+MAX_NESTING = 32  # arrays and inline tables inside each other in a config file (a config needs 2)
+FILE_KEYS = ("strategies", "seeds", "out")  # what a config file may set besides run options: ExperimentConfig's
+# Strings (basic, literal, multi-line), comments, and the brackets that open and close arrays and inline tables. An
+# unclosed one-line string runs to its line's end, as the TOML parser reads it.
+TOML_TOKENS = re.compile(r'"""(?:\\.|[^\\])*?"""|\'\'\'.*?\'\'\'|"(?:\\.|[^"\\\n])*"?|\'[^\'\n]*\'?|#[^\n]*|[\[\]{}]',
+                         re.DOTALL)
+
+
+def check_nesting(path: Path, text: str) -> None:
+    """Refuse TOML nested deeper than MAX_NESTING before it is parsed: Python's tomllib recurses once per level and
+    has no limit of its own, so a deep file would end in a RecursionError. Hand-written (no library bounds it): one
+    linear scan that counts brackets outside strings and comments."""
+    depth = 0
+    for token in TOML_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, token.start()) + 1
+                raise UserError(f"{path}: line {line}: arrays or tables nested more than {MAX_NESTING} deep")
+        elif bracket in ("]", "}"):
+            depth = max(depth - 1, 0)
+
+
+KINDS = {kind.__name__: kind for kind in (bool, int, float, str)}  # an option's type by name (the catalogue's)
+
+
+def load_toml(path: str | Path, options: Iterable[dict[str, str]]) -> dict[str, object]:
+    """Read an experiment file: run options at top level (or under [run]), plus strategies/seeds/out. `options`:
+    every run option's flat name ("flag") and type name ("kind"), as the catalogue lists them. Each run option is
+    typed here (`coerce`), so an error names the file and the key; an unknown key names the nearest known one."""
     path = Path(path)
+    text = read_text(path, MAX_CONFIG_BYTES, "TOML config file")
+    check_nesting(path, text)
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a TOML config file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read config file ({e.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: malformed TOML: {e}") from None
+    except ValueError:  # tomllib reads integers with int(), which refuses more digits than this
+        raise UserError(f"{path}: holds an integer of more than {sys.get_int_max_str_digits():,} digits; an option "
+                        f"holds at most {MAX_INT:,}") from None
     run_table = raw.pop("run", {})
     if not isinstance(run_table, dict):
-        raise UserError(f"{path}: [run] must be a table of run options, got {run_table!r}")
-    flat = {**run_table, **raw}
-    return {k.replace("-", "_"): v for k, v in flat.items()}
+        raise UserError(f"{path}: [run] must be a table of run options, got {brief(run_table)}")
+    kinds = {o["flag"]: KINDS[o["kind"]] for o in options}
+    values = {}
+    for key, value in {**run_table, **raw}.items():
+        name = key.replace("-", "_")
+        if name not in kinds and name not in FILE_KEYS:
+            raise UserError(f"{path}: {unknown_option(name, [*kinds, *FILE_KEYS])}")
+        try:
+            values[name] = coerce(name, kinds[name], value) if name in kinds else value
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+    return values
+

@@ -18,6 +18,7 @@ from ambig_bench.catalogue import catalogue
 from ambig_bench.config import MAX_SEEDS, ExperimentConfig, check_between, load_toml
 from ambig_bench.errors import UserError
 from ambig_bench.registry import parse_names
+from ambig_bench.shown import brief
 
 
 def experiment(config: str | Path | dict | None = None, *, strategies: str | Sequence[str] | None = None,
@@ -28,18 +29,21 @@ def experiment(config: str | Path | dict | None = None, *, strategies: str | Seq
     if isinstance(config, dict):
         values, where = {k.replace("-", "_"): v for k, v in config.items()}, "config: "
     else:
-        values, where = (load_toml(config) if config else {}), (f"{config}: " if config else "")
+        values = load_toml(config, catalogue()["options"]) if config else {}
+        where = f"{config}: " if config else ""
     file_strategies = values.pop("strategies", None) or values.pop("strategy", "soft")
     values.pop("strategy", None)
     if isinstance(file_strategies, list) and all(isinstance(s, str) for s in file_strategies):
         file_strategies = ",".join(file_strategies)
     if not isinstance(file_strategies, str):
-        raise UserError(f"{where}'strategies' must be a list of strategy names, got {file_strategies!r}")
+        raise UserError(f"{where}'strategies' must be a list of strategy names, got {brief(file_strategies)}")
     file_seeds, file_out = values.pop("seeds", 3), values.pop("out", None)
     if isinstance(file_seeds, bool) or not isinstance(file_seeds, int):
-        raise UserError(f"{where}'seeds' must be an integer, got {file_seeds!r}")
-    if file_out is not None and not isinstance(file_out, str):
-        raise UserError(f"{where}'out' must be a directory path, got {file_out!r}")
+        raise UserError(f"{where}'seeds' must be an integer, got {brief(file_seeds)}")
+    if file_out is not None and (not isinstance(file_out, str) or not file_out.strip()):
+        raise UserError(f"{where}'out' must be a directory path, got {brief(file_out)}")
+    if out is not None and not str(out).strip():  # '' would silently mean the default directory
+        raise UserError("--out is empty; give the results directory")
     n_seeds = seeds if seeds is not None else file_seeds
     check_between("seeds", n_seeds, 1, MAX_SEEDS)
     given = strategies if strategies is None or isinstance(strategies, str) else ",".join(strategies)

@@ -28,17 +28,18 @@ import os
 import tarfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ambig_bench import budget, cache
 from ambig_bench.errors import UserError
-from ambig_bench.io import read_bytes
+from ambig_bench.io import open_regular, read_bytes, refusal
 from ambig_bench.shown import warn
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -49,6 +50,10 @@ FINGERPRINT_VERSION = "3"
 MAX_PIXELS = 40_000_000  # per image (a 7300×5500 photo): a larger header is refused before decoding
 MAX_FILE_BYTES = 256 << 20  # per image file: what is read of it at most
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+# The raster formats of IMAGE_SUFFIXES, as Pillow's plugins name them (its JPEG plugin also opens a camera's MPO).
+# Pillow decodes by content, so without this list a PostScript file named .png would be handed to Ghostscript.
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+MAX_ARCHIVE_BYTES = 64 << 30  # a .tgz / .tar of images, streamed
 
 
 @dataclass
@@ -108,7 +113,11 @@ def folder_key(root: Path, names: list[str], size: int | None = None) -> str:
     digest = hashlib.sha1(f"{FINGERPRINT_VERSION}\0folder\0{root.resolve()}\0{size}\0".encode())
     top = str(root)
     for name in names:
-        st = os.stat(os.path.join(top, name))
+        path = os.path.join(top, name)
+        try:
+            st = os.stat(path)
+        except OSError as e:  # a link to nothing, a link loop
+            raise refusal(Path(path), e, "image file") from None
         digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -128,14 +137,14 @@ def fingerprint(path: str) -> str:
 
 def file_key(path: Path, kind: str = "file") -> str:
     digest = hashlib.sha1(f"{FINGERPRINT_VERSION}\0{kind}\0".encode())
-    with path.open("rb") as f:
+    with open_regular(path, None) as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def read_decoded(path: Path) -> DecodedImages:
-    with np.load(path, allow_pickle=False) as saved:
+    with open_regular(path, None, "cache file") as f, np.load(f, allow_pickle=False) as saved:
         return DecodedImages(saved["paths"].tolist(), saved["images"])
 
 
@@ -163,8 +172,11 @@ def decode_archive(path: Path, size: int | None) -> DecodedImages:
 
 def archive_images(path: Path) -> Iterator[tuple[str, str, bytes]]:
     """(name, where, bytes) of each image file in a tar archive, in archive order."""
+    seen = set()
+    gzip = path.name.lower().endswith((".tgz", ".tar.gz"))
     try:
-        with tarfile.open(path) as tar:
+        with (open_regular(path, MAX_ARCHIVE_BYTES, "tar archive") as f,
+              tarfile.open(fileobj=f, mode="r:gz" if gzip else "r:*") as tar):
             for member in tar:
                 name = clean_member(member.name)
                 if member.isfile() and is_image_name(name):
@@ -172,9 +184,14 @@ def archive_images(path: Path) -> Iterator[tuple[str, str, bytes]]:
                     if member.size > MAX_FILE_BYTES:
                         raise UserError(f"{where}: {member.size} bytes, more than an image file may have "
                                         f"({MAX_FILE_BYTES >> 20} MiB)")
+                    if name in seen:  # tar appends: a second copy of a file is one image, not two
+                        raise UserError(f"{path}: holds {name} twice; keep one copy")
+                    seen.add(name)
                     yield name, where, tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{path}: unreadable archive ({e})") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # OSError: gzip's and bz2's damaged streams
+        what = "a gzip-compressed tar archive" if gzip else "a tar archive"
+        # tarfile's message for "r:*" lists every compression it tried, one per line: its first line says it.
+        raise UserError(f"{path}: not {what}, or damaged ({str(e).splitlines()[0].rstrip(':')})") from None
 
 
 def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImages:
@@ -200,7 +217,7 @@ def load_image(data: bytes, where: str) -> Image.Image:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with Image.open(io.BytesIO(data)) as opened:
+            with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as opened:
                 if opened.width * opened.height > MAX_PIXELS:
                     raise UserError(f"{where}: {opened.width}×{opened.height} pixels, more than the {MAX_PIXELS:,} "
                                     f"an image may have; shrink it first")
@@ -208,6 +225,9 @@ def load_image(data: bytes, where: str) -> Image.Image:
                 image.load()  # decodes now, so truncation is detected here rather than half-silently later
         except UserError:
             raise
+        except UnidentifiedImageError:
+            raise UserError(f"{where}: unreadable or truncated image (not a PNG, JPEG, BMP, GIF, TIFF or WebP "
+                            "image)") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise UserError(f"{where}: unreadable or truncated image ({e})") from None
     for message in dict.fromkeys(" ".join(str(w.message).split()) for w in caught):

@@ -99,30 +99,49 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
 MAX_TEXT_BYTES = 64 << 20  # a config, labels CSV or run file beyond this is not one this tool wrote or reads
 
 
-def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
-    """The bytes of `path` if it is a regular file (not a FIFO that would block, not a device that never ends, not
-    a folder or a link loop) of at most `limit` bytes; otherwise one line naming the file (UserError)."""
+def with_article(what: str) -> str:
+    """`what` with its indefinite article: "an image file", "a TOML config file"."""
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
+
+
+def refusal(path: Path, error: OSError, what: str = "file") -> Exception:
+    """What to raise for an OSError of opening or listing `path`: one line naming it (UserError) where the path is
+    at fault (missing, a link to nothing, a link loop, a folder, a name too long), the error itself otherwise."""
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"{path}: {'a link to nothing' if os.path.islink(path) else 'no such file'}")
+    if isinstance(error, IsADirectoryError):  # where the system refuses to open a folder at all
+        return UserError(f"{path}: a folder, where {with_article(what)} belongs")
+    if error.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR):
+        return UserError(f"{path}: cannot be opened ({error.strerror}); give the path of {with_article(what)}")
+    return error
+
+
+def open_regular(path: Path, limit: int | None, what: str = "file") -> BinaryIO:
+    """`path` open for reading if it is a regular file (not a FIFO that would block, not a device that never ends,
+    not a folder or a link loop) of at most `limit` bytes (None: any size, for files that are streamed); otherwise
+    one line naming the file (UserError)."""
     try:
         # O_NONBLOCK: a FIFO put in place after any check still cannot block the open; fstat then refuses it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: a folder, where a {what} belongs") from None
     except OSError as e:
-        if e.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR):
-            raise UserError(f"{path}: cannot be opened ({e.strerror}); give the path of a {what}") from None
-        raise
-    st = os.fstat(fd)  # before fdopen, which refuses a folder with an OSError of its own
-    if not stat.S_ISREG(st.st_mode):
+        raise refusal(path, e, what) from None
+    st, such = os.fstat(fd), with_article(what)
+    too_big = limit is not None and st.st_size > limit
+    problem = (f"a folder, where {such} belongs" if stat.S_ISDIR(st.st_mode) else
+               f"not a regular file (a FIFO, device or socket); {such} must be a file" if not stat.S_ISREG(st.st_mode)
+               else f"{st.st_size:,} bytes, more than {such} may have ({limit:,})" if too_big else "")
+    if problem:
         os.close(fd)
-        raise UserError(f"{path}: not a regular file (a FIFO, device or folder); a {what} must be a file")
-    with os.fdopen(fd, "rb") as f:
-        if st.st_size > limit:
-            raise UserError(f"{path}: {st.st_size:,} bytes, more than a {what} may have ({limit:,})")
+        raise UserError(f"{path}: {problem}")
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of `path`, read through `open_regular` (a regular file of at most `limit` bytes)."""
+    with open_regular(path, limit, what) as f:
         data = f.read(limit + 1)
     if len(data) > limit:  # grew while being read
-        raise UserError(f"{path}: more than a {what} may have ({limit:,} bytes)")
+        raise UserError(f"{path}: more than {with_article(what)} may have ({limit:,} bytes)")
     return data
 
 
@@ -137,7 +156,7 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES, what: str = "text file") 
         raise UserError(f"{path}: line {line}: not UTF-8 text (byte {data[e.start]:#04x}); save it as UTF-8") from None
     if "\0" in text:
         line = text[: text.index("\0")].count("\n") + 1
-        raise UserError(f"{path}: line {line}: holds a NUL byte; a {what} is text")
+        raise UserError(f"{path}: line {line}: holds a NUL byte; {with_article(what)} is text")
     return text
 
 

@@ -21,7 +21,7 @@ from functools import cache
 from types import NoneType, UnionType
 from typing import Any
 
-from ambig_bench.config import GROUPS, RunConfig, coerce
+from ambig_bench.config import GROUPS, RunConfig, coerce, unknown_option
 from ambig_bench.datasets import BETWEEN_SOURCES, DATASETS
 from ambig_bench.errors import UserError
 from ambig_bench.models import MODELS
@@ -80,7 +80,7 @@ def table() -> dict[str, Option]:
 def lookup(flag: str) -> Option:
     opt = table().get(flag.replace("-", "_"))
     if opt is None:
-        raise UserError(f"unknown option {flag.replace('_', '-')!r}")
+        raise unknown_option(flag.replace("-", "_"), table())
     return opt
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ambig_bench.errors import UserError
+from ambig_bench.shown import brief
 
 T = TypeVar("T")
 
@@ -84,4 +85,4 @@ def parse_names(text: str, known: list[str], kind: str) -> list[str]:
 
 
 def unknown(kind: str, name: str, known: list[str]) -> UserError:
-    return UserError(f"unknown {kind} {name!r}; choose from: {', '.join(known)}")
+    return UserError(f"unknown {kind} {brief(name)}; choose from: {', '.join(known)}")

@@ -10,17 +10,24 @@ programs (`=HYPERLINK(...)`); `csv_cell` prefixes such a text cell with `'` (OWA
 `csv_frame` applies both rules to every CSV the tool writes. Numbers are never changed, so `-0.5` stays a number.
 JSON output keeps names exact: the JSON encoder writes control characters as `\u001b`, which no terminal obeys.
 
+An error line quotes a value from the user through `brief`: at most about 200 characters, so a 50 MB TOML string
+or a 4,000-digit number never floods the terminal.
+
 >>> shown("cat\\x1b[2J")
 'cat\\\\x1b[2J'
 >>> shown("a\\nb"), shown("caf\\u00e9")
 ('a\\\\nb', 'café')
 >>> csv_cell("=HYPERLINK(1)"), csv_cell("dog"), csv_cell(-0.5)
 ("'=HYPERLINK(1)", 'dog', -0.5)
+>>> brief("x" * 10**6)[-28:]
+"xxxx' (1,000,000 characters)"
 """
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -61,3 +68,23 @@ def csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
     safe = frame.assign(**{c: frame[c].map(lambda v: csv_cell(shown(v)) if isinstance(v, str) else v)
                            for c in text}) if text else frame
     return safe.set_axis([csv_cell(shown(c)) for c in frame.columns], axis=1)
+
+
+BRIEF = 200  # characters of a value from the user that an error line quotes at most (about)
+QUOTE = reprlib.Repr()  # the standard library's bounded repr: long text, numbers and containers cut with `...`
+QUOTE.maxstring = QUOTE.maxother = BRIEF
+# Containers: BRIEF // 4 items and 8 levels before the cut, so a short one is quoted whole (the defaults cut at 6).
+QUOTE.maxlist = QUOTE.maxtuple = QUOTE.maxset = QUOTE.maxfrozenset = QUOTE.maxdict = BRIEF // 4
+QUOTE.maxlevel = 8
+QUOTE.maxlong = BRIEF
+
+
+def brief(value: object) -> str:
+    """`value` as an error line quotes it (its repr), at most about BRIEF characters: longer ones keep their start
+    and end around `...`, and text says its length."""
+    if isinstance(value, int) and value.bit_length() > 4 * BRIEF:  # its repr is slow, refused past 4300 digits
+        return f"an integer of about {round(value.bit_length() * math.log10(2)):,} digits"
+    text = QUOTE.repr(value)
+    if len(text) > BRIEF:  # a container of long items
+        text = f"{text[:BRIEF // 2]}...{text[-(BRIEF // 2):]}"
+    return f"{text} ({len(value):,} characters)" if isinstance(value, str) and len(value) > BRIEF else text

@@ -17,7 +17,6 @@ $ ambig-bench run --model small-cnn --weights results/cifar/runs/hard-seed0-1a2b
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import socket
@@ -32,7 +31,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ambig_bench.errors import UserError
+from ambig_bench.io import open_regular, read_json
 
+MAX_WEIGHTS_BYTES = 16 << 30  # a weights file (the largest torchvision and timm weights are about 2 GB)
 PREPROCESS = "0."  # key prefixes of a run's model.safetensors: Preprocess (mean, std), then the network
 NETWORK = "1."
 
@@ -50,7 +51,7 @@ class Start:
 
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_regular(path, None, "weights file") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -59,11 +60,11 @@ def sha256(path: Path) -> str:
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, or a state dict (optionally under a "state_dict" or "model" key) that torch.load reads
     with weights_only=True; anything else is a one-line UserError naming the file."""
+    if path.is_dir():
+        raise UserError(f"{path}: a directory, but not an ambig-bench run (no model.safetensors)")
     try:
-        with path.open("rb") as f:
+        with open_regular(path, MAX_WEIGHTS_BYTES, "weights file") as f:
             head = f.read(8)
-    except IsADirectoryError:
-        raise UserError(f"{path}: a directory, but not an ambig-bench run (no model.safetensors)") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the weights file ({e.strerror or e})") from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
@@ -88,17 +89,30 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def from_run(run_dir: Path) -> Start:
     """Another run's network (keys without the Preprocess prefix) and its normalisation."""
     meta_path = run_dir / "model.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path}: not a finished ambig-bench run ({e})") from None
+    meta = read_json(meta_path)
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
         raise UserError(f"{meta_path}: not an ambig-bench model recipe")
-    state = read_tensors(run_dir / "model.safetensors")
+    weights = run_dir / "model.safetensors"
+    state = read_tensors(weights)
     net = {k.removeprefix(NETWORK): v for k, v in state.items() if k.startswith(NETWORK)}
+    mean, std = state.get(PREPROCESS + "mean"), state.get(PREPROCESS + "std")
+    check_normalization(weights, mean, std)
     origin = {"weights": "run", "path": str(run_dir.resolve()), "run_model": meta["model"],
-              "sha256": sha256(run_dir / "model.safetensors")}
-    return Start(net, state.get(PREPROCESS + "mean"), state.get(PREPROCESS + "std"), origin)
+              "sha256": sha256(weights)}
+    return Start(net, mean, std, origin)
+
+
+def check_normalization(weights: Path, mean: torch.Tensor | None, std: torch.Tensor | None) -> None:
+    """A run's input normalisation: both or neither, 1 (grey) or 3 (RGB) channels each, finite, stds > 0 (checked
+    here, before a run of this command starts, so a damaged file writes nothing)."""
+    if mean is None and std is None:
+        return
+    shapes = [tuple(t.shape) if t is not None else None for t in (mean, std)]
+    if mean is None or std is None or mean.numel() not in (1, 3) or std.numel() != mean.numel():
+        raise UserError(f"{weights}: its input normalisation ({PREPROCESS}mean, {PREPROCESS}std) must have 1 or 3 "
+                        f"channels each, got shapes {shapes[0]} and {shapes[1]}")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise UserError(f"{weights}: its input normalisation holds values that are not finite, or a std <= 0")
 
 
 def is_run(path: str) -> bool:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ambig_bench.datasets.base import check_class_names
 from ambig_bench.errors import UserError
+from ambig_bench.shown import brief
 
 CROWD_METHODS = ("shares", "dawid-skene")  # --crowd-method: how an image's votes are aggregated
 LONG_FORM = ("file", "worker", "label")  # the columns that make a labels CSV long-form; `split` may be added
@@ -49,8 +50,8 @@ def aggregate_votes(path: Path, header: list[str], body: list[tuple[int, list[st
                         f"missing {', '.join(missing)}")
     extra = [h for h in header if h.lower() not in (*LONG_FORM, "split")]
     if extra:
-        raise UserError(f"{path}: unexpected column {extra[0]!r} in a long-form labels CSV (allowed: file, worker, "
-                        "label, split)")
+        raise UserError(f"{path}: unexpected column {brief(extra[0])} in a long-form labels CSV (allowed: file, "
+                        "worker, label, split)")
     col = {name: lower.index(name) for name in (*LONG_FORM, "split") if name in lower}
     first: dict[str, tuple[int, list[str]]] = {}  # image -> its first row
     voted: dict[tuple[str, str], int] = {}  # (image, worker) -> line of the vote
@@ -61,17 +62,17 @@ def aggregate_votes(path: Path, header: list[str], body: list[tuple[int, list[st
         if not worker or not label:
             raise UserError(f"{path} line {line}: empty {'worker' if not worker else 'label'}")
         if any(c in label for c in "|:,"):
-            raise UserError(f"{path} line {line}: label {label!r} must be one class; in long form each vote is a "
+            raise UserError(f"{path} line {line}: label {brief(label)} must be one class; in long form each vote is a "
                             "row of its own")
         if (image, worker) in voted:
-            raise UserError(f"{path} line {line}: worker {worker!r} already voted on {image} on line "
+            raise UserError(f"{path} line {line}: worker {brief(worker)} already voted on {image} on line "
                             f"{voted[image, worker]}")
         voted[image, worker] = line
         if "split" in col and image in first:
             before_line, before = first[image]
             if before[col["split"]].strip().lower() != row[col["split"]].strip().lower():
-                raise UserError(f"{path} line {line}: {image} has split {row[col['split']]!r} here but "
-                                f"{before[col['split']]!r} on line {before_line}")
+                raise UserError(f"{path} line {line}: {image} has split {brief(row[col['split']])} here but "
+                                f"{brief(before[col['split']])} on line {before_line}")
         first.setdefault(image, (line, row))
         tasks.append(image)
         workers.append(worker)

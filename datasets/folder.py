@@ -22,6 +22,8 @@ from __future__ import annotations
 import csv
 import posixpath
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from ambig_bench.datasets.base import check_class_names, check_votes, loader_opt
 from ambig_bench.datasets.crowd import CROWD_METHODS, aggregate_votes, is_long_form
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import decode_listed, decode_tree, is_archive
+from ambig_bench.io import read_text
+from ambig_bench.shown import brief
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}  # Hugging Face: validation
 FILE_COLUMNS = ("file", "path", "file_name")  # file_name: Hugging Face imagefolder's metadata.csv
@@ -135,29 +139,49 @@ def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
                         f"{csv_path} ({root})", files=table.files)
 
 
+MAX_COLUMNS = 1024  # a labels CSV's columns: file, split and up to 1,022 classes
+MAX_LINE_CHARS = 1 << 20  # characters in one line of a labels CSV
+
+
+def bounded_lines(path: Path, text: str) -> Iterator[str]:
+    """The lines of `text`, each at most MAX_LINE_CHARS long, so one huge row is refused before csv splits it."""
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise UserError(f"{path} line {number}: {len(line):,} characters, more than a labels CSV line may have "
+                            f"({MAX_LINE_CHARS:,})")
+        yield line
+
+
 def read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """The CSV's non-empty rows with their line numbers. A file listed twice (where one row is one image, not one
-    vote) stops the reading there, so a huge file of repeats is refused without being held in memory."""
+    """The CSV's non-empty rows with their line numbers, read within limits (`io.read_text`, MAX_COLUMNS,
+    MAX_LINE_CHARS, and csv's own limit on one field). A row whose field count differs from the header's, and a file
+    listed twice (where one row is one image, not one vote), stop the reading there, so a huge file of repeats is
+    refused without being held in memory as rows."""
     numbered: list[tuple[int, list[str]]] = []
     first_line: dict[str, int] = {}
     file_col = None
+    reader = csv.reader(bounded_lines(path, read_text(path, what="labels CSV")))
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            for line, row in enumerate(csv.reader(f), 1):
-                if not any(cell.strip() for cell in row):
-                    continue
-                if not numbered:  # the header: where the file names are, and whether a row is one image
-                    lower = [h.strip().lower() for h in row]
-                    file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
-                    file_col = None if is_long_form(row) else file_col
-                elif file_col is not None and len(row) > file_col:
-                    name = posixpath.normpath(row[file_col].strip().replace("\\", "/"))
-                    if name in first_line:
-                        raise listed_twice(path, line, name, first_line[name])
-                    first_line[name] = line
-                numbered.append((line, row))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable UTF-8 CSV file ({e})") from None
+        for line, row in enumerate(reader, 1):
+            if not any(cell.strip() for cell in row):
+                continue
+            if not numbered:  # the header: where the file names are, and whether a row is one image
+                if len(row) > MAX_COLUMNS:
+                    raise UserError(f"{path} line {line}: {len(row):,} columns, more than a labels CSV may have "
+                                    f"({MAX_COLUMNS:,})")
+                lower = [h.strip().lower() for h in row]
+                file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
+                file_col = None if is_long_form(row) else file_col
+            elif len(row) != len(numbered[0][1]):
+                raise UserError(f"{path} line {line}: {len(row):,} fields, but the header has {len(numbered[0][1])}")
+            elif file_col is not None:
+                name = posixpath.normpath(row[file_col].strip().replace("\\", "/"))
+                if name in first_line:
+                    raise listed_twice(path, line, name, first_line[name])
+                first_line[name] = line
+            numbered.append((line, row))
+    except csv.Error as e:  # e.g. a field longer than csv.field_size_limit()
+        raise UserError(f"{path} line {reader.line_num}: not a readable CSV row ({e})") from None
     return numbered
 
 
@@ -174,23 +198,21 @@ def read_labels_csv(path: Path, crowd_method: str = "shares") -> LabelTable:
     if not body:
         raise UserError(f"{path}: has a header but no rows")
     lower = [h.lower() for h in header]
-    dup = next((h for i, h in enumerate(lower) if h in lower[:i]), None)
+    dup = next((h for h, count in Counter(lower).items() if count > 1), None)
     if dup is not None:
-        raise UserError(f"{path}: column {dup!r} appears twice in the header")
+        raise UserError(f"{path}: column {brief(dup)} appears twice in the header")
     file_col = next((lower.index(c) for c in FILE_COLUMNS if c in lower), None)
     if file_col is None:
         raise UserError(f"{path}: the header needs a 'file' column (file,label or file,<class>,<class>,...; "
                         f"Hugging Face's file_name also works)")
     split_col = lower.index("split") if "split" in lower else None
-    for line, row in body:
-        if len(row) != len(header):
-            raise UserError(f"{path} line {line}: {len(row)} fields, but the header has {len(header)}")
     if is_long_form(header):  # one row per vote (file,worker,label): crowd.py makes one row of votes per image
         body, class_names, votes = aggregate_votes(path, header, body, crowd_method)
     elif "label" in lower:
         extra = [h for i, h in enumerate(header) if i not in (file_col, split_col, lower.index("label"))]
         if extra:
-            raise UserError(f"{path}: unexpected column {extra[0]!r} next to 'label' (allowed: file, label, split)")
+            raise UserError(f"{path}: unexpected column {brief(extra[0])} next to 'label' (allowed: file, label, "
+                            "split)")
         class_names, votes = label_votes(path, body, lower.index("label"))
     else:
         class_cols = [i for i in range(len(header)) if i not in (file_col, split_col)]
@@ -216,7 +238,7 @@ def normalised_files(path: Path, body: list[tuple[int, list[str]]], col: int) ->
             raise UserError(f"{path} line {line}: empty file name")
         norm = posixpath.normpath(raw)
         if raw.startswith("/") or re.match(r"[A-Za-z]:/", raw) or norm == ".." or norm.startswith("../"):
-            raise UserError(f"{path} line {line}: {raw!r} escapes the data root (use a path relative to it)")
+            raise UserError(f"{path} line {line}: {brief(raw)} escapes the data root (use a path relative to it)")
         if norm in first_line:
             raise listed_twice(path, line, norm, first_line[norm])
         first_line[norm] = line
@@ -230,9 +252,9 @@ def label_votes(path: Path, body: list[tuple[int, list[str]]], col: int) -> tupl
     for line, row in body:
         names = [n.strip() for n in row[col].split("|")]
         if len(names) > 2 or not all(names):
-            raise UserError(f"{path} line {line}: label {row[col]!r} must be a class or two classes as A|B")
+            raise UserError(f"{path} line {line}: label {brief(row[col])} must be a class or two classes as A|B")
         if len(names) == 2 and names[0].lower() == names[1].lower():
-            raise UserError(f"{path} line {line}: {row[col]!r} pairs a class with itself")
+            raise UserError(f"{path} line {line}: {brief(row[col])} pairs a class with itself")
         parsed.append((line, names))
     class_names = sorted({names[0] for _, names in parsed if len(names) == 1})
     check_class_names(class_names, str(path))
@@ -241,8 +263,8 @@ def label_votes(path: Path, body: list[tuple[int, list[str]]], col: int) -> tupl
     for r, (line, names) in enumerate(parsed):
         for name in names:
             if name.lower() not in index:
-                raise UserError(f"{path} line {line}: unknown class {name!r}; every class needs at least one image "
-                                f"labelled with it alone (classes: {', '.join(class_names)})")
+                raise UserError(f"{path} line {line}: unknown class {brief(name)}; every class needs at least one "
+                                f"image labelled with it alone (classes: {', '.join(class_names)})")
             votes[r, index[name.lower()]] = 1
     return class_names, votes
 
@@ -255,7 +277,8 @@ def vote_columns(path: Path, body: list[tuple[int, list[str]]], cols: list[int],
             try:
                 votes[r, c] = float(cell) if cell else 0.0  # a blank cell in a count table means no votes
             except ValueError:
-                raise UserError(f"{path} line {line}: column {header[col]!r}: {cell!r} is not a number") from None
+                raise UserError(f"{path} line {line}: column {brief(header[col])}: {brief(cell)} is not a "
+                                "number") from None
     return votes
 
 
@@ -264,7 +287,7 @@ def read_split(path: Path, body: list[tuple[int, list[str]]], col: int) -> np.nd
     for r, (line, row) in enumerate(body):
         value = row[col].strip().lower()
         if value not in SPLIT_NAMES:
-            raise UserError(f"{path} line {line}: split {row[col]!r} must be train, val (validation) or test")
+            raise UserError(f"{path} line {line}: split {brief(row[col])} must be train, val (validation) or test")
         split[r] = SPLITS[SPLIT_NAMES[value]]
     for needed in ("train", "test"):
         if not (split == SPLITS[needed]).any():

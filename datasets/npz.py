@@ -25,8 +25,12 @@ from ambig_bench.datasets.base import (
     register_dataset,
 )
 from ambig_bench.errors import UserError
+from ambig_bench.imageio import MAX_PIXELS
+from ambig_bench.io import open_regular
+from ambig_bench.shown import brief
 
 KNOWN = {"x", "y", "probs", "class_names", "split"}
+MAX_NPZ_BYTES = 16 << 30  # compressed: what the arrays decompress to is bounded by their shapes (check_shapes)
 
 
 @register_dataset("npz")
@@ -35,21 +39,24 @@ def npz(cfg: RunConfig) -> RawImages:
     if not cfg.data.data_dir:
         raise UserError("dataset npz: give --data-dir FILE.npz")
     path = Path(cfg.data.data_dir).expanduser()
-    if not path.is_file():
-        raise UserError(f"--data-dir {cfg.data.data_dir}: no such .npz file")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open_regular(path, MAX_NPZ_BYTES, ".npz file") as file, np.load(file, allow_pickle=False) as f:
+            unknown = sorted(set(f.files) - KNOWN)
+            if unknown or not {"x", "y"} <= set(f.files):
+                raise UserError(f"{path}: needs arrays x and y (optional: probs, class_names, split); "
+                                f"found {', '.join(map(brief, sorted(f.files))) or 'none'}")
+            check_shapes(path, {k: header_shape(f, k) for k in f.files})
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path}: not a readable .npz file without pickled objects ({e})") from None
-    unknown = sorted(set(arrays) - KNOWN)
-    if unknown or not {"x", "y"} <= set(arrays):
-        raise UserError(f"{path}: needs arrays x and y (optional: probs, class_names, split); "
-                        f"found {', '.join(sorted(arrays)) or 'none'}")
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npz file without pickled objects ({brief(str(e))})") from None
     x, y = arrays["x"], arrays["y"]
     if x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise UserError(f"{path}: x must be uint8 N×H×W or N×H×W×C, got {x.dtype} with shape {x.shape}")
     n = len(x)
+    if x.ndim == 4 and x.shape[3] not in (1, 3):
+        raise UserError(f"{path}: x has {x.shape[3]} channels per pixel; images are grey (1) or RGB (3)")
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"{path}: y must hold one integer class per image ({n}), got {y.dtype} {y.shape}")
     images = torch.from_numpy(np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)))
@@ -60,6 +67,7 @@ def npz(cfg: RunConfig) -> RawImages:
         class_names = [str(c) for c in arrays["class_names"]]
     else:
         k = arrays["probs"].shape[-1] if "probs" in arrays else int(labels.max()) + 1 if n else 0
+        check_classes(path, k, n)  # before making k names: y may hold one stray huge label
         class_names = [str(c) for c in range(k)]
     k = len(class_names)
     if n and labels.max() >= k:
@@ -85,6 +93,29 @@ def npz(cfg: RunConfig) -> RawImages:
                      "human" if default_pairs else "blend")
 
 
+def header_shape(npz: np.lib.npyio.NpzFile, name: str) -> tuple[int, ...]:
+    """The shape an array of the .npz declares, read from its header without decompressing the data."""
+    with npz.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(member)[0]
+
+
+def check_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, before any array is decompressed, images larger than an image file may be (imageio.MAX_PIXELS)
+    and more classes (class_names, probs' columns) than images."""
+    x, n = shapes["x"], shapes["x"][0] if shapes["x"] else 0
+    if len(x) >= 3 and x[1] * x[2] > MAX_PIXELS:
+        raise UserError(f"{path}: x holds {x[2]}×{x[1]} images, more than the {MAX_PIXELS:,} pixels an image may "
+                        "have")
+    check_classes(path, max(shapes.get("class_names", (0,))[:1] + shapes.get("probs", (0, 0))[1:2], default=0), n)
+
+
+def check_classes(path: Path, k: int, n: int) -> None:
+    if k > n:
+        raise UserError(f"{path}: {k:,} classes but {n:,} images; every class needs images of its own")
+
+
 def read_split(path: Path, split: np.ndarray, n: int) -> torch.Tensor:
     if split.shape != (n,):
         raise UserError(f"{path}: split must have one entry per image ({n}), got shape {split.shape}")
@@ -92,7 +123,7 @@ def read_split(path: Path, split: np.ndarray, n: int) -> torch.Tensor:
     codes = [str(s).strip().lower() for s in split]
     bad = next((i for i, s in enumerate(codes) if s not in names and s not in ("0", "1", "2")), None)
     if bad is not None:
-        raise UserError(f"{path}: split row {bad} is {split[bad]!r}; use train/val/test or 0/1/2")
+        raise UserError(f"{path}: split row {bad} is {brief(split[bad])}; use train/val/test or 0/1/2")
     out = torch.tensor([SPLITS[s] if s in SPLITS else int(s) for s in codes], dtype=torch.int8)
     for needed in ("train", "test"):
         if not (out == SPLITS[needed]).any():

@@ -104,9 +104,10 @@ BAD_LINE = "labels.csv line 26"  # header + 24 images, then the first bad row
 ROWS = [
     # -- the config file
     pytest.param(toml("epochs = [unclosed\n"), "malformed TOML", id="toml-syntax"),
-    pytest.param(toml(b"\xff\xfe epochs = 1\n"), "malformed TOML", id="toml-not-utf8"),
-    pytest.param(lambda d: ["--config", str(d / "nope.toml")], "config file not found", id="toml-missing"),
-    pytest.param(toml("epochz = 2\n"), "unknown option 'epochz'", id="toml-unknown-key"),
+    pytest.param(toml(b"\xff\xfe epochs = 1\n"), ("exp.toml: line 1", "not UTF-8"), id="toml-not-utf8"),
+    pytest.param(lambda d: ["--config", str(d / "nope.toml")], "nope.toml: no such file", id="toml-missing"),
+    pytest.param(toml("epochz = 2\n"), "exp.toml: unknown option 'epochz'; did you mean 'epochs'?",
+                 id="toml-unknown-key"),
     pytest.param(toml('train_size = "many"\n'), "'train-size': 'many' is not a valid int", id="toml-text-for-int"),
     pytest.param(toml("train_size = 2.5\n"), "'train-size': 2.5 is not a valid int", id="toml-fraction-for-int"),
     pytest.param(toml("train_size = [1, 2]\n"), "is not a valid int", id="toml-list-for-int"),

@@ -128,12 +128,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, name):
 
 
 def test_a_repeated_file_stops_the_labels_csv_where_it_repeats(tmp_path):
-    """A huge CSV of one file repeated is refused at its first repeat, before the rest is read: here the file ends in
-    bytes that are not UTF-8, which reading it all would report instead."""
+    """A CSV of one file repeated is refused at its first repeat, before the rest is parsed into rows: here the file
+    ends in a field longer than csv allows, which parsing it all would report instead."""
     from ambig_bench.datasets.folder import read_labels_csv
 
     csv_path = tmp_path / "labels.csv"
-    rest = b"".join(b"img/%d.png,cat\n" % i for i in range(10_000)) + b"\xff\xfe not text\n"
+    rest = b"".join(b"img/%d.png,cat\n" % i for i in range(10_000)) + b"img/x.png," + b"c" * 200_000 + b"\n"
     csv_path.write_bytes(b"file,label\nimg/a.png,cat\n./img/a.png,cat\n" + rest)
     with pytest.raises(UserError, match=r"labels.csv line 3: img/a.png is listed twice \(also on line 2\)"):
         read_labels_csv(csv_path)

@@ -42,6 +42,10 @@ def test_bad_values_are_one_line_errors_naming_the_option():
         options.build({"epochs": True})
     with pytest.raises(UserError, match="unknown option 'nope'"):
         options.build({"nope": 1})
+    with pytest.raises(UserError, match=r"unknown option 'blend-lo'; did you mean 'blend-low'\?"):
+        options.build({"blend_lo": 0.2})  # the nearest flat name, as the CLI suggests the nearest flag
+    with pytest.raises(UserError, match="--epochs must be at most 9223372036854775807"):
+        options.build({"epochs": 2**64})  # bounded to 64 bits before any check uses it
     with pytest.raises(UserError, match="--blend-low/--blend-high"):
         options.build({"blend_low": 0.9, "blend_high": 0.1})
 
