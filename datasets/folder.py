@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ambig_bench import budget
 from ambig_bench.config import RunConfig, check_choice, option
 from ambig_bench.data import SPLITS, RawImages
 from ambig_bench.datasets.base import check_class_names, check_votes, loader_options, register_dataset, voted_images
@@ -139,7 +140,7 @@ def from_csv(cfg: RunConfig, csv_path: Path) -> RawImages:
                         f"{csv_path} ({root})", files=table.files)
 
 
-MAX_COLUMNS = 1024  # a labels CSV's columns: file, split and up to 1,022 classes
+MAX_COLUMNS = budget.MAX_CLASSES + 2  # a labels CSV's columns: file, split and one per class
 MAX_LINE_CHARS = 1 << 20  # characters in one line of a labels CSV
 
 
