@@ -1,4 +1,5 @@
-"""The Python API, for notebooks and scripts: what the CLI does, as functions that return objects and print nothing.
+"""The Python API, for notebooks and scripts: what the CLI does, as functions that return objects. Training shows
+its progress (bars in a notebook or terminal, lines in a log; `progress=False` for none) and prints nothing else.
 
 `import ambig_bench as ab` gives these names (loaded on first use, so importing the package stays cheap).
 docs/api.md walks through a session; tests/test_api_docs.py runs it.
@@ -29,6 +30,7 @@ from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
 from ambig_bench.experiments import experiment
 from ambig_bench.predict import PredictionReport, Predictor, predict_paths
+from ambig_bench.progress import showing
 from ambig_bench.rundir import list_runs, runs_folder
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
@@ -54,15 +56,21 @@ class Session:
         """`reporter`, plus logging each run trained now to the trackers."""
         return tracked(reporter, self.trackers)
 
+    @property
+    def tracked(self) -> list[str]:
+        """Where the trackers log, for the summary."""
+        return [tracker.where for tracker in self.trackers]
+
 
 @contextmanager
 def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "local", jobs: int = 1,
-            ray_address: str = "", track: str | list[str] | None = None) -> Iterator[Session]:
+            ray_address: str = "", track: str | list[str] | None = None, verbose: bool = False) -> Iterator[Session]:
     """Check everything before anything is written (options, device, the first run's data, the trackers' extras),
-    then create the results directory; the executor (a Ray instance it started) is closed on exit."""
+    then create the results directory; the executor (a Ray instance it started) is closed on exit. The tracking
+    libraries' own log lines are shown only when `verbose`."""
     with open_executor(executor, jobs, ray_address) as runs_on:
         notes = preflight(configs, runs_on)
-        trackers = open_trackers(track, exp.out)
+        trackers = open_trackers(track, exp.out, verbose)
         try:
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -70,25 +78,42 @@ def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "lo
         yield Session(runs_on, trackers, notes)
 
 
+@contextmanager
+def reporting(total: int, reporter: Reporter | None, progress: bool) -> Iterator[Reporter | None]:
+    """`reporter` when given, else the progress display (`progress.showing`) unless `progress` is False."""
+    if reporter is not None or not progress:
+        yield reporter
+        return
+    with showing(total) as shown:
+        yield shown
+
+
 def run(exp: ExperimentConfig | None = None, *, executor: str = "local", jobs: int = 1, ray_address: str = "",
-        track: str | list[str] | None = None, reporter: Reporter | None = None, **options: Any) -> list[RunResult]:
+        track: str | list[str] | None = None, reporter: Reporter | None = None, progress: bool = True,
+        verbose: bool = False, **options: Any) -> list[RunResult]:
     """Train (or reuse) every (strategy, seed) run of `exp`, or of `experiment(**options)`; one RunResult per run
-    (config, status, metrics, run_dir, files). `track`: "mlflow", "tensorboard" or both."""
+    (config, status, metrics, run_dir, files). `track`: "mlflow", "tensorboard" or both. Progress is shown on
+    stderr (bars in a notebook or terminal) unless `progress=False` or a `reporter` of your own is given."""
     exp = exp or experiment(**options)
-    with session(exp, grid(exp), executor, jobs, ray_address, track) as s:
-        return run_grid(exp, s.reporter(reporter), s.executor)
+    configs = grid(exp)
+    with session(exp, configs, executor, jobs, ray_address, track, verbose) as s, \
+            reporting(len(configs), reporter, progress) as shown:
+        return run_grid(exp, s.reporter(shown), s.executor)
 
 
 def run_sweep(vary: dict[str, Sequence] | list[str], exp: ExperimentConfig | None = None, *, executor: str = "local",
-          jobs: int = 1, ray_address: str = "", track: str | list[str] | None = None,
-          reporter: Reporter | None = None, **options: Any) -> SweepResult:
+              jobs: int = 1, ray_address: str = "", track: str | list[str] | None = None,
+              reporter: Reporter | None = None, progress: bool = True, verbose: bool = False,
+              **options: Any) -> SweepResult:
     """Train the grid at every combination of `vary` ({"between_fraction": [0.01, 0.1]} or the CLI's
-    ["between-fraction=0.01,0.1"]) and draw the sweep figures into exp.out."""
+    ["between-fraction=0.01,0.1"]) and draw the sweep figures into exp.out; progress as `run`."""
     exp = exp or experiment(**options)
     specs = vary if isinstance(vary, list) else [f"{k}={','.join(map(str, v))}" for k, v in vary.items()]
     values = parse_vary(specs)
-    with session(exp, sweep_configs(exp, values), executor, jobs, ray_address, track) as s:
-        return sweeps.run_sweep(exp, values, s.reporter(reporter), s.executor)
+    configs = sweep_configs(exp, values)
+    with session(exp, configs, executor, jobs, ray_address, track, verbose) as s, \
+            reporting(len(configs), reporter, progress) as shown:
+        return sweeps.run_sweep(exp, values, s.reporter(shown), s.executor)
 
 
 def load_results(results_dir: str | Path) -> list[RunResult]:
