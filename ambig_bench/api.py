@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ambig_bench.rundir import list_runs, runs_folder
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
 from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
-from ambig_bench.tracking import Tracker, open_trackers, tracked
+from ambig_bench.tracking import Tracked, Tracker, open_trackers, tracked
 
 __all__ = [
     "Calibration", "Comparison", "ExperimentConfig", "PredictionReport", "Predictor", "RunConfig", "RunFailed",
@@ -52,9 +52,19 @@ class Session:
     trackers: list[Tracker]
     notes: list[str]  # for the user before training, e.g. which in-between source `auto` chose
 
+    logging: list[Tracked] = field(default_factory=list)
+
     def reporter(self, reporter: Reporter | None) -> Reporter | None:
         """`reporter`, plus logging each run trained now to the trackers."""
-        return tracked(reporter, self.trackers)
+        with_trackers = tracked(reporter, self.trackers)
+        if isinstance(with_trackers, Tracked):
+            self.logging.append(with_trackers)
+        return with_trackers
+
+    def finish(self) -> None:
+        """Wait until every run trained is logged to the trackers."""
+        for logging in self.logging:
+            logging.finish()
 
     @property
     def tracked(self) -> list[str]:
@@ -75,7 +85,9 @@ def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "lo
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
-        yield Session(runs_on, trackers, notes)
+        runs = Session(runs_on, trackers, notes)
+        yield runs
+        runs.finish()  # only after success: after an error or Ctrl-C, the logging thread ends on its own
 
 
 @contextmanager

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -194,10 +195,13 @@ def open_trackers(kinds: str | list[str] | None, out: str | Path, verbose: bool 
 
 class Tracked:
     """A Reporter that passes everything on to `reporter` (may be None) and logs each run saved now to the
-    trackers: a reused run (status reused) or one another process is training (busy) is not logged."""
+    trackers: a reused run (status reused) or one another process is training (busy) is not logged. Logging
+    happens on one background thread, while the next runs train; `finish` waits for it."""
 
     def __init__(self, reporter: Reporter | None, trackers: list[Tracker]) -> None:
         self.reporter, self.trackers = reporter, trackers
+        self.logging = ThreadPoolExecutor(1, thread_name_prefix="tracking")  # one at a time: runs log in order
+        self.pending: list[Future] = []
 
     def start_run(self, name: str, epochs: int) -> None:
         if self.reporter:
@@ -209,14 +213,21 @@ class Tracked:
 
     def end_run(self, result: RunResult) -> None:
         if result.status in (Status.DONE, Status.FAILED):
-            for tracker in self.trackers:
-                tracker.log(result)
+            self.pending.append(self.logging.submit(self.log, result))
         if self.reporter:
             self.reporter.end_run(result)
+
+    def log(self, result: RunResult) -> None:
+        for tracker in self.trackers:
+            tracker.log(result)
+
+    def finish(self) -> None:
+        """Wait until every run is logged; a tracker's error (a UserError) is raised here."""
+        self.logging.shutdown(wait=True)
+        for done in self.pending:
+            done.result()
 
 
 def tracked(reporter: Reporter | None, trackers: list[Tracker]) -> Reporter | None:
     """`reporter`, plus logging to the trackers when there are any."""
     return Tracked(reporter, trackers) if trackers else reporter
-
-
