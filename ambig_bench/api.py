@@ -1,4 +1,5 @@
-"""The Python API, for notebooks and scripts: what the CLI does, as functions that return objects and print nothing.
+"""The Python API, for notebooks and scripts: what the CLI does, as functions that return objects. Training shows
+its progress (bars in a notebook or terminal, lines in a log; `progress=False` for none) and prints nothing else.
 
 `import ambig_bench as ab` gives these names (loaded on first use, so importing the package stays cheap).
 docs/api.md walks through a session; tests/test_api_docs.py runs it.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
 from ambig_bench.experiments import experiment
 from ambig_bench.predict import PredictionReport, Predictor, predict_paths
+from ambig_bench.progress import showing
 from ambig_bench.rundir import list_runs, runs_folder
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
 from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
-from ambig_bench.tracking import Tracker, open_trackers, tracked
+from ambig_bench.tracking import Tracked, Tracker, open_trackers, tracked
 
 __all__ = [
     "Calibration", "Comparison", "ExperimentConfig", "PredictionReport", "Predictor", "RunConfig", "RunFailed",
@@ -50,45 +52,80 @@ class Session:
     trackers: list[Tracker]
     notes: list[str]  # for the user before training, e.g. which in-between source `auto` chose
 
+    logging: list[Tracked] = field(default_factory=list)
+
     def reporter(self, reporter: Reporter | None) -> Reporter | None:
         """`reporter`, plus logging each run trained now to the trackers."""
-        return tracked(reporter, self.trackers)
+        with_trackers = tracked(reporter, self.trackers)
+        if isinstance(with_trackers, Tracked):
+            self.logging.append(with_trackers)
+        return with_trackers
+
+    def finish(self) -> None:
+        """Wait until every run trained is logged to the trackers."""
+        for logging in self.logging:
+            logging.finish()
+
+    @property
+    def tracked(self) -> list[str]:
+        """Where the trackers log, for the summary."""
+        return [tracker.where for tracker in self.trackers]
 
 
 @contextmanager
 def session(exp: ExperimentConfig, configs: list[RunConfig], executor: str = "local", jobs: int = 1,
-            ray_address: str = "", track: str | list[str] | None = None) -> Iterator[Session]:
+            ray_address: str = "", track: str | list[str] | None = None, verbose: bool = False) -> Iterator[Session]:
     """Check everything before anything is written (options, device, the first run's data, the trackers' extras),
-    then create the results directory; the executor (a Ray instance it started) is closed on exit."""
+    then create the results directory; the executor (a Ray instance it started) is closed on exit. The tracking
+    libraries' own log lines are shown only when `verbose`."""
     with open_executor(executor, jobs, ray_address) as runs_on:
         notes = preflight(configs, runs_on)
-        trackers = open_trackers(track, exp.out)
+        trackers = open_trackers(track, exp.out, verbose)
         try:
             (Path(exp.out) / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {exp.out}: cannot create the results directory ({e.strerror})") from None
-        yield Session(runs_on, trackers, notes)
+        runs = Session(runs_on, trackers, notes)
+        yield runs
+        runs.finish()  # only after success: after an error or Ctrl-C, the logging thread ends on its own
+
+
+@contextmanager
+def reporting(total: int, reporter: Reporter | None, progress: bool) -> Iterator[Reporter | None]:
+    """`reporter` when given, else the progress display (`progress.showing`) unless `progress` is False."""
+    if reporter is not None or not progress:
+        yield reporter
+        return
+    with showing(total) as shown:
+        yield shown
 
 
 def run(exp: ExperimentConfig | None = None, *, executor: str = "local", jobs: int = 1, ray_address: str = "",
-        track: str | list[str] | None = None, reporter: Reporter | None = None, **options: Any) -> list[RunResult]:
+        track: str | list[str] | None = None, reporter: Reporter | None = None, progress: bool = True,
+        verbose: bool = False, **options: Any) -> list[RunResult]:
     """Train (or reuse) every (strategy, seed) run of `exp`, or of `experiment(**options)`; one RunResult per run
-    (config, status, metrics, run_dir, files). `track`: "mlflow", "tensorboard" or both."""
+    (config, status, metrics, run_dir, files). `track`: "mlflow", "tensorboard" or both. Progress is shown on
+    stderr (bars in a notebook or terminal) unless `progress=False` or a `reporter` of your own is given."""
     exp = exp or experiment(**options)
-    with session(exp, grid(exp), executor, jobs, ray_address, track) as s:
-        return run_grid(exp, s.reporter(reporter), s.executor)
+    configs = grid(exp)
+    with session(exp, configs, executor, jobs, ray_address, track, verbose) as s, \
+            reporting(len(configs), reporter, progress) as shown:
+        return run_grid(exp, s.reporter(shown), s.executor)
 
 
 def run_sweep(vary: dict[str, Sequence] | list[str], exp: ExperimentConfig | None = None, *, executor: str = "local",
-          jobs: int = 1, ray_address: str = "", track: str | list[str] | None = None,
-          reporter: Reporter | None = None, **options: Any) -> SweepResult:
+              jobs: int = 1, ray_address: str = "", track: str | list[str] | None = None,
+              reporter: Reporter | None = None, progress: bool = True, verbose: bool = False,
+              **options: Any) -> SweepResult:
     """Train the grid at every combination of `vary` ({"between_fraction": [0.01, 0.1]} or the CLI's
-    ["between-fraction=0.01,0.1"]) and draw the sweep figures into exp.out."""
+    ["between-fraction=0.01,0.1"]) and draw the sweep figures into exp.out; progress as `run`."""
     exp = exp or experiment(**options)
     specs = vary if isinstance(vary, list) else [f"{k}={','.join(map(str, v))}" for k, v in vary.items()]
     values = parse_vary(specs)
-    with session(exp, sweep_configs(exp, values), executor, jobs, ray_address, track) as s:
-        return sweeps.run_sweep(exp, values, s.reporter(reporter), s.executor)
+    configs = sweep_configs(exp, values)
+    with session(exp, configs, executor, jobs, ray_address, track, verbose) as s, \
+            reporting(len(configs), reporter, progress) as shown:
+        return sweeps.run_sweep(exp, values, s.reporter(shown), s.executor)
 
 
 def load_results(results_dir: str | Path) -> list[RunResult]:

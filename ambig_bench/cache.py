@@ -45,6 +45,7 @@ KINDS = {
     "images": Kind("3", ".npz"),  # decoded image folders and archives (imageio)
     "features": Kind("2", ".safetensors"),  # a frozen backbone's features of each distinct image (features)
     "catalogue": Kind("1", ".json"),  # the CLI's names and options (catalogue)
+    "mlflow-store": Kind("1", ".db"),  # an empty MLflow tracking store, copied for each new one (tracking)
 }
 # Folders whose files another library names and reads: torchvision's --download (when no --data-dir is given),
 # the datasets library's Arrow copy of an image folder (dataset hf).

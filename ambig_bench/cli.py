@@ -21,7 +21,6 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -99,6 +98,8 @@ GRID_OPTIONS: dict[str, tuple[Any, Any]] = {
                                      "sqlite:///OUT/mlflow.db) and/or tensorboard (OUT/tensorboard/), e.g. "
                                      "--track mlflow,tensorboard (pip install 'ambig-bench\\[mlflow]' or "
                                      "'ambig-bench\\[tensorboard]')")),
+    "verbose": (bool, typer.Option(False, "--verbose", "-v", rich_help_panel=WHERE,
+                                   help="Let the tracking libraries' own log lines through (MLflow, TensorBoard)")),
 }
 
 
@@ -141,82 +142,37 @@ def experiment_from(options: dict[str, Any]) -> ExperimentConfig:
                       seed=grid_options["seed"], out=grid_options["out_dir"], force=grid_options["force"], **options)
 
 
-class RichReporter:
-    """Progress bars on stderr: one for the grid, one for the epochs of the current run."""
-
-    def __init__(self, progress: Progress, total: int) -> None:
-        self.progress = progress
-        self.grid = progress.add_task("runs", total=total)
-        self.current: Any = None
-
-    def start_run(self, name: str, epochs: int) -> None:
-        self.current = self.progress.add_task(f"  {name}", total=epochs)
-
-    def epoch(self, epoch: int, loss: float) -> None:
-        self.progress.update(self.current, completed=epoch, description=f"  loss {loss:.3f}")
-
-    def end_run(self, result: Any) -> None:
-        if self.current is not None:
-            self.progress.remove_task(self.current)
-            self.current = None
-        self.progress.advance(self.grid)
-        if result.status == "failed":
-            self.progress.console.print(Text.assemble(("failed", "red"), f" {result.run_dir.name}: {result.error}"))
+GRID_ONLY = ("executor", "jobs", "ray_address", "track", "verbose")  # where and how runs train, not what they are
 
 
-class LogReporter:
-    """Progress as plain lines when stderr is a log file rather than a terminal (nohup, CI): one per epoch and run."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.finished, self.name, self.epochs = total, 0, "", 0
-
-    def start_run(self, name: str, epochs: int) -> None:
-        self.name, self.epochs = name, epochs
-
-    def epoch(self, epoch: int, loss: float) -> None:
-        err.print(f"{self.name}: epoch {epoch}/{self.epochs}, training loss {loss:.4f}", markup=False,
-                  highlight=False)
-
-    def end_run(self, result: Any) -> None:
-        self.finished += 1
-        detail = f": {result.error}" if result.status == "failed" else ""
-        err.print(f"[{self.finished}/{self.total}] {result.status} {result.run_dir.name}{detail}", markup=False,
-                  highlight=False)
-
-
-def progress_bars() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False)
-
-
-def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfig, Any]:
-    """Build the experiment, check everything, then train its runs on the chosen executor with progress bars.
+def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfig, Any, list[str]]:
+    """Build the experiment, check everything, then train its runs on the chosen executor, showing progress.
 
     `plan(exp)` gives the runs (checked before anything is written) and `train(reporter, executor)`, which trains
     them and returns its result. Options are checked first, so a typo is reported before torch is imported.
+    Returns the experiment, the result and where the runs were tracked.
     """
-    where = {k: options.pop(k) for k in ("executor", "jobs", "ray_address", "track")}
+    where = {k: options.pop(k) for k in GRID_ONLY}
     exp = experiment_from(options)
     from ambig_bench.api import session
+    from ambig_bench.progress import showing
 
     configs, train = plan(exp)
     # Bad options, device, data or trackers fail here, before any progress bar or file.
     with session(exp, configs, **where) as s:
         for note in s.notes:  # e.g. which in-between source `auto` chose
             err.print(note, markup=False, highlight=False, soft_wrap=True)
-        if not err.is_terminal:
-            return exp, train(s.reporter(LogReporter(len(configs))), s.executor)
-        with progress_bars() as progress:
-            return exp, train(s.reporter(RichReporter(progress, len(configs))), s.executor)
+        err.print(shown(f"results go to {exp.out}"), highlight=False, markup=False, soft_wrap=True)
+        with showing(len(configs), err) as reporter:
+            return exp, train(s.reporter(reporter), s.executor), s.tracked
 
 
-def summarise_runs(results: list, next_step: str) -> None:
-    """One line on stderr; exit code 1 when any run failed."""
-    failed = sum(r.status == "failed" for r in results)
-    reused = sum(r.status == "reused" for r in results)
-    err.print(f"{len(results) - failed} runs finished ({reused} reused), {failed} failed; {next_step}",
-              markup=False, highlight=False)
-    if failed:
+def summarise_runs(results: list, next_step: str, tracked: list[str]) -> None:
+    """The closing line on stderr; exit code 1 when any run failed."""
+    from ambig_bench.progress import summary
+
+    err.print(shown(summary(results, next_step, tracked)), markup=False, highlight=False, soft_wrap=True)
+    if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 
 
@@ -231,9 +187,8 @@ def run(**options: Any) -> None:
 
         return grid(exp), functools.partial(run_grid, exp)
 
-    exp, results = train_grid(options, plan)
-    err.print(f"results go to {exp.out}", highlight=False, markup=False)
-    summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
+    exp, results, tracked = train_grid(options, plan)
+    summarise_runs(results, f"Next: ambig-bench compare {exp.out}", tracked)
 
 
 @app.command()
@@ -246,7 +201,7 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
     from ambig_bench.pairs import check_top, find, shown
 
     check_top(top)
-    for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here
+    for grid_only in GRID_ONLY:  # nothing is trained into --out here
         options.pop(grid_only)
     exp = experiment_from(options)
     found = find(exp.run, exp.out)
@@ -340,10 +295,10 @@ def sweep(
 
     vary_values = parse_vary(vary)
     # Every grid point is validated (sweep_configs) before anything is written.
-    exp, result = train_grid(options, lambda exp: (sweep_configs(exp, vary_values),
-                                                   functools.partial(run_sweep, exp, vary_values)))
+    exp, result, tracked = train_grid(options, lambda exp: (sweep_configs(exp, vary_values),
+                                                            functools.partial(run_sweep, exp, vary_values)))
     figures = ", ".join(str(p) for p in result.figures) or "none"
-    summarise_runs(result.runs, f"figures: {figures}. Next: ambig-bench report {exp.out}")
+    summarise_runs(result.runs, f"Figures: {figures}. Next: ambig-bench report {exp.out}", tracked)
 
 
 @app.command()

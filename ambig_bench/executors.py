@@ -18,14 +18,20 @@ $ ambig-bench run --strategy all --seeds 5 --executor ray --ray-address auto # a
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
 import multiprocessing
+import multiprocessing.pool
+import multiprocessing.queues
 import os
 import queue
 import signal
 import socket
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,17 +88,68 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _start_worker(threads: int) -> None:
+class Events:
+    """A worker's Reporter: sends each run's start and epochs to the driver, which shows them."""
+
+    def __init__(self, events: multiprocessing.queues.SimpleQueue) -> None:
+        self.events = events
+
+    def start_run(self, name: str, epochs: int) -> None:
+        self.events.put(("start_run", name, epochs))
+
+    def epoch(self, name: str, epoch: int, loss: float) -> None:
+        self.events.put(("epoch", name, epoch, loss))
+
+    def end_run(self, result: RunResult) -> None:  # the driver saves, and reports, every run
+        pass
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+WORKER: dict[str, object] = {}  # in a worker process: its parent's pid and its Events
+
+
+def die_with(parent: int) -> None:
+    """End this process when `parent` (the driver) is gone, so a kill -9 of the driver leaves no worker training,
+    printing or handing back runs. Linux: the kernel sends SIGKILL (prctl; the standard library has no wrapper,
+    so ctypes). Elsewhere: a thread polls the parent's pid."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while True:
+                time.sleep(0.2)
+                orphaned_exit(parent)
+
+        threading.Thread(target=watch, daemon=True).start()
+    orphaned_exit(parent)  # the parent died before prctl took effect
+
+
+def orphaned_exit(parent: int) -> None:
+    """Exit at once, silently, when the driver is gone (this process was re-parented)."""
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _start_worker(threads: int, parent: int, events: multiprocessing.queues.SimpleQueue) -> None:
+    die_with(parent)
     torch.set_num_threads(threads)
     # Ctrl-C is the parent's to handle: it stops the workers itself, without a traceback from each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    WORKER.update(parent=parent, events=Events(events))
+
+
+def _train_in_worker(claims: list[Claim]) -> list[Outcome]:
+    outcomes = train_claimed(claims, WORKER["events"])
+    orphaned_exit(WORKER["parent"])  # nobody to hand the runs to
+    return outcomes
 
 
 class InProcesses:
     """Each claimed run trained in one of a pool's worker processes, `slots` at a time."""
 
-    def __init__(self, pool: multiprocessing.pool.Pool, slots: int) -> None:
-        self.pool, self.slots = pool, slots
+    def __init__(self, pool: multiprocessing.pool.Pool, slots: int, events: multiprocessing.queues.SimpleQueue,
+                 reporter: Reporter | None) -> None:
+        self.pool, self.slots, self.events, self.reporter = pool, slots, events, reporter
         self.running: dict[int, list[Claim]] = {}
         self.finished: queue.Queue[tuple[int, list[Outcome] | BaseException]] = queue.Queue()
         self.tokens = itertools.count()
@@ -104,17 +161,31 @@ class InProcesses:
         token = next(self.tokens)
         self.running[token] = claims
         done = lambda outcome: self.finished.put((token, outcome))  # noqa: E731
-        self.pool.apply_async(train_claimed, (sendable(claims),), callback=done, error_callback=done)
+        self.pool.apply_async(_train_in_worker, (sendable(claims),), callback=done, error_callback=done)
 
     def busy(self) -> int:
         return len(self.running)
 
     def next_done(self) -> list[tuple[Claim, Outcome]]:
-        token, outcomes = self.finished.get()
+        while True:
+            self.relay()
+            try:
+                token, outcomes = self.finished.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue
+        self.relay()  # a worker puts its events (synchronously) before it hands back its runs
         claims = self.running.pop(token)
         if isinstance(outcomes, BaseException):  # e.g. a UserError on the worker: the driver's to report
             raise outcomes
         return list(zip(claims, outcomes, strict=True))
+
+    def relay(self) -> None:
+        """The workers' progress events so far, passed to the reporter."""
+        while not self.events.empty():
+            kind, *args = self.events.get()
+            if self.reporter:
+                getattr(self.reporter, kind)(*args)
 
     def stop(self) -> None:
         self.running.clear()  # the executor terminates the pool
@@ -137,9 +208,12 @@ class ProcessPool:
         # Forking a process whose torch thread pools are running can deadlock; spawn starts clean. Each worker
         # loads the data itself (the decoded images come from the disk cache) and keeps them for its next run.
         slots = min(self.jobs, len(runs))
-        pool = multiprocessing.get_context("spawn").Pool(slots, _start_worker, (threads,))
+        context = multiprocessing.get_context("spawn")
+        quiet_resource_tracker()
+        events = context.SimpleQueue()  # written whole by each put, so a run's events arrive before its outcome
+        pool = context.Pool(slots, _start_worker, (threads, os.getpid(), events))
         try:
-            results = run_pipeline(runs, out, force, reporter, wait, InProcesses(pool, slots))
+            results = run_pipeline(runs, out, force, reporter, wait, InProcesses(pool, slots, events, reporter))
             pool.close()
         except BaseException:
             # Ctrl-C or an error: stop every worker now. A run cut short leaves only its temporary directory,
@@ -149,6 +223,15 @@ class ProcessPool:
         finally:
             pool.join()
         return results
+
+
+def quiet_resource_tracker() -> None:
+    """After a kill -9 of this process, multiprocessing's resource tracker removes the pool's semaphores and warns
+    about each "leaked" one; that cleanup is expected, so its warnings are filtered (the tracker, started with the
+    first semaphore, takes this process's -W options)."""
+    rule = "ignore:resource_tracker:UserWarning"
+    if rule not in sys.warnoptions:
+        sys.warnoptions.append(rule)
 
 
 @dataclass

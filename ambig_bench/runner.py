@@ -17,6 +17,7 @@ $ ambig-bench run --strategy soft,hard --seeds 3 --out results/demo    # Ctrl-C,
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from pathlib import Path
@@ -39,8 +40,11 @@ Outcome = RunRecord | str  # a trained run's record, or why it failed
 
 
 class Reporter(Protocol):
+    """Hears of each run by its directory name: it starts training, finishes an epoch, is saved (or reused).
+    Runs may train at once (--jobs N, a group of runs trained together)."""
+
     def start_run(self, name: str, epochs: int) -> None: ...
-    def epoch(self, epoch: int, loss: float) -> None: ...
+    def epoch(self, name: str, epoch: int, loss: float) -> None: ...
     def end_run(self, result: RunResult) -> None: ...
 
 
@@ -91,15 +95,16 @@ def train_group(group: Group, device: torch.device, reporter: Reporter | None, n
     """Train a group's runs in one loop, then evaluate each; `names` are the runs' directory names (progress)."""
     runs, cfg = group.runs, group.runs[0].recipe
     if reporter and not cfg.model.freeze:  # a probe has no epochs; it takes a fraction of a second
-        # Progress shows the first run's loss: the group's runs share every step but not their losses.
-        reporter.start_run(f"{len(runs)} runs together, {names[0]}" if len(runs) > 1 else names[0], cfg.train.epochs)
+        for name in names:  # the runs of a group share every step, not their losses: each has its own progress
+            reporter.start_run(name, cfg.train.epochs)
     started = time.perf_counter()
     try:
         if cfg.model.freeze:  # the head over cached features, fitted to its optimum (frozen runs train alone)
             outcomes = [fit_head(run.trainable[-1], run.strategy, run.inputs, run.config.seed, device) for run in runs]
         else:
             jobs = [Job(run.trainable, run.strategy, run.inputs.subset("train"), run.config.seed,
-                        reporter.epoch if reporter and i == 0 else None, validation(run)) for i, run in enumerate(runs)]
+                        functools.partial(reporter.epoch, name) if reporter else None, validation(run))
+                    for run, name in zip(runs, names, strict=True)]
             outcomes = train(jobs, cfg, device, group.module)
     except (RunFailed, torch.cuda.OutOfMemoryError) as e:
         outcomes = [failure_reason(e, cfg, len(runs))] * len(runs)
@@ -141,10 +146,10 @@ class Here:
         self.queue.clear()
 
 
-def train_claimed(claims: list[Claim]) -> list[Outcome]:
+def train_claimed(claims: list[Claim], reporter: Reporter | None = None) -> list[Outcome]:
     """Prepare, train and evaluate claimed runs in this process (what a worker process or a Ray task does for the
-    driver, which saves); each run's outcome, in order."""
-    here = Here()
+    driver, which saves); each run's outcome, in order. `reporter` hears of the epochs (end_run is the driver's)."""
+    here = Here(reporter)
     here.start(claims)
     done: dict[int, Outcome] = {}
     while here.busy():

@@ -28,6 +28,9 @@ class Status(enum.StrEnum):
     FAILED = "failed"  # training broke (non-finite loss, out of memory): FAILED holds why
     BUSY = "busy"  # another process is training it; nothing was written (only when not waiting)
 
+    def __repr__(self) -> str:  # a word in a notebook's echo and in a RunResult's repr, as str() gives
+        return repr(self.value)
+
 
 @dataclass
 class RunResult:

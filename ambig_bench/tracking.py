@@ -19,12 +19,17 @@ $ ambig-bench run --strategy all --track tensorboard   # then: tensorboard --log
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
+from ambig_bench import cache
 from ambig_bench.errors import UserError
+from ambig_bench.io import write_atomic
 from ambig_bench.keys import experiment_key
 from ambig_bench.options import flat_values
 from ambig_bench.registry import Registry
@@ -34,6 +39,8 @@ from ambig_bench.store import RunResult, Status
 
 
 class Tracker(Protocol):
+    where: str  # where the runs go, for the closing summary
+
     def log(self, run: RunResult) -> None:
         """Log a run the store has just written (done or failed)."""
 
@@ -64,20 +71,25 @@ def losses(run: RunResult) -> list[tuple[int, float]]:
 class MlflowTracker:
     """MLflow: params, per-epoch loss, final metrics, tags and the run's files ($MLFLOW_TRACKING_URI)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, verbose: bool = False) -> None:
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Metric, Param, RunTag
             from mlflow.exceptions import MlflowException
         except ImportError:
             raise UserError("--track mlflow needs MLflow: pip install 'ambig-bench[mlflow]'") from None
+        quiet(verbose)  # after the import, which sets MLflow's own level
         self.entities, self.errors = (Metric, Param, RunTag), MlflowException
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        store = (out / "mlflow.db").resolve()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store}"
         artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (out / "mlartifacts").resolve().as_uri()
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"ambig-bench/{out.resolve().name}"
+        self.where = f"MLflow {uri if os.environ.get('MLFLOW_TRACKING_URI') else store}"
         try:
             if artifacts:  # our default store lives in the results directory
                 out.mkdir(parents=True, exist_ok=True)
+                if not store.exists():
+                    write_atomic(store, empty_mlflow_store())
             self.client = MlflowClient(uri)
             found = self.client.get_experiment_by_name(name)
             self.experiment = found.experiment_id if found else self.client.create_experiment(name, artifacts)
@@ -108,12 +120,14 @@ class MlflowTracker:
 class TensorBoardTracker:
     """TensorBoard: <out>/tensorboard/<run>/, training loss per epoch, final metrics and the config as text."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, verbose: bool = False) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("--track tensorboard needs TensorBoard: pip install 'ambig-bench[tensorboard]'") from None
+        quiet(verbose)
         self.writer_type, self.root = SummaryWriter, out / "tensorboard"
+        self.where = f"TensorBoard {self.root}"
 
     def log(self, run: RunResult) -> None:
         if run.status == Status.FAILED:
@@ -133,6 +147,32 @@ class TensorBoardTracker:
             writer.close()
 
 
+def empty_mlflow_store() -> bytes:
+    """A new SQLite tracking store as MLflow's own migrations build it. Building one runs some 70 schema
+    migrations (seconds); the result depends only on the MLflow and SQLAlchemy versions, so it is built once into
+    the cache and copied for each new results directory."""
+    import mlflow
+    import sqlalchemy
+    from mlflow import MlflowClient
+
+    def build() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow.db'}").search_experiments()  # creates the tables
+            return (Path(tmp) / "mlflow.db").read_bytes()
+
+    return cache.cached(cache.file("mlflow-store", [mlflow.__version__, sqlalchemy.__version__]), BYTES, build)
+
+
+BYTES: cache.Format[bytes] = cache.Format(Path.read_bytes, lambda f, data: f.write(data), ())
+TRACKER_LOGGERS = ("mlflow", "alembic", "tensorboard")  # the libraries' own loggers (INFO: database creation...)
+
+
+def quiet(verbose: bool) -> None:
+    """The tracking libraries' own log lines at warning level, unless `verbose` (-v)."""
+    for name in TRACKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -147,37 +187,47 @@ def parse_track(kinds: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def open_trackers(kinds: str | list[str] | None, out: str | Path) -> list[Tracker]:
+def open_trackers(kinds: str | list[str] | None, out: str | Path, verbose: bool = False) -> list[Tracker]:
     """The trackers named by --track (a comma list of mlflow, tensorboard): a missing extra or an unusable store
-    fails here, before any run trains."""
-    return [TRACKERS.get(name)(Path(out)) for name in parse_track(kinds)]
+    fails here, before any run trains. Their libraries log at warning level unless `verbose`."""
+    return [TRACKERS.get(name)(Path(out), verbose) for name in parse_track(kinds)]
 
 
 class Tracked:
     """A Reporter that passes everything on to `reporter` (may be None) and logs each run saved now to the
-    trackers: a reused run (status reused) or one another process is training (busy) is not logged."""
+    trackers: a reused run (status reused) or one another process is training (busy) is not logged. Logging
+    happens on one background thread, while the next runs train; `finish` waits for it."""
 
     def __init__(self, reporter: Reporter | None, trackers: list[Tracker]) -> None:
         self.reporter, self.trackers = reporter, trackers
+        self.logging = ThreadPoolExecutor(1, thread_name_prefix="tracking")  # one at a time: runs log in order
+        self.pending: list[Future] = []
 
     def start_run(self, name: str, epochs: int) -> None:
         if self.reporter:
             self.reporter.start_run(name, epochs)
 
-    def epoch(self, epoch: int, loss: float) -> None:
+    def epoch(self, name: str, epoch: int, loss: float) -> None:
         if self.reporter:
-            self.reporter.epoch(epoch, loss)
+            self.reporter.epoch(name, epoch, loss)
 
     def end_run(self, result: RunResult) -> None:
         if result.status in (Status.DONE, Status.FAILED):
-            for tracker in self.trackers:
-                tracker.log(result)
+            self.pending.append(self.logging.submit(self.log, result))
         if self.reporter:
             self.reporter.end_run(result)
+
+    def log(self, result: RunResult) -> None:
+        for tracker in self.trackers:
+            tracker.log(result)
+
+    def finish(self) -> None:
+        """Wait until every run is logged; a tracker's error (a UserError) is raised here."""
+        self.logging.shutdown(wait=True)
+        for done in self.pending:
+            done.result()
 
 
 def tracked(reporter: Reporter | None, trackers: list[Tracker]) -> Reporter | None:
     """`reporter`, plus logging to the trackers when there are any."""
     return Tracked(reporter, trackers) if trackers else reporter
-
-

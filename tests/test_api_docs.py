@@ -30,9 +30,12 @@ def test_the_api_page_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/api.md", "exec"), namespace)  # noqa: S102
-    shown = capsys.readouterr().out
-    assert "unknown strategy 'sofft'" in shown
+    printed = capsys.readouterr()
+    assert "unknown strategy 'sofft'" in printed.out
     assert {r.status for r in namespace["results"]} == {"done"} and len(namespace["runs"]) == 4
+    assert min(r.metrics["clear_acc"] for r in namespace["results"]) >= 0.9, "the example trains networks that work"
+    assert "[4/4] done" in printed.err, "progress is shown by default (plain lines: stderr is not a terminal)"
+    assert len(re.findall(r"^\S+-seed\d-\S+ done ", printed.out, re.M)) == 4, "statuses print as words"
     assert (tmp_path / "results" / "notebook" / "comparison.csv").exists()
     with pytest.raises(ambig_bench.UserError, match=r"images must be uint8 N×1×8×8 .*got torch.uint8 \(2, 5, 5\)"):
         namespace["predictor"].predict_arrays(np.zeros((2, 5, 5), np.uint8))

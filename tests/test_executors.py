@@ -33,7 +33,7 @@ class Finished:
     def start_run(self, name: str, epochs: int) -> None:
         pass
 
-    def epoch(self, epoch: int, loss: float) -> None:
+    def epoch(self, name: str, epoch: int, loss: float) -> None:
         pass
 
     def end_run(self, result: RunResult) -> None:

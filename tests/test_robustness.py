@@ -144,7 +144,7 @@ class InterruptIn:
     def start_run(self, name: str, epochs: int) -> None:
         self.started += 1
 
-    def epoch(self, epoch: int, loss: float) -> None:
+    def epoch(self, name: str, epoch: int, loss: float) -> None:
         if self.started == self.n:
             raise KeyboardInterrupt
 

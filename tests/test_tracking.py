@@ -6,6 +6,7 @@ Skipped when the optional extras are absent (`make install` installs them).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 import pandas as pd
@@ -72,6 +73,10 @@ def test_mlflow_defaults_to_a_store_in_the_results_directory(tmp_path, monkeypat
     done = CliRunner().invoke(app, ["run", "--dataset", "digits", "--strategy", "soft", "--seeds", "1", "--epochs",
                                     "1", "--width", "8", "--device", "cpu", "--out", str(out), "--track", "mlflow"])
     assert done.exit_code == 0, done.output
+    # MLflow's own log lines (creating the database tables) stay quiet without -v; the summary says where it went.
+    assert "mlflow.store" not in done.stderr and "INFO" not in done.stderr
+    assert logging.getLogger("mlflow.store.db.utils").getEffectiveLevel() == logging.WARNING
+    assert f"tracked in MLflow {(out / 'mlflow.db').resolve()}. Next:" in " ".join(done.stderr.split())
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     [logged] = client.search_runs([client.get_experiment_by_name("ambig-bench/grid").experiment_id])
     assert (out / "mlartifacts").is_dir() and logged.data.tags["strategy"] == "soft"
@@ -113,8 +118,26 @@ def test_an_unknown_tracker_is_refused(tmp_path):
 
 @pytest.mark.slow
 @needs_tensorboard
-def test_runs_trained_in_worker_processes_are_tracked_by_the_driver(tmp_path):
+def test_runs_trained_in_worker_processes_are_tracked_by_the_driver_and_show_their_epochs(tmp_path, capsys):
     results = api.run(experiment(tmp_path), jobs=2, track="tensorboard")
     assert {r.status for r in results} == {"done"}
+    shown = capsys.readouterr().err.splitlines()  # not a terminal: one line per epoch and run, sent by the workers
+    for r in results:
+        assert [line for line in shown if line.startswith(f"{r.run_dir.name}: epoch ")] == [
+            f"{r.run_dir.name}: epoch {e}/2, training loss {loss:.4f}"
+            for e, loss in pd.read_csv(r.run_dir / "history.csv")[["epoch", "train_loss"]].itertuples(index=False)]
     assert sorted(p.parent.name for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*")) == \
         sorted(r.run_dir.name for r in results)
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(False, logging.WARNING), (True, logging.INFO)])
+def test_the_tracking_libraries_log_lines_show_only_with_verbose(verbose, level):
+    from ambig_bench.tracking import TRACKER_LOGGERS, quiet
+
+    before = {name: logging.getLogger(name).level for name in TRACKER_LOGGERS}
+    try:
+        quiet(verbose)
+        assert {logging.getLogger(name).getEffectiveLevel() for name in TRACKER_LOGGERS} == {level}
+    finally:
+        for name, old in before.items():
+            logging.getLogger(name).setLevel(old)
