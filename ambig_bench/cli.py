@@ -161,7 +161,7 @@ def train_grid(options: dict[str, Any], plan: Callable) -> tuple[ExperimentConfi
     # Bad options, device, data or trackers fail here, before any progress bar or file.
     with session(exp, configs, **where) as s:
         for note in s.notes:  # e.g. which in-between source `auto` chose
-            err.print(note, markup=False, highlight=False, soft_wrap=True)
+            err.print(shown(note), markup=False, highlight=False, soft_wrap=True)
         err.print(shown(f"results go to {exp.out}"), highlight=False, markup=False, soft_wrap=True)
         with showing(len(configs), err) as reporter:
             return exp, train(s.reporter(reporter), s.executor), s.tracked
@@ -257,7 +257,7 @@ def compare(
     check_compare_format(fmt)
     with skipped_runs_said():
         comparison = do_compare(results_dir, baseline, margin)
-    err.print(f"wrote {results_dir / 'comparison.md'}, comparison.csv, paired.csv and paired_images.csv",
+    err.print(shown(f"wrote {results_dir / 'comparison.md'}, comparison.csv, paired.csv and paired_images.csv"),
               highlight=False, markup=False)
     if fmt == "json":
         print(comparison_json(comparison), end="")
@@ -271,15 +271,15 @@ def compare(
     if not out.is_terminal:  # piped: plain markdown
         print(markdown_table(table) + "\n\n" + "\n".join([legend, *lines]))
         return
-    shown = Table(title=Text(str(results_dir)), box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    rendered = Table(title=Text(shown(results_dir)), box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for col in table.columns:
         # Two-line headers keep the table inside 80 columns: "between_set_acc" -> "between / set_acc".
-        shown.add_column(escape(col.replace("_", "\n", 1)), overflow="fold")
+        rendered.add_column(escape(col.replace("_", "\n", 1)), overflow="fold")
     for row in table.itertuples(index=False):
-        shown.add_row(*(escape(str(v)) for v in row))
-    out.print(shown)
+        rendered.add_row(*(escape(shown(v)) for v in row))
+    out.print(rendered)
     for line in [legend, *lines]:
-        out.print(line, markup=False, highlight=False)
+        out.print(shown(line), markup=False, highlight=False)
 
 
 @app.command()
@@ -314,9 +314,9 @@ def report(
 
     with skipped_runs_said():
         built = write_report(results_dir, baseline, margin)
-    err.print(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
-              f"figures in {results_dir / 'figures'}", markup=False, highlight=False)
-    print("\n".join(built.summary_lines()))
+    err.print(shown(f"wrote {results_dir / 'report.md'}, {results_dir / 'report.html'} and {len(built.figures)} "
+                    f"figures in {results_dir / 'figures'}"), markup=False, highlight=False)
+    print("\n".join(map(shown, built.summary_lines())))
 
 
 @app.command()
