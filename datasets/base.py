@@ -14,9 +14,13 @@ the `human` source trains on the in-between ones; the others keep them (and the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import sys
+import urllib.error
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from ambig_bench.data import CLEAR, SPLITS, LabelledImages, RawImages, parse_pai
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import fit_images
 from ambig_bench.registry import Registry
+from ambig_bench.weights import reachable
 
 # (training images, seed, epochs, image batches) -> class probabilities of each batch from a plain
 # cross-entropy network trained on those images; the training layer provides it (`train.fit_reference`).
@@ -511,6 +516,28 @@ def default_roots(*system: str) -> list[Path]:
 def download_root(cfg: RunConfig) -> Path:
     """Where --download lets torchvision put files: --data-dir, else the cache directory."""
     return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else cache.library_folder("torchvision")
+
+
+def download(dataset: type, root: Path, **kwargs: object) -> None:
+    """`--download` through a torchvision dataset class: its files fetched into `root` unless already there. A
+    machine that cannot reach the dataset's host gets one line at once (no "Downloading ..." first), and
+    torchvision's progress goes to stderr, where progress belongs."""
+    urls = [getattr(dataset, "url", None), *getattr(dataset, "mirrors", [])]
+    hosts = [u for u in urls if u]
+    name = dataset.__name__
+    try:
+        dataset(root, download=False, **kwargs)
+        return  # already downloaded and checked by torchvision
+    except RuntimeError:
+        pass
+    if hosts and not any(reachable(u) for u in hosts):
+        raise UserError(f"--download: this machine cannot reach {urllib.parse.urlsplit(hosts[0]).hostname} for "
+                        f"{name}; download it elsewhere and give its folder with --data-dir (docs/datasets.md)")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            dataset(root, download=True, **kwargs)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise UserError(f"--download: {name} could not be downloaded into {root} ({getattr(e, 'reason', e)})") from None
 
 
 def not_found(dataset: str, what: str, roots: list[Path], hint: str) -> UserError:

@@ -19,7 +19,7 @@ import torch
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import download_root, not_found, register_dataset, search_roots
+from ambig_bench.datasets.base import download, download_root, not_found, register_dataset, search_roots
 from ambig_bench.datasets.folder import read_image_folder
 from ambig_bench.errors import UserError
 from ambig_bench.imageio import is_archive
@@ -77,7 +77,7 @@ def locate(cfg: RunConfig) -> Path:
         import torchvision
 
         root = download_root(cfg)
-        torchvision.datasets.CIFAR10(root, download=True)
+        download(torchvision.datasets.CIFAR10, root)
         roots = [root]
     for root in roots:
         for candidate in (root, root / "cifar10", root / "cifar10.tgz", root / BATCHES):

@@ -17,7 +17,7 @@ import torch
 
 from ambig_bench.config import RunConfig
 from ambig_bench.data import SPLITS, RawImages
-from ambig_bench.datasets.base import download_root, not_found, register_dataset, search_roots
+from ambig_bench.datasets.base import download, download_root, not_found, register_dataset, search_roots
 from ambig_bench.errors import UserError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -60,7 +60,7 @@ def locate(cfg: RunConfig) -> Path:
 
         root = download_root(cfg)
         for train in (True, False):
-            torchvision.datasets.FashionMNIST(root, train=train, download=True)
+            download(torchvision.datasets.FashionMNIST, root, train=train)
         roots = [root]
     for root in roots:
         for folder in (root, root / "FashionMNIST" / "raw", root / "fashion-mnist"):

@@ -333,3 +333,17 @@ def test_reachable_is_false_for_a_port_nobody_listens_on():
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         assert reachable(f"http://127.0.0.1:{listening.getsockname()[1]}/x", timeout=1.0)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion-mnist"])
+def test_download_without_network_is_one_line_at_once(dataset, tmp_path, monkeypatch, capfd):
+    from ambig_bench.datasets import base
+
+    monkeypatch.setattr(base, "reachable", lambda url, timeout=2.0: False)
+    monkeypatch.setenv("AMBIG_BENCH_DATA", str(tmp_path / "nothing"))
+    out = tmp_path / "out"
+    result, lines = run(["--dataset", dataset, "--download", "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+                        tmp_path, monkeypatch)
+    assert result.exit_code == 2 and len(lines) == 1 and "cannot reach" in lines[0], result.stderr
+    assert "Downloading" not in result.stdout + result.stderr + capfd.readouterr().out
+    assert not out.exists()

@@ -396,3 +396,22 @@ def test_sigterm_stops_the_ray_tasks(tmp_path):
         tasks = {p for p in descendants(grid.pid) if "train_remote" in cmdline(p)}
     assert tasks, "no Ray task started"
     terminate_and_check(grid, descendants(grid.pid))
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    """The write of a full disk fails with an error that names no file; the one line still names it."""
+    real_fdopen = os.fdopen
+
+    class Full(io.BufferedWriter):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        return Full(io.FileIO(fd, "wb")) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io_module.os, "fdopen", fdopen)
+    target = tmp_path / "comparison.csv"
+    with pytest.raises(OSError) as raised:
+        io_module.write_atomic(target, "x")
+    assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
