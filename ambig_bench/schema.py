@@ -119,10 +119,11 @@ def check_metrics(doc: Any, path: object, bounds: Mapping[str, tuple[float, floa
     for key, value in doc.items():
         if key in RESERVED or key in reserved:
             raise UserError(f"{path}: field {key!r} is the run's own, not a metric; remove it")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue  # not measured (runs of earlier versions wrote NaN for null): never averaged in
         if bounds and key in bounds:
             low, high = bounds[key]
-            measured = not (value is None or (isinstance(value, float) and math.isnan(value)))
-            if measured and not number(low, high)[0](value):
+            if not number(low, high)[0](value):
                 raise fail(path, key, f"{number(low, high)[1]} or null", value)
         elif not SCALAR[0](value):
             raise fail(path, key, SCALAR[1], value)
