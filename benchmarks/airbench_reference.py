@@ -101,13 +101,16 @@ def main() -> None:
 
     raw = cifar10(RunConfig(data=DataOptions(dataset="cifar10", data_dir=args.data)))
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
-    split = lambda name: ((raw.images[raw.split == SPLITS[name]].to(device).float() / 255 - mean) / std,  # noqa: E731
-                          raw.labels[raw.split == SPLITS[name]].to(device))
+    spread = lambda n: torch.arange(min(args.limit, n)) * (n - 1) // max(min(args.limit, n) - 1, 1)  # noqa: E731
+
+    def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's images (normalised floats on the device) and labels; --limit applies before the conversion."""
+        images, labels = raw.images[raw.split == SPLITS[name]], raw.labels[raw.split == SPLITS[name]]
+        if args.limit:
+            images, labels = images[spread(len(images))], labels[spread(len(images))]
+        return (images.to(device).float() / 255 - mean) / std, labels.to(device)
+
     (train_x, train_y), (test_x, test_y) = split("train"), split("test")
-    if args.limit:
-        spread = lambda n: torch.arange(min(args.limit, n)) * (n - 1) // max(min(args.limit, n) - 1, 1)  # noqa: E731
-        (train_x, train_y), (test_x, test_y) = ((x[spread(len(x))], y[spread(len(x))]) for x, y in
-                                                ((train_x, train_y), (test_x, test_y)))
     k = min(5000, len(train_x))
     fit = train_x[:k] if args.whiten == "first" else train_x[torch.arange(k) * (len(train_x) - 1) // max(k - 1, 1)]
     net = network(fit).to(device)
