@@ -71,7 +71,7 @@ def answer(fit: dict[str, float], metric: str, margin: float, largest: int) -> t
     if high < margin:
         return "flattened", f"the curve has flattened: {more} is {change}, less than its margin {margin:g}"
     need = sample_size(fit["slope_sd"], margin)
-    tell = (f"about {math.ceil(need)} seeds would tell" if need > fit["n_seeds"] else
+    tell = (f"about {math.ceil(need - fit['n_seeds'])} more seeds would tell" if need > fit["n_seeds"] else
             "the gain is close to the margin")
     return "undecided", (f"undecided: {more} is {change}, an interval that holds gains both below and above its "
                          f"margin {margin:g}; {tell}")

@@ -380,7 +380,7 @@ def label_curve_figure(summary: pd.DataFrame, lines: pd.DataFrame, field: str, g
         for line in lines[lines.metric == metric].itertuples():
             ax.plot(x, line.intercept + line.slope * np.log2(x), ls=":", lw=1.2, color=styles[line.strategy].color)
         ax.set_xticks([*values, 2 * values[-1]], [f"{v:g}" for v in values] + [f"({2 * values[-1]:g})"])
-    suptitle(fig, f"Metrics against {field.replace('_', '-')}: mean over seeds, band = 95% CI; dotted = fitted "
-                  "trend, one doubling past the largest value")
+    # Two short lines: the title is centred over the figure, the legend included, and must stay clear of it.
+    suptitle(fig, "The label-budget curve: mean over seeds\n(band = 95% CI; dotted = fitted trend)", 11)
     untangle_x_labels(fig)
     return fig

@@ -121,7 +121,8 @@ def test_the_answer_in_words_for_a_rising_a_flat_and_an_unclear_curve():
         "by +0.002 (95% CI [-0.004, 0.008]), less than its margin 0.02" in words
     unclear = rising | {"slope": 0.01, "slope_ci_low": -0.01, "slope_ci_high": 0.03}
     verdict, words = answer(unclear, "between_set_acc", 0.02, 40)
-    assert verdict == "undecided" and words.endswith("about 18 seeds would tell")  # ((1.96 + 0.84) · 0.03 / 0.02)²
+    # ((1.96 + 0.84) · 0.03 / 0.02)² = 17.7 seeds in all
+    assert verdict == "undecided" and words.endswith("about 8 more seeds would tell")
     falling_ece = rising | {"slope": -0.03, "slope_ci_low": -0.04, "slope_ci_high": -0.02}
     assert answer(falling_ece, "ece", 0.01, 40)[0] == "gain"  # lower is better
     one_seed = rising | {"slope_ci_low": np.nan, "slope_ci_high": np.nan}
