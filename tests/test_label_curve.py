@@ -159,7 +159,7 @@ def test_the_report_section_answers_per_strategy_with_its_figure(tmp_path):
     assert {"soft", "hard", "(80)"} <= {text for text, _ in boxes} and overlaps(boxes) == []
 
 
-def test_a_tiny_sweep_of_between_train_trains_and_reports_the_curve(tmp_path):
+def test_a_tiny_sweep_of_between_train_trains_each_point_on_its_count_and_fits_the_curve(tmp_path):
     options = voted_npz(tmp_path)
     out = tmp_path / "out"
     args = ["--dataset", "npz", "--data-dir", options["data_dir"], "--pairs", options["pairs"], "--epochs", "1",
