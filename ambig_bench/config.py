@@ -88,6 +88,9 @@ class DataOptions:
                            "s mod K, so seeds 0..K-1 test every image once (0: test images drawn per seed, "
                            "--test-fraction)")
     train_size: int | None = option(None, "clear-cut training images kept, drawn at random (default: all)")
+    between_train: int | None = option(None, "human source: in-between training images kept, the first N of an "
+                                             "order fixed per seed, so the 20 kept hold the 10 (spread over the "
+                                             "pairs); validation and test stay the same whatever N (default: all)")
     human_pair_mass: float = option(0.9, "votes: top-two share needed to call an image in-between")
     human_second: float = option(0.2, "votes: share of the second class needed for in-between")
     human_extra_train: bool = option(True, "cifar10h: add the 50,000 clear-cut CIFAR-10 training images")
@@ -112,6 +115,8 @@ class DataOptions:
                                 f"1/{self.folds} of the images); give one of them")
         if self.train_size is not None:
             check_at_least("train_size", self.train_size, 1)
+        if self.between_train is not None:
+            check_at_least("between_train", self.between_train, 1)
         if self.image_size is not None:
             check_at_least("image_size", self.image_size, 1)
 

@@ -54,6 +54,7 @@ FIELD_LABELS = {  # x-axis label with unit, per swept run option
     "between_fraction": "between-fraction (share of the training set)",
     "train_size": "train-size (clear-cut training images)",
     "epochs": "epochs (passes over the training set)",
+    "between_train": "between-train (in-between training images)",
 }
 BINS = 15  # reliability bins: the same equal-width bins as the ECE metric
 
@@ -314,15 +315,16 @@ def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]],
 
 
 def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics: list[str] | None = None,
-                 styles: Styles | None = None) -> Figure:
+                 styles: Styles | None = None, log_base: int | None = None) -> Figure:
     """Each metric against the swept option, one line per strategy, its colour and marker (line style per other
-    swept option)."""
+    swept option). The x axis is logarithmic with `log_base`, or by default (base 10) where the values span a
+    factor of 10 or more."""
     styles = styles or strategy_styles(summary.strategy)
     metrics = metrics or [m for m in METRICS if f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()]
     others = [g for g in group_by if g != field]
     numeric = pd.api.types.is_numeric_dtype(summary[field])
     values = sorted(summary[field].unique())
-    log = numeric and min(values) > 0 and max(values) / min(values) >= 10
+    log = bool(log_base) or (numeric and min(values) > 0 and max(values) / min(values) >= 10)
     dashes = ["-", "--", ":", "-."]
     slices = list(summary.groupby(others, sort=True)) if others else [((), summary)]
     fig, axes = panels(len(metrics), 4, 3.5, 2.9)
@@ -335,7 +337,7 @@ def sweep_curves(summary: pd.DataFrame, field: str, group_by: list[str], metrics
                 ax.plot(x, line[f"{m}_mean"], marker=style.marker, ms=4, color=style.color, ls=dashes[k % len(dashes)])
                 ax.fill_between(x, line[f"{m}_ci_low"], line[f"{m}_ci_high"], color=style.color, alpha=0.15, lw=0)
         if log:
-            ax.set_xscale("log")
+            ax.set_xscale("log", base=log_base or 10)
             ax.minorticks_off()
         # A tick at every swept value (the values are few), labelled as typed.
         ax.set_xticks(values if numeric else range(len(values)), [f"{v:g}" if numeric else shown(v) for v in values])
@@ -363,3 +365,22 @@ def sweep_figure(summary: pd.DataFrame, field: str, group_by: list[str],
     """sweep-<option>.png and its figure (`sweep_curves`): the one place that names and draws a sweep figure, which
     `ambig-bench sweep` writes beside the runs and the report into figures/."""
     return f"sweep-{field.replace('_', '-')}.png", sweep_curves(summary, field, group_by, styles=styles)
+
+
+def label_curve_figure(summary: pd.DataFrame, lines: pd.DataFrame, field: str, group_by: list[str],
+                       metrics: list[str], styles: Styles | None = None) -> Figure:
+    """The label-budget curve: each metric against the in-between training images on a log2 axis, per strategy
+    (`sweep_curves`), and the fitted line of each (`lines`: strategy, metric, slope per doubling, intercept at 1)
+    dotted, drawn one doubling past the largest value, as far as the answer extrapolates."""
+    styles = styles or strategy_styles(summary.strategy)
+    fig = sweep_curves(summary, field, group_by, metrics, styles, log_base=2)
+    values = sorted(summary[field].unique())
+    x = np.geomspace(values[0], 2 * values[-1], 32)
+    for ax, metric in zip(fig.axes, metrics, strict=False):
+        for line in lines[lines.metric == metric].itertuples():
+            ax.plot(x, line.intercept + line.slope * np.log2(x), ls=":", lw=1.2, color=styles[line.strategy].color)
+        ax.set_xticks([*values, 2 * values[-1]], [f"{v:g}" for v in values] + [f"({2 * values[-1]:g})"])
+    # Two short lines: the title is centred over the figure, the legend included, and must stay clear of it.
+    suptitle(fig, "The label-budget curve: mean over seeds\n(band = 95% CI; dotted = fitted trend)", 11)
+    untangle_x_labels(fig)
+    return fig

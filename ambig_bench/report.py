@@ -52,9 +52,11 @@ from ambig_bench.document import (
 )
 from ambig_bench.errors import UserError
 from ambig_bench.io import remove_stale_temps, write_atomic
+from ambig_bench.labelcurve import FIELD, label_curve
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS
 from ambig_bench.plots import (
     balance_histograms,
+    label_curve_figure,
     metric_bars,
     pair_confusion,
     png_bytes,
@@ -336,6 +338,36 @@ def meaning_section(comparison: Comparison, lead_table: pd.DataFrame, judgements
     return blocks
 
 
+def label_curve_section(comparison: Comparison) -> tuple[list[Block], dict[str, bytes]]:
+    """'Is another in-between label worth it?', for a sweep of --between-train (`labelcurve`): its blocks and its
+    figure by file name; nothing for any other directory."""
+    table = label_curve(comparison)
+    if table.empty:
+        return [], {}
+    summary = comparison.summary.assign(**{FIELD: pd.to_numeric(comparison.summary[FIELD], errors="coerce")})
+    summary = summary[summary[FIELD] > 0]
+    metrics = list(dict.fromkeys(table.metric))
+    name = "label-curve.png"
+    fig = label_curve_figure(summary, table, FIELD, comparison.group_by, metrics,
+                             strategy_styles(comparison.summary.strategy))
+    others = [g for g in comparison.group_by if g != FIELD]
+    display = table[[*others, "strategy", "metric", "points", "n_seeds", "verdict", "answer"]].rename(
+        columns={"points": f"{flag(FIELD)} values", "n_seeds": "seeds"})
+    blocks: list[Block] = [
+        Heading("Is another in-between label worth it?"),
+        Paragraph(f"Each strategy's metric against the number of in-between training images ({code('--between-train')}"
+                  ": nested per seed, the smaller sets inside the larger, the same test images at every value), "
+                  "fitted per seed as a line in log2 N; the change per doubling is the seeds' mean slope with its "
+                  "95% t-interval. *gain*: the interval excludes no change and the estimate reaches the metric's "
+                  "margin; *flattened*: the whole interval lies below the margin; *undecided* otherwise. The answer "
+                  f"extrapolates one doubling past the largest value, no further. Figure: [{name}](figures/{name})."),
+        tabulate(display, others),
+        Image(name, "The label-budget curve: metric against in-between training images (log scale), per strategy; "
+                    "dotted = fitted trend, one doubling past the largest value."),
+    ]
+    return blocks, {name: png_bytes(fig)}
+
+
 def verdict_rules() -> list[str]:
     return [
         "Verdict per criterion: the strategy with the best mean is compared with every other strategy (Holm "
@@ -364,6 +396,8 @@ def build(comparison: Comparison) -> Report:
     lead_table = leads(comparison)
     judgements = judge_claims(comparison, paired_soft)
     images, figures = draw(comparison, meta)
+    curve_blocks, curve_figures = label_curve_section(comparison)
+    figures |= curve_figures
     name = comparison.results_dir.name
     blocks: list[Block] = [
         Heading(f"Report: {escape(name)}", 1),
@@ -372,7 +406,7 @@ def build(comparison: Comparison) -> Report:
                   "for your options* is backed by a paired test, across seeds or across images, and judged against "
                   "a margin below which a difference does not matter; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
-        *meaning_section(comparison, lead_table, judgements, images, paired_soft),
+        *meaning_section(comparison, lead_table, judgements, images, paired_soft), *curve_blocks,
         Heading("Comparison"), Paragraph(CELLS), *sections(comparison, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(verdict_rules() + claim_rules(comparison.margins)),

@@ -5,6 +5,7 @@ results directory, so `compare` groups them by the varying option and `report` t
 
 $ ambig-bench sweep --dataset digits --strategy all --vary between-fraction=0.005,0.01,0.02,0.05,0.1 --seeds 5
 $ ambig-bench sweep --strategy soft,reassign --vary between-fraction=0.02,0.2 --vary train-size=200,800
+$ ambig-bench sweep --dataset folder --labels photos/labels.csv --vary between-train=8,15,30,60 --seeds 10
 
 >>> parse_vary(["between-fraction=0.01,0.1", "epochs=5"])
 {'between_fraction': [0.01, 0.1], 'epochs': [5]}

@@ -175,6 +175,10 @@ def split_and_label(raw: RawImages, cfg: RunConfig, reference: Reference | None 
     check_only: every check without training, so a sweep's points fail before the first trains: a source that
     judges images with a trained network (`needs_reference`) is not run, and None is returned."""
     source_name, notes = pick_source(raw, cfg)
+    if cfg.data.between_train is not None and source_name != "human":
+        raise UserError(f"--between-train {cfg.data.between_train}: only the human source has in-between training "
+                        f"images to count (labels with A|B rows or split votes), not {source_name}; with blend, vary "
+                        f"--between-fraction")
     pairs = pairs_of(raw, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     raw = assign_splits(raw, cfg, gen)
