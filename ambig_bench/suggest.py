@@ -44,8 +44,10 @@ class Suggestions:
     unreadable: dict[str, str]  # path -> why
 
 
-def runs_of(source: str | Path, strategies: Sequence[str] = ()) -> list[RunDir]:
-    """A run directory, or the finished runs of a results directory (of `strategies`, when given)."""
+def runs_of(source: str | Path | Sequence[RunDir], strategies: Sequence[str] = ()) -> list[RunDir]:
+    """A run directory, the finished runs of a results directory (of `strategies`, when given), or runs as given."""
+    if not isinstance(source, str | Path):
+        return list(source)
     path = Path(source)
     if (path / "model.json").is_file():
         return [RunDir(path)]
@@ -86,7 +88,8 @@ def input_format(p: Predictor) -> tuple[int, int, int | None]:
     return p.meta["in_channels"], p.meta["image_size"], p.meta.get("image_width")
 
 
-def suggest(source: str | Path, images: Sequence[str | Path], strategies: Sequence[str] = ()) -> Suggestions:
+def suggest(source: str | Path | Sequence[RunDir], images: Sequence[str | Path], strategies: Sequence[str] = ()
+            ) -> Suggestions:
     """Rank the image files and folders of `images` by how in-between the runs of `source` find them."""
     predictors = [Predictor.load(run.path) for run in runs_of(source, strategies)]
     names = predictors[0].class_names
