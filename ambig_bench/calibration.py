@@ -6,7 +6,7 @@ The predictions are read, and checked, by `RunDir.predictions` (ambig_bench.rund
 Two choices beside the score (conformal.py explains the guarantees):
   * groups: ``kind`` (one qhat; `per_kind` covers clear-cut and in-between images each) or ``class`` (Mondrian:
     one qhat per class, each class's labels covered at 1 - alpha; with `per_kind` for its clear-cut and its
-    in-between images each);
+    in-between images each, so both labels of an in-between image at >= 1 - 2 alpha);
   * truth: ``sets`` (the recorded labels, both A and B for an in-between image) or ``votes`` (one label drawn
     from each validation image's vote shares, for runs on images with votes).
 
@@ -28,8 +28,7 @@ import torch
 
 from ambig_bench.conformal import (
     METHODS,
-    calibrate,
-    calibrate_per_class,
+    calibrate_parts,
     label_coverage,
     prediction_sets,
     sample_labels,
@@ -39,7 +38,6 @@ from ambig_bench.conformal import (
 from ambig_bench.errors import UserError
 from ambig_bench.metrics import label_set_mask
 from ambig_bench.rundir import RunDir
-
 
 GROUPS = ("kind", "class")  # --conformal-groups
 TRUTHS = ("sets", "votes")  # --conformal-truth
@@ -125,14 +123,8 @@ def calibrate_frame(frame: pd.DataFrame, k: int, alpha: float, method: str, per_
     val = frame[frame.split == "val"]
     probs, labels = probs_of(val, k), calibration_labels(val, k, truth, where)
     between = val.label_b.to_numpy() >= 0
-    parts = [rows for rows in (~between, between) if rows.any()] if per_kind else [np.ones(len(val), dtype=bool)]
-    if groups == "kind":
-        qhat = max(calibrate(probs[rows], labels[rows], alpha, method) for rows in parts)
-    else:
-        # A part without images of a class sets nothing for it (NaN); a class no validation image holds has
-        # nothing to calibrate on and is always in the set.
-        qhat = np.fmax.reduce([calibrate_per_class(probs[rows], labels[rows], alpha, method) for rows in parts])
-        qhat[np.isnan(qhat)] = np.inf
+    qhat = calibrate_parts(probs, labels, alpha, method, parts=[~between, between] if per_kind else None,
+                           per_class=groups == "class")
     return Calibration(method, alpha, per_kind, qhat, len(val), k, groups, truth)
 
 
@@ -196,7 +188,8 @@ def group_coverage(run_dir: str | Path | RunDir, cal: Calibration) -> pd.DataFra
     names = data.get("class_names") or [str(c) for c in range(k)]
     label_a, label_b = test.label_a.to_numpy(), test.label_b.to_numpy()
     between = label_b >= 0
-    pairs = data.get("pairs") or sorted({tuple(sorted(p)) for p in zip(label_a[between], label_b[between])})
+    observed = zip(label_a[between], label_b[between], strict=True)
+    pairs = data.get("pairs") or sorted({tuple(sorted(p)) for p in observed})
     _, per_class = label_coverage(sets, truth_mask)
     groups = [("all", "", part, where, None) for part, where in (("all", np.ones_like(between)),
                                                                  ("clear", ~between), ("between", between))]

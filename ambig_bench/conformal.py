@@ -33,8 +33,11 @@ Example:
 
 Class-conditional (Mondrian by label) calibration gives one qhat per class k, from the examples whose truth holds
 k and their score for k, and label k enters a set when its score is at most qhat_k: each class's labels are then
-covered at 1 - alpha on their own, a rare class included. An in-between image's two labels are each covered with
-probability >= 1 - alpha, so both at once with probability >= 1 - 2 alpha (union bound), not 1 - alpha.
+covered at 1 - alpha on their own, a rare class included. That is an average over the class's images: its
+in-between images may be covered less and its clear-cut ones more. Calibrated on the clear-cut and the in-between
+images separately (`calibrate_parts`), every label of an in-between image is covered with probability
+>= 1 - alpha, so both at once with probability >= 1 - 2 alpha on average over in-between images (union bound),
+not 1 - alpha.
 
 Where the truth is a distribution of votes rather than a set, `sample_labels` draws one label per calibration
 example from its votes (Monte Carlo conformal prediction with m = 1 sample, Stutz et al., TMLR 2023): the sets
@@ -163,6 +166,27 @@ def calibrate_per_class(
     truth = _checked_truth(truth_mask, per_label)
     return np.array([conformal_quantile(per_label[truth[:, k], k], alpha) if truth[:, k].any() else math.nan
                      for k in range(truth.shape[1])])
+
+
+def calibrate_parts(
+    probs: np.ndarray,
+    truth_mask: np.ndarray,
+    alpha: float,
+    method: str = "lac",
+    *,
+    parts: list[np.ndarray] | None = None,
+    per_class: bool = False,
+) -> float | np.ndarray:
+    """qhat that covers each part (boolean row masks, e.g. the clear-cut and the in-between images; default: all
+    rows as one) at 1 - alpha on its own: the largest of the parts' qhats, as sets only grow with qhat.
+
+    per_class: a K-vector, per class the largest over the parts holding it (`calibrate_per_class`); +inf for a
+    class no part holds, which then is in every set (nothing to calibrate it on)."""
+    parts = [np.ones(len(probs), dtype=bool)] if parts is None else [rows for rows in parts if rows.any()]
+    if not per_class:
+        return max(calibrate(probs[rows], truth_mask[rows], alpha, method) for rows in parts)
+    qhat = np.fmax.reduce([calibrate_per_class(probs[rows], truth_mask[rows], alpha, method) for rows in parts])
+    return np.where(np.isnan(qhat), np.inf, qhat)
 
 
 def prediction_sets(

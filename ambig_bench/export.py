@@ -11,7 +11,8 @@ and returns what `ambig-bench predict` returns for them:
     ambiguity  float32 N    the strategy's in-between score
 
 Normalisation and test-time views are inside the graph. The metadata (`metadata_props`) carries the class
-names, pairs, threshold, conformal method, alpha, grouping, truth and qhat, the image policy and the run it came from, as JSON.
+names, pairs, threshold, conformal method, alpha, grouping, truth and qhat, the image policy and the run it came
+from, as JSON.
 A calibrated model can export with silently wrong probabilities, so every export is checked before it is kept:
 the graph is run with onnxruntime on 256 random images and compared with the PyTorch path (`Predictor.predict`);
 a difference beyond 1e-5 in a probability, or any in a set, refuses the file.

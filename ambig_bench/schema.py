@@ -246,8 +246,9 @@ def refuse_rows(path: object, frame: pd.DataFrame, bad: pd.Series | np.ndarray, 
 def check_predictions(frame: pd.DataFrame, path: object, data: Mapping) -> tuple[pd.DataFrame, int]:
     """predictions.csv: split (val/test), label_a in 0..K-1, label_b in -1..K-1, pred_set ("4|9") of class
     indices, one finite probability p_0..p_{K-1} per class, and for images with votes their shares v_0..v_{K-1}
-    (optional: runs on images without votes, and older runs, have none); K and the rows per split as data.json (`data`) says
-    where it says. Returns the frame with numeric columns and pred_set as text ("" for an empty set), and K."""
+    (optional: runs on images without votes, and older runs, have none); K and the rows per split as data.json
+    (`data`) says where it says. Returns the frame with numeric columns and pred_set as text ("" for an empty
+    set), and K."""
     k = sum(str(c).startswith("p_") for c in frame.columns)
     needed = ["split", "label_a", "label_b", "pred_set"] + [f"p_{i}" for i in range(max(k, 2))]
     missing = [c for c in needed if c not in frame.columns]
