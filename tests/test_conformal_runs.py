@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,14 +14,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ambig_bench.calibration import calibrate_run, conformal_summary, group_coverage, probs_of, truth_of
+from ambig_bench.calibration import Calibration, calibrate_run, conformal_summary, group_coverage, probs_of, truth_of
 from ambig_bench.cli import app
 from ambig_bench.compare import compare, comparison_markdown
 from ambig_bench.conformal import calibrate_parts, calibrate_per_class, prediction_sets, vote_coverage
 from ambig_bench.data import LabelledImages
 from ambig_bench.errors import UserError
 from ambig_bench.evaluation import predictions_frame
-from ambig_bench.predict import predict_paths, render
+from ambig_bench.predict import PredictionReport, predict_paths, render
 from ambig_bench.rundir import RunDir, list_runs
 from ambig_bench.strategies import STRATEGIES
 
@@ -141,3 +142,15 @@ def test_bad_conformal_grouping_or_truth_is_one_line(run):
     for option in (["--conformal-groups", "pair"], ["--conformal-truth", "majority"]):
         done = CliRunner().invoke(app, ["predict", str(run), str(run), *option])
         assert done.exit_code == 2 and len(done.stderr.strip().splitlines()) == 1 and option[0] in done.stderr
+
+
+def test_predict_warns_of_classes_too_rare_to_calibrate():
+    def warned(qhat):
+        cal = Calibration("lac", 0.1, True, qhat, 20, 3, "class")
+        return PredictionReport(Path("run"), "soft", None, ["a", "b", "c"], cal, [], pd.DataFrame()).warnings()
+
+    assert warned(np.array([0.5, np.inf, np.inf])) == [
+        "2 class(es) have too few validation images at alpha 0.1 for a threshold of their own and are in every "
+        "conformal set, e.g. b (use a larger alpha, or --conformal-groups kind)"]
+    assert "every conformal set is every class" in warned(np.full(3, np.inf))[0]
+    assert warned(np.array([0.5, 0.2, 0.9])) == []
