@@ -158,7 +158,8 @@ class PredictionReport:
         elif always.any():
             lines.append(f"{int(always.sum())} class(es) have too few validation images at alpha {cal.alpha} for a "
                          f"threshold of their own and are in every conformal set, e.g. "
-                         f"{self.class_names[int(np.argmax(always))]} (use a larger alpha, or --conformal-groups kind)")
+                         f"{self.class_names[int(np.argmax(always))]} (use a larger alpha, --marginal or "
+                         "--conformal-groups kind)")
         return lines
 
 

@@ -151,6 +151,6 @@ def test_predict_warns_of_classes_too_rare_to_calibrate():
 
     assert warned(np.array([0.5, np.inf, np.inf])) == [
         "2 class(es) have too few validation images at alpha 0.1 for a threshold of their own and are in every "
-        "conformal set, e.g. b (use a larger alpha, or --conformal-groups kind)"]
+        "conformal set, e.g. b (use a larger alpha, --marginal or --conformal-groups kind)"]
     assert "every conformal set is every class" in warned(np.full(3, np.inf))[0]
     assert warned(np.array([0.5, 0.2, 0.9])) == []
