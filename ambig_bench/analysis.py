@@ -242,9 +242,11 @@ def conformal_groups(runs: pd.DataFrame, run_dirs: dict[str, RunDir], group_by: 
     if not frames:
         return pd.DataFrame()
     keys = group_by + ["strategy", "calibration", "group", "name", "part"]
-    return pd.concat(frames, ignore_index=True).groupby(keys, sort=False).agg(
+    table = pd.concat(frames, ignore_index=True).groupby(keys, sort=False).agg(
         seeds=("seed", "nunique"), images=("images", "sum"), coverage=("coverage", "mean"),
         lowest=("coverage", "min"), size=("size", "mean"), vote_coverage=("vote_coverage", "mean")).reset_index()
+    # As the summary: sweep values in increasing order, strategies by name, whatever the directory order.
+    return table.sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
 
 
 def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:

@@ -205,17 +205,22 @@ def sections(comparison: Comparison, level: int) -> list[Block]:
                              "in-between images (`ambig-bench predict` gives them per image), next to the "
                              "strategy's own threshold sets."),
                    tabulate(summary_display(summary, g, tuple(SET_METRICS)), g)]
-    if not comparison.conformal_groups.empty:
-        blocks += [Heading(f"Conformal coverage per class and per pair (LAC, α = {CONFORMAL_ALPHA})", level),
-                   Paragraph("Calibrated per kind (`kind`, as above) or per class (`class`: one threshold per class, "
-                             "`--conformal-groups class`). A class's coverage: its test images' sets that hold it; "
-                             "a pair's: its in-between images' sets that hold both classes. Mean over seeds; the "
-                             "class or pair covered least is named. Vote coverage: the test images' mean vote share "
-                             "inside the set. Every class and pair: `conformal_groups.csv`."),
-                   tabulate(conformal_groups_display(comparison.conformal_groups, g), g)]
     return blocks + [Heading("Ranks", level),
                      Paragraph("1 = best; strategies share a rank where their 95% CIs overlap."),
                      tabulate(comparison.ranks, g)]
+
+
+def conformal_group_blocks(comparison: Comparison, level: int) -> list[Block]:
+    """The coverage per class and per pair (comparison.md only: the report keeps to the summary tables)."""
+    if comparison.conformal_groups.empty:
+        return []
+    return [Heading(f"Conformal coverage per class and per pair (LAC, α = {CONFORMAL_ALPHA})", level),
+            Paragraph("Calibrated per kind (`kind`, as in \"Conformal prediction sets\") or per class (`class`: one "
+                      "threshold per class, `--conformal-groups class`). A class's coverage: its test images' sets "
+                      "that hold it; a pair's: its in-between images' sets that hold both classes. Mean over seeds; "
+                      "the class or pair covered least is named. Vote coverage: the test images' mean vote share "
+                      "inside the set. Every class and pair: `conformal_groups.csv`."),
+            tabulate(conformal_groups_display(comparison.conformal_groups, comparison.group_by), comparison.group_by)]
 
 
 def glossary() -> list[Block]:
@@ -235,7 +240,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     return to_markdown([Heading(f"Comparison of strategies: {escape(comparison.results_dir.name)}", 1),
                         Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
                         *([Paragraph(escape(comparison.skipped[-1]) + ".")] if comparison.skipped else []),
-                        *flag_blocks(comparison, 2), *sections(comparison, 2), *glossary()])
+                        *flag_blocks(comparison, 2), *sections(comparison, 2),
+                        *conformal_group_blocks(comparison, 2), *glossary()])
 
 
 FORMATS = ("table", "json")  # what `ambig-bench compare --format` prints
