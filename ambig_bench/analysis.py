@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ambig_bench import rundir
-from ambig_bench.calibration import conformal_summary
+from ambig_bench.calibration import calibrate_run, conformal_summary, group_coverage
 from ambig_bench.errors import UserError
 from ambig_bench.images import PER_IMAGE, image_comparison, outcomes
 from ambig_bench.metrics import HIGHER_IS_BETTER, METRICS, SET_METRICS
@@ -32,6 +32,7 @@ from ambig_bench.rundir import RUNS, RunDir, list_runs
 from ambig_bench.stats import mean_ci, paired_comparison, rank_table
 
 CONFORMAL_ALPHA = 0.1  # the conformal sets of the comparison (SET_METRICS) miss a true label for at most 10%
+CONFORMAL_GROUPINGS = ("kind", "class")  # calibrations whose coverage per class and per pair is reported
 ABSENT = "(absent)"  # a config field that a run written by an older version lacks
 DEFAULT = "(default)"  # a config field left unset (null): the model's or the dataset's own value
 DEFAULT_BASELINE = "soft"
@@ -59,6 +60,8 @@ class Comparison:
     outcomes: dict[str, pd.DataFrame]  # per finished run with predictions: its test images' outcomes (images.py)
     images: pd.DataFrame  # one row per (group, strategy, metric of PER_IMAGE): paired by image against the baseline
     skipped: list[str] = field(default_factory=list)  # one line per run left out as damaged, then how many
+    # one row per (group, strategy, calibration, class or pair): conformal coverage on test (conformal_groups)
+    conformal_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def done(self) -> pd.DataFrame:
@@ -223,6 +226,29 @@ def add_conformal(runs: pd.DataFrame, run_dirs: dict[str, RunDir]) -> pd.DataFra
     return pd.concat([runs, extra[[c for c in SET_METRICS if c in extra]]], axis=1)
 
 
+def conformal_groups(runs: pd.DataFrame, run_dirs: dict[str, RunDir], group_by: list[str]) -> pd.DataFrame:
+    """Coverage per class and per pair (calibration.group_coverage) of LAC sets at CONFORMAL_ALPHA, calibrated per
+    kind ("kind") and per class ("class") on each finished run's validation rows; per strategy, the mean and the
+    lowest coverage over seeds and the test images counted over seeds."""
+    frames = []
+    for _, row in runs[runs.status == "done"].iterrows():
+        run = run_dirs[row.run]
+        if not run.predictions_file.exists():
+            continue
+        for groups in CONFORMAL_GROUPINGS:
+            table = group_coverage(run, calibrate_run(run, CONFORMAL_ALPHA, "lac", True, groups))
+            frames.append(table.assign(**{g: row[g] for g in group_by}, strategy=row.strategy, seed=row.seed,
+                                       calibration=groups))
+    if not frames:
+        return pd.DataFrame()
+    keys = group_by + ["strategy", "calibration", "group", "name", "part"]
+    table = pd.concat(frames, ignore_index=True).groupby(keys, sort=False).agg(
+        seeds=("seed", "nunique"), images=("images", "sum"), coverage=("coverage", "mean"),
+        lowest=("coverage", "min"), size=("size", "mean"), vote_coverage=("vote_coverage", "mean")).reset_index()
+    # As the summary: sweep values in increasing order, strategies by name, whatever the directory order.
+    return table.sort_values(group_by + ["strategy"], kind="stable", ignore_index=True)
+
+
 def summarise(runs: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
     rows = []
     for key, group in runs.groupby(group_by + ["strategy"], sort=False):
@@ -332,4 +358,5 @@ def analyse(results_dir: str | Path, baseline: str | None = None, margins: dict[
     comparison = Comparison(results_dir, runs, summary, paired, ranks_all(summary, group_by), group_by, options,
                             baseline, run_dirs, margins, found, pd.DataFrame(), skipped)
     comparison.images = images_all(comparison)
+    comparison.conformal_groups = conformal_groups(runs, run_dirs, group_by)
     return comparison

@@ -319,6 +319,15 @@ def report(
     print("\n".join(map(shown, built.summary_lines())))
 
 
+# The conformal options that predict and export share beside --alpha, --conformal and --per-kind/--marginal.
+CONFORMAL_GROUPS = typer.Option("kind", "--conformal-groups",
+                                help="kind: one threshold (with --per-kind, clear-cut and in-between images each "
+                                     "covered) | class: one per class, each class's labels covered")
+CONFORMAL_TRUTH = typer.Option("sets", "--conformal-truth",
+                               help="sets: calibrate on the label sets (A and B both for in-between images) | "
+                                    "votes: on labels drawn from the images' votes (runs on images with votes)")
+
+
 @app.command()
 @guarded
 def predict(
@@ -330,6 +339,8 @@ def predict(
     per_kind: bool = typer.Option(True, "--per-kind/--marginal",
                                   help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
                                        "or only on average over the validation mix"),
+    groups: str = CONFORMAL_GROUPS,
+    truth: str = CONFORMAL_TRUTH,
 ) -> None:
     """Classify new images: 'A', or 'A or B' when in between, with a conformal set.
 
@@ -338,7 +349,7 @@ def predict(
     from ambig_bench.predict import check_format, predict_paths, render
 
     check_format(fmt)
-    report = predict_paths(run_dir, images, alpha, conformal, per_kind)
+    report = predict_paths(run_dir, images, alpha, conformal, per_kind, groups=groups, truth=truth)
     for line in report.warnings():
         say("warning:", "yellow", line)
     for failed in report.failed:
@@ -364,13 +375,15 @@ def export(
     per_kind: bool = typer.Option(True, "--per-kind/--marginal",
                                   help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
                                        "or only on average over the validation mix"),
+    groups: str = CONFORMAL_GROUPS,
+    truth: str = CONFORMAL_TRUTH,
 ) -> None:
     """Write a run as one ONNX graph (network, decoding, conformal sets), checked against the run before it is kept."""
     if fmt != "onnx":
         raise UserError(f"--format {fmt!r}: export writes onnx only")
     from ambig_bench.export import export_onnx
 
-    exported = export_onnx(run_dir, to or Path(f"{run_dir.name}.onnx"), alpha, conformal, per_kind)
+    exported = export_onnx(run_dir, to or Path(f"{run_dir.name}.onnx"), alpha, conformal, per_kind, groups, truth)
     say("wrote", "green", f"{exported.path}: checked with onnxruntime on {exported.checked} images against the run "
                           f"(largest probability difference {exported.max_prob_difference:.1g}; every set the same)")
 

@@ -148,6 +148,33 @@ def tabulate(frame: pd.DataFrame, group_by: list[str], markdown: tuple[str, ...]
     return Table(frame.rename(columns={g: flag(g) for g in group_by}), markdown)
 
 
+def lowest(rows: pd.DataFrame) -> str:
+    """'0.812 (cat)': the lowest mean coverage of `rows` and whose it is; – for none measured."""
+    rows = rows.dropna(subset=["coverage"])
+    if rows.empty:
+        return "–"
+    worst = rows.loc[rows.coverage.idxmin()]
+    return f"{worst.coverage:.3f} ({worst['name']})"
+
+
+def conformal_groups_display(groups: pd.DataFrame, group_by: list[str]) -> pd.DataFrame:
+    """One row per strategy and calibration: overall coverage, the lowest class and in-between pair coverage (each
+    over the test images of that class or pair, mean over seeds), mean set size, and vote coverage where the
+    images have votes. conformal_groups.csv holds every class and pair."""
+    rows = []
+    keys = group_by + ["strategy", "calibration"]
+    for key, part in groups.groupby(keys, sort=False):
+        overall = part[(part.group == "all") & (part.part == "all")].iloc[0]
+        row = dict(zip(keys, key, strict=True))
+        row.update({"coverage": f"{overall.coverage:.3f}", "lowest class": lowest(part[part.group == "class"]),
+                    "lowest pair (in-between)": lowest(part[(part.group == "pair") & (part.part == "between")]),
+                    "size": f"{overall['size']:.2f}"})
+        if groups.vote_coverage.notna().any():
+            row["vote coverage"] = f"{overall.vote_coverage:.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def sections(comparison: Comparison, level: int) -> list[Block]:
     """The summary, paired, conformal and rank tables with what they mean: comparison.md and the report share
     them (the report one heading level down)."""
@@ -183,6 +210,19 @@ def sections(comparison: Comparison, level: int) -> list[Block]:
                      tabulate(comparison.ranks, g)]
 
 
+def conformal_group_blocks(comparison: Comparison, level: int) -> list[Block]:
+    """The coverage per class and per pair (comparison.md only: the report keeps to the summary tables)."""
+    if comparison.conformal_groups.empty:
+        return []
+    return [Heading(f"Conformal coverage per class and per pair (LAC, α = {CONFORMAL_ALPHA})", level),
+            Paragraph("Calibrated per kind (`kind`, as in \"Conformal prediction sets\") or per class (`class`: one "
+                      "threshold per class, `--conformal-groups class`). A class's coverage: its test images' sets "
+                      "that hold it; a pair's: its in-between images' sets that hold both classes. Mean over seeds; "
+                      "the class or pair covered least is named. Vote coverage: the test images' mean vote share "
+                      "inside the set. Every class and pair: `conformal_groups.csv`."),
+            tabulate(conformal_groups_display(comparison.conformal_groups, comparison.group_by), comparison.group_by)]
+
+
 def glossary() -> list[Block]:
     """What every metric means and which end is better (metrics.METRICS and SET_METRICS)."""
     return [Heading("Metrics"),
@@ -200,7 +240,8 @@ def comparison_markdown(comparison: Comparison) -> str:
     return to_markdown([Heading(f"Comparison of strategies: {escape(comparison.results_dir.name)}", 1),
                         Paragraph(f"Setup: {setup_line(comparison.runs, comparison.group_by)}. {CELLS}"),
                         *([Paragraph(escape(comparison.skipped[-1]) + ".")] if comparison.skipped else []),
-                        *flag_blocks(comparison, 2), *sections(comparison, 2), *glossary()])
+                        *flag_blocks(comparison, 2), *sections(comparison, 2),
+                        *conformal_group_blocks(comparison, 2), *glossary()])
 
 
 FORMATS = ("table", "json")  # what `ambig-bench compare --format` prints
@@ -226,13 +267,17 @@ def comparison_json(comparison: Comparison) -> str:
         "margins": comparison.margins, "flags": flags(comparison),
         "summary": records(comparison.summary), "paired": records(comparison.paired),
         "paired_images": records(comparison.images), "ranks": records(comparison.ranks),
+        "conformal_groups": records(comparison.conformal_groups),
         "runs": records(comparison.runs), "skipped": comparison.skipped,
     }, indent=2, allow_nan=False) + "\n"
 
 
 def write_comparison(comparison: Comparison) -> None:
-    """comparison.csv (the summary), paired.csv, paired_images.csv and comparison.md, into the results directory."""
+    """comparison.csv (the summary), paired.csv, paired_images.csv, conformal_groups.csv (where runs have
+    predictions) and comparison.md, into the results directory."""
     write_csv(comparison.results_dir / "comparison.csv", comparison.summary)
+    if not comparison.conformal_groups.empty:
+        write_csv(comparison.results_dir / "conformal_groups.csv", comparison.conformal_groups)
     write_csv(comparison.results_dir / "paired.csv", comparison.paired)
     write_csv(comparison.results_dir / "paired_images.csv", comparison.images)
     write_atomic(comparison.results_dir / "comparison.md", comparison_markdown(comparison))

@@ -30,6 +30,19 @@ Example:
     [[1, 0, 0], [0, 0, 0], [0, 0, 1]]
     >>> {k: round(v, 3) for k, v in set_metrics(sets, truth).items()}
     {'coverage': 0.667, 'mean_size': 0.667, 'exact': 0.667}
+
+Class-conditional (Mondrian by label) calibration gives one qhat per class k, from the examples whose truth holds
+k and their score for k, and label k enters a set when its score is at most qhat_k: each class's labels are then
+covered at 1 - alpha on their own, a rare class included. That is an average over the class's images: its
+in-between images may be covered less and its clear-cut ones more. Calibrated on the clear-cut and the in-between
+images separately (`calibrate_parts`), every label of an in-between image is covered with probability
+>= 1 - alpha, so both at once with probability >= 1 - 2 alpha on average over in-between images (union bound),
+not 1 - alpha.
+
+Where the truth is a distribution of votes rather than a set, `sample_labels` draws one label per calibration
+example from its votes (Monte Carlo conformal prediction with m = 1 sample, Stutz et al., TMLR 2023): the sets
+then hold a label drawn from the votes of a new image with probability >= 1 - alpha, which is what
+`vote_coverage` measures without drawing.
 """
 
 from __future__ import annotations
@@ -114,6 +127,15 @@ def _per_label_scores(probs: np.ndarray, method: str, rng: np.random.Generator |
     raise ValueError(f"unknown method {method!r}; valid methods are {METHODS}")
 
 
+def _checked_truth(truth_mask: np.ndarray, per_label: np.ndarray) -> np.ndarray:
+    truth = np.asarray(truth_mask, dtype=bool)
+    if truth.shape != per_label.shape:
+        raise ValueError(f"truth_mask shape {truth.shape} != probs shape {per_label.shape}")
+    if not truth.any(axis=1).all():
+        raise ValueError("every calibration example needs at least one true label")
+    return truth
+
+
 def calibrate(
     probs: np.ndarray,
     truth_mask: np.ndarray,
@@ -124,28 +146,90 @@ def calibrate(
 ) -> float:
     """Return qhat from calibration data; example score = max over true labels."""
     per_label = _per_label_scores(probs, method, rng)
-    truth = np.asarray(truth_mask, dtype=bool)
-    if truth.shape != per_label.shape:
-        raise ValueError(f"truth_mask shape {truth.shape} != probs shape {per_label.shape}")
-    if not truth.any(axis=1).all():
-        raise ValueError("every calibration example needs at least one true label")
+    truth = _checked_truth(truth_mask, per_label)
     # Non-true labels get -inf so they never win the max.
     example_scores = np.where(truth, per_label, -np.inf).max(axis=1)
     return conformal_quantile(example_scores, alpha)
 
 
-def prediction_sets(
+def calibrate_per_class(
     probs: np.ndarray,
-    qhat: float,
+    truth_mask: np.ndarray,
+    alpha: float,
     method: str = "lac",
     *,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Boolean N x K mask: label k is in the set when its score <= qhat.
+    """Class-conditional (Mondrian) qhat, a K-vector: for class k, the conformal quantile of the score of k over
+    the examples whose truth holds k; NaN for a class no example holds (nothing to calibrate it on)."""
+    per_label = _per_label_scores(probs, method, rng)
+    truth = _checked_truth(truth_mask, per_label)
+    return np.array([conformal_quantile(per_label[truth[:, k], k], alpha) if truth[:, k].any() else math.nan
+                     for k in range(truth.shape[1])])
+
+
+def calibrate_parts(
+    probs: np.ndarray,
+    truth_mask: np.ndarray,
+    alpha: float,
+    method: str = "lac",
+    *,
+    parts: list[np.ndarray] | None = None,
+    per_class: bool = False,
+) -> float | np.ndarray:
+    """qhat that covers each part (boolean row masks, e.g. the clear-cut and the in-between images; default: all
+    rows as one) at 1 - alpha on its own: the largest of the parts' qhats, as sets only grow with qhat.
+
+    per_class: a K-vector, per class the largest over the parts holding it (`calibrate_per_class`); +inf for a
+    class no part holds, which then is in every set (nothing to calibrate it on)."""
+    parts = [np.ones(len(probs), dtype=bool)] if parts is None else [rows for rows in parts if rows.any()]
+    if not per_class:
+        return max(calibrate(probs[rows], truth_mask[rows], alpha, method) for rows in parts)
+    qhat = np.fmax.reduce([calibrate_per_class(probs[rows], truth_mask[rows], alpha, method) for rows in parts])
+    return np.where(np.isnan(qhat), np.inf, qhat)
+
+
+def prediction_sets(
+    probs: np.ndarray,
+    qhat: float | np.ndarray,
+    method: str = "lac",
+    *,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Boolean N x K mask: label k is in the set when its score <= qhat (or qhat[k], a per-class K-vector).
 
     With LAC the set can be empty; it is returned as is (size 0).
     """
-    return _per_label_scores(probs, method, rng) <= qhat
+    return _per_label_scores(probs, method, rng) <= np.asarray(qhat, dtype=float)
+
+
+def sample_labels(votes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """N x K bool, one True per row: a label drawn from each row's vote shares (rows need a positive sum)."""
+    v = np.asarray(votes, dtype=float)
+    cum = np.cumsum(v, axis=1)
+    cum /= cum[:, -1:]  # the last entry is then exactly 1.0
+    # u in (0, 1]: the drawn label is the first whose cumulative share reaches u, never one without votes.
+    u = 1.0 - rng.uniform(size=(v.shape[0], 1))
+    labels = (cum < u).sum(axis=1)
+    return np.eye(v.shape[1], dtype=bool)[labels]
+
+
+def vote_coverage(sets: np.ndarray, votes: np.ndarray) -> float:
+    """Mean over images of the vote share inside the set (sum_k v_k [k in set], votes normalised per row): the
+    probability that a label drawn from an image's votes is in its set."""
+    v = np.asarray(votes, dtype=float)
+    if v.shape[0] == 0:
+        return math.nan
+    return float(((v * np.asarray(sets, dtype=bool)).sum(axis=1) / v.sum(axis=1)).mean())
+
+
+def label_coverage(sets: np.ndarray, truth_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class k: how many examples' truth holds k, and the share of them whose set holds k (NaN for none):
+    what class-conditional calibration guarantees per class."""
+    s, t = np.asarray(sets, dtype=bool), np.asarray(truth_mask, dtype=bool)
+    n = t.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return n, np.where(n > 0, (s & t).sum(axis=0) / n, math.nan)
 
 
 def set_metrics(sets: np.ndarray, truth_mask: np.ndarray) -> dict[str, float]:

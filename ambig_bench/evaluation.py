@@ -63,8 +63,10 @@ def predictions_frame(strategy: Strategy, logits: torch.Tensor, data: LabelledIm
         "ambiguity": strategy.ambiguity(logits).numpy(),
         "pred_set": ["|".join(str(k) for k in row.nonzero().squeeze(1).tolist()) for row in sets],
     })
-    prob_cols = pd.DataFrame(probs.numpy(), columns=[f"p_{k}" for k in range(probs.shape[1])])
-    return pd.concat([frame, prob_cols], axis=1)
+    columns = [pd.DataFrame(probs.numpy(), columns=[f"p_{k}" for k in range(probs.shape[1])])]
+    if data.votes is not None:  # images with votes: their shares, which conformal sets can be calibrated on
+        columns.append(pd.DataFrame(data.votes.numpy(), columns=[f"v_{k}" for k in range(data.votes.shape[1])]))
+    return pd.concat([frame, *columns], axis=1)
 
 
 def normalization_record(preprocess: Preprocess, source: str) -> dict:

@@ -7,10 +7,12 @@ and returns what `ambig-bench predict` returns for them:
     probs      float32 N×K  class probabilities (the strategy's own decoding, e.g. pair classes folded in)
     decision   bool    N×K  the strategy's set at the run's validation-chosen threshold ("A", or "A or B")
     conformal  bool    N×K  the split-conformal set at the exported alpha, calibrated on the run's validation rows
+                            (class k is in it when its score is at most qhat_k: one qhat, or one per class)
     ambiguity  float32 N    the strategy's in-between score
 
 Normalisation and test-time views are inside the graph. The metadata (`metadata_props`) carries the class
-names, pairs, threshold, conformal method, alpha and qhat, the image policy and the run it came from, as JSON.
+names, pairs, threshold, conformal method, alpha, grouping, truth and qhat, the image policy and the run it came
+from, as JSON.
 A calibrated model can export with silently wrong probabilities, so every export is checked before it is kept:
 the graph is run with onnxruntime on 256 random images and compared with the PyTorch path (`Predictor.predict`);
 a difference beyond 1e-5 in a probability, or any in a set, refuses the file.
@@ -32,7 +34,7 @@ from torch import nn
 from ambig_bench.conformal import RAPS_K_REG, RAPS_LAMBDA
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.io import write_atomic
-from ambig_bench.predict import Predictor
+from ambig_bench.predict import Predictor, calibration_record
 from ambig_bench.train import view_logits
 
 FORMAT = "ambig-bench-onnx/1"
@@ -69,7 +71,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.model, self.strategy = predictor.model.eval(), predictor.strategy
         self.tta, self.threshold = predictor.meta["tta"], predictor.threshold
-        self.method, self.qhat = predictor.calibration.method, predictor.calibration.qhat
+        self.method = predictor.calibration.method
+        # qhat per class (a K-vector, equal entries for one qhat), float64 as the calibration computed it
+        self.register_buffer("qhat", torch.from_numpy(predictor.calibration.thresholds))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = view_logits(self.model, images, self.tta)
@@ -93,8 +97,7 @@ def metadata(predictor: Predictor) -> dict[str, str]:
                                                 f"{meta.get('image_width') or meta['image_size']}"},
         "outputs": list(OUTPUTS), "class_names": meta["class_names"], "pairs": meta["pairs"],
         "strategy": meta["strategy"], "threshold": predictor.threshold,
-        "conformal": {"method": cal.method, "alpha": cal.alpha, "per_kind": cal.per_kind, "qhat": cal.qhat,
-                      "calibrated_on": cal.n},
+        "conformal": calibration_record(cal, meta["class_names"]),
         "image_policy": meta.get("image_policy"), "normalization": meta.get("normalization"),
         "run": predictor.run_dir.name, "model": meta["model"], "tta": meta["tta"],
     }.items()}
@@ -131,10 +134,10 @@ def check(path: Path, predictor: Predictor, ort) -> float:
 
 
 def export_onnx(run_dir: str | Path, out: str | Path, alpha: float = 0.1, method: str = "lac",
-                per_kind: bool = True) -> Exported:
+                per_kind: bool = True, groups: str = "kind", truth: str = "sets") -> Exported:
     """Write `run_dir` as one ONNX graph to `out`, checked against the run before it is kept."""
     onnx, ort = onnx_libraries()
-    predictor = Predictor.load(run_dir, alpha, method, per_kind)
+    predictor = Predictor.load(run_dir, alpha, method, per_kind, groups, truth)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.export.tmp")
     try:

@@ -4,7 +4,8 @@ Per image: the decision (the strategy's own set decoding at the run's validation
 class probabilities, the strategy's ambiguity score, and a split-conformal prediction set calibrated on the
 run's validation predictions (predictions.csv): for new images like the validation ones, the set holds
 *every* true label (both A and B for an in-between image) with probability at least 1 - alpha, for
-clear-cut and for in-between images each (ambig_bench.calibration.calibrate_run explains why per kind).
+clear-cut and for in-between images each (ambig_bench.calibration.calibrate_run explains why per kind); or,
+with groups "class", each class's labels at 1 - alpha, and with truth "votes", a label drawn from the votes.
 Images are read by ambig_bench.imageio; `render` gives what the CLI prints (a rich table, CSV or JSON).
 
 $ ambig-bench predict results/demo/runs/soft-seed0-1a2b3c4d photo.png scans/ --format json --alpha 0.1
@@ -33,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import nn
 
-from ambig_bench.calibration import Calibration, calibrate_run, check_conformal_options
+from ambig_bench.calibration import Calibration, calibrate_run, check_conformal_options, group_coverage
 from ambig_bench.checkpoint import load_checkpoint
 from ambig_bench.conformal import prediction_sets
 from ambig_bench.errors import UserError
@@ -60,11 +61,11 @@ class Predictor:
     calibration: Calibration
 
     @classmethod
-    def load(cls, run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True
-             ) -> Predictor:
-        check_conformal_options(alpha, method)
+    def load(cls, run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True,
+             groups: str = "kind", truth: str = "sets") -> Predictor:
+        check_conformal_options(alpha, method, groups, truth)
         model, meta, strategy = load_checkpoint(run_dir)
-        calibration = calibrate_run(run_dir, alpha, method, per_kind)
+        calibration = calibrate_run(run_dir, alpha, method, per_kind, groups, truth)
         if calibration.num_classes != len(meta["class_names"]):
             raise UserError(f"{RunDir(run_dir).predictions_file}: {calibration.num_classes} probability columns, "
                             f"but model.json has {len(meta['class_names'])} classes")
@@ -130,6 +131,7 @@ class PredictionReport:
     class_names: list[str]
     calibration: Calibration
     images: list[ImageResult]
+    coverage: pd.DataFrame  # the calibration's coverage on the run's test images (calibration.group_coverage)
 
     @property
     def failed(self) -> list[ImageResult]:
@@ -148,9 +150,16 @@ class PredictionReport:
         examples = {what: f"{r.path} (was {was})" for r in reversed(self.images) for what, was in r.changes}
         for what, count in Counter(what for r in self.images for what, _ in r.changes).items():
             lines.append(f"{count} image(s) {what} to match the model's input, e.g. {examples[what]}")
-        if math.isinf(self.calibration.qhat):
-            lines.append(f"only {self.calibration.n} validation images: at alpha {self.calibration.alpha} "
+        cal = self.calibration
+        always = np.isinf(cal.thresholds)
+        if always.all():
+            lines.append(f"only {cal.n} validation images: at alpha {cal.alpha} "
                          "every conformal set is every class (use a larger alpha or a larger validation split)")
+        elif always.any():
+            lines.append(f"{int(always.sum())} class(es) have too few validation images at alpha {cal.alpha} for a "
+                         f"threshold of their own and are in every conformal set, e.g. "
+                         f"{self.class_names[int(np.argmax(always))]} (use a larger alpha, --marginal or "
+                         "--conformal-groups kind)")
         return lines
 
 
@@ -160,9 +169,10 @@ def names_by_probability(mask: np.ndarray, probs: np.ndarray, class_names: list[
 
 
 def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], alpha: float = 0.1, method: str = "lac",
-                  per_kind: bool = True, batch_size: int = 256) -> PredictionReport:
+                  per_kind: bool = True, batch_size: int = 256, groups: str = "kind", truth: str = "sets"
+                  ) -> PredictionReport:
     """Predict every image file / folder of `inputs`; unreadable files become error rows, not exceptions."""
-    predictor = Predictor.load(run_dir, alpha, method, per_kind)
+    predictor = Predictor.load(run_dir, alpha, method, per_kind, groups, truth)
     size, channels = predictor.meta["image_size"], predictor.meta["in_channels"]
     paths = find_images(inputs)
     results = []
@@ -187,7 +197,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], alpha: floa
             result.conformal = names_by_probability(out["conformal"][i], out["probs"][i], predictor.class_names)
             result.ambiguity = float(out["ambiguity"][i])
     return PredictionReport(Path(run_dir), predictor.meta["strategy"], predictor.meta["threshold"],
-                            predictor.class_names, predictor.calibration, results)
+                            predictor.class_names, predictor.calibration, results,
+                            group_coverage(run_dir, predictor.calibration))
 
 
 # -- output formats (the CLI prints these) ------------------------------------------------------------
@@ -215,13 +226,27 @@ def records(report: PredictionReport) -> list[dict]:
     } for r in report.images]
 
 
+def finite(value: float) -> float | None:
+    """A number for JSON, which has no NaN or infinity: null for those."""
+    return float(value) if math.isfinite(value) else None
+
+
+def calibration_record(cal: Calibration, class_names: list[str]) -> dict:
+    """The calibration as JSON: qhat one number (groups "kind") or one per class name (groups "class"); null
+    where infinite (too few validation images: the class is in every set)."""
+    qhat = finite(cal.qhat) if cal.groups == "kind" else {
+        name: finite(q) for name, q in zip(class_names, cal.thresholds, strict=True)}
+    return {"method": cal.method, "alpha": cal.alpha, "coverage_target": 1 - cal.alpha, "per_kind": cal.per_kind,
+            "groups": cal.groups, "truth": cal.truth, "qhat": qhat, "calibration_images": cal.n}
+
+
 def to_json(report: PredictionReport) -> str:
-    cal = report.calibration
+    coverage = report.coverage.astype(object).where(report.coverage.notna(), None)
     return json.dumps({
         "run": str(report.run_dir), "strategy": report.strategy, "threshold": report.threshold,
-        "conformal": {"method": cal.method, "alpha": cal.alpha, "coverage_target": 1 - cal.alpha,
-                      "per_kind": cal.per_kind, "qhat": None if math.isinf(cal.qhat) else cal.qhat,
-                      "calibration_images": cal.n},
+        # test_coverage: the sets' coverage on the run's own test images, overall, per class and per pair
+        "conformal": {**calibration_record(report.calibration, report.class_names),
+                      "test_coverage": coverage.to_dict(orient="records")},
         "images": records(report),
     }, indent=2, allow_nan=False) + "\n"  # NaN is not JSON: every number here is finite or null
 
@@ -245,6 +270,10 @@ def to_table(report: PredictionReport) -> Table:
     cal = report.calibration
     threshold = "" if report.threshold is None else f", threshold {report.threshold:g}"
     per = "of clear-cut and of in-between images" if cal.per_kind else "on average"
+    if cal.groups == "class":
+        per = f"of each class's labels{' (clear-cut and in-between each)' if cal.per_kind else ''}"
+    if cal.truth == "votes":
+        per += ", for labels drawn from the votes"
     table = Table(title=Text(f"{shown(report.run_dir.name)} ({report.strategy}{threshold}); conformal "
                              f"{cal.method.upper()} sets cover {1 - cal.alpha:.0%} {per} (calibrated on {cal.n} "
                              f"validation images)"))

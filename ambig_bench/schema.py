@@ -8,7 +8,8 @@ message says what a field must be:
     config.json       an object of option groups (at most MAX_DEPTH deep), a strategy name, a seed >= 0
     data.json         class names (unique), class pairs, image counts per split
     model.json        the network's recipe (check_model)
-    predictions.csv   split, labels in range, one finite probability per class, sets of class indices
+    predictions.csv   split, labels in range, one finite probability per class, sets of class indices; vote
+                      shares per class (v_0..) where the images have votes
 
 >>> check_config({"strategy": "soft", "seed": "zero"}, "config.json")
 Traceback (most recent call last):
@@ -245,8 +246,10 @@ def refuse_rows(path: object, frame: pd.DataFrame, bad: pd.Series | np.ndarray, 
 
 def check_predictions(frame: pd.DataFrame, path: object, data: Mapping) -> tuple[pd.DataFrame, int]:
     """predictions.csv: split (val/test), label_a in 0..K-1, label_b in -1..K-1, pred_set ("4|9") of class
-    indices, one finite probability p_0..p_{K-1} per class; K and the rows per split as data.json (`data`) says
-    where it says. Returns the frame with numeric columns and pred_set as text ("" for an empty set), and K."""
+    indices, one finite probability p_0..p_{K-1} per class, and for images with votes their shares v_0..v_{K-1}
+    (optional: runs on images without votes, and older runs, have none); K and the rows per split as data.json
+    (`data`) says where it says. Returns the frame with numeric columns and pred_set as text ("" for an empty
+    set), and K."""
     k = sum(str(c).startswith("p_") for c in frame.columns)
     needed = ["split", "label_a", "label_b", "pred_set"] + [f"p_{i}" for i in range(max(k, 2))]
     missing = [c for c in needed if c not in frame.columns]
@@ -256,14 +259,23 @@ def check_predictions(frame: pd.DataFrame, path: object, data: Mapping) -> tuple
     if k != classes:
         raise UserError(f"{path}: {k} probability columns (p_0..p_{k - 1}), but data.json has {classes} classes")
     refuse_rows(path, frame, ~frame.split.isin(SPLITS), "split", " or ".join(SPLITS))
+    vote_columns = [f"v_{i}" for i in range(k)]
+    found_votes = [str(c) for c in frame.columns if str(c).startswith("v_")]
+    if found_votes and sorted(found_votes) != sorted(vote_columns):
+        raise UserError(f"{path}: vote columns {', '.join(found_votes[:3])}{'...' if len(found_votes) > 3 else ''} "
+                        f"must be v_0..v_{k - 1}, one per class")
     numbers = {}
     for column, low, high, must in [("label_a", 0, k - 1, f"a class index in 0..{k - 1}"),
                                     ("label_b", -1, k - 1, f"a class index in 0..{k - 1}, or -1")] + [
-            (f"p_{i}", -TOLERANCE, 1 + TOLERANCE, "a finite probability in [0, 1]") for i in range(k)]:
+            (f"p_{i}", -TOLERANCE, 1 + TOLERANCE, "a finite probability in [0, 1]") for i in range(k)] + [
+            (c, -TOLERANCE, 1 + TOLERANCE, "a finite vote share in [0, 1]") for c in vote_columns if found_votes]:
         values = pd.to_numeric(frame[column], errors="coerce").astype(float)
         ok = np.isfinite(values) & (values >= low) & (values <= high)
-        refuse_rows(path, frame, ~(ok & ((values % 1 == 0) | column.startswith("p_"))), column, must)
+        refuse_rows(path, frame, ~(ok & ((values % 1 == 0) | (not column.startswith("label")))), column, must)
         numbers[column] = values.astype(int) if column.startswith("label") else values
+    if found_votes:  # one label is drawn from each row's shares: they must hold some vote
+        refuse_rows(path, frame, pd.DataFrame(numbers)[vote_columns].sum(axis=1) <= 0, "v_0",
+                    f"one of vote shares v_0..v_{k - 1} that sum to more than 0")
     sets = frame.pred_set.fillna("").astype(str)
     tokens = sets.str.split("|").explode()
     tokens = tokens[tokens != ""]

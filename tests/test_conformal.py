@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import functools
 import math
 
 import numpy as np
@@ -13,11 +14,16 @@ from ambig_bench.conformal import (
     METHODS,
     aps_scores,
     calibrate,
+    calibrate_parts,
+    calibrate_per_class,
     conformal_quantile,
+    label_coverage,
     lac_scores,
     prediction_sets,
     raps_scores,
+    sample_labels,
     set_metrics,
+    vote_coverage,
 )
 
 # Hand table: row 0 ranks classes 0,1,2; row 1 ranks classes 1,2,0.
@@ -237,6 +243,7 @@ def test_raps_sets_are_no_larger_than_aps_on_a_long_tail() -> None:
     assert sizes["raps"] <= sizes["aps"]
 
 
+@functools.cache  # several tests read the same predictions: fitted once
 def digits_probabilities() -> tuple[np.ndarray, np.ndarray]:
     """Real images: scikit-learn's bundled handwritten digits (1,797, no download), each with the out-of-fold
     class probabilities of a logistic regression."""
@@ -298,3 +305,110 @@ def test_lac_sets_match_mapies_split_conformal_classifier() -> None:
         _, their_sets = theirs.predict_set(held[:, None])
         ours = prediction_sets(probs[held], calibrate(probs[cal], truth[cal], alpha, "lac"), "lac")
         assert np.array_equal(ours, their_sets[:, :, 0]), alpha
+
+
+# --- class-conditional (Mondrian) and vote-aware calibration ---------------------------------------------------
+
+
+def test_per_class_qhat_is_the_quantile_of_each_classes_own_scores() -> None:
+    """Hand-computed: class k's qhat is the ceil((n_k+1)(1-alpha))-th smallest score 1 - p_k over the examples
+    whose truth holds k (an in-between example counts for both its classes); NaN for a class no example holds."""
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.3, 0.7, 0.0], [0.5, 0.5, 0.0], [0.2, 0.8, 0.0]])
+    truth = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0]], dtype=bool)
+    # class 0: scores 0.1, 0.4, 0.5 (n = 3; rank ceil(4 * 0.5) = 2 -> 0.4); class 1: 0.3, 0.5, 0.2 -> 0.3
+    qhat = calibrate_per_class(probs, truth, 0.5, "lac")
+    np.testing.assert_allclose(qhat, [0.4, 0.3, np.nan])
+    sets = prediction_sets(probs, np.nan_to_num(qhat, nan=np.inf), "lac")
+    assert sets.tolist() == [[True, False, True], [True, False, True], [False, True, True], [False, False, True],
+                             [False, True, True]]
+    n, covered = label_coverage(sets, truth)
+    assert n.tolist() == [3, 3, 0] and covered[:2].tolist() == [2 / 3, 2 / 3] and math.isnan(covered[2])
+
+
+def imbalanced(rng: np.random.Generator, n: int, p_between: float) -> tuple[np.ndarray, np.ndarray]:
+    """Four classes of frequencies 55/30/10/5%; the model is sure of the common classes and unsure of the rare
+    ones (its probability of the true class shrinks with the class's frequency); a share of images holds a
+    second, random class too (in-between)."""
+    labels = rng.choice(4, size=n, p=[0.55, 0.3, 0.1, 0.05])
+    probs = np.array([rng.dirichlet(np.ones(4) + np.eye(4)[y] * (8, 4, 1, 0.3)[y]) for y in labels])
+    truth = np.eye(4, dtype=bool)[labels]
+    between = np.flatnonzero(rng.uniform(size=n) < p_between)
+    truth[between, (labels[between] + rng.integers(1, 4, size=len(between))) % 4] = True
+    return probs, truth
+
+
+def test_class_conditional_sets_cover_every_class_at_one_minus_alpha() -> None:
+    """300 random calibration/test halvings of 4,000 images: each class's labels are covered at 1 - alpha on
+    average (within 0.015 below, and above by at most what the (n+1) correction allows), the rare class
+    included, which marginal calibration under-covers. Per class alone, the in-between images' labels (their
+    second class is one the model is unsure of here) are covered less; calibrated per class on the clear-cut and
+    the in-between images each, both labels of an in-between image are covered at >= 1 - 2 alpha."""
+    alpha, rng = 0.1, np.random.default_rng(5)
+    probs, truth = imbalanced(rng, 4000, 0.2)
+    between = truth.sum(1) == 2
+    per_class, marginal, both, both_per_kind = [], [], [], []
+    for _ in range(300):
+        order = rng.permutation(len(probs))
+        cal, test = order[:2000], order[2000:]
+        sets = prediction_sets(probs[test], calibrate_per_class(probs[cal], truth[cal], alpha), "lac")
+        per_class.append(label_coverage(sets, truth[test])[1])
+        marginal.append(label_coverage(prediction_sets(probs[test], calibrate(probs[cal], truth[cal], alpha)),
+                                       truth[test])[1])
+        per_kind = calibrate_parts(probs[cal], truth[cal], alpha, parts=[~between[cal], between[cal]],
+                                   per_class=True)
+        for qhat, found in ((calibrate_per_class(probs[cal], truth[cal], alpha), both), (per_kind, both_per_kind)):
+            sets = prediction_sets(probs[test][between[test]], qhat)
+            found.append(set_metrics(sets, truth[test][between[test]])["coverage"])
+    per_class, n_cal = np.mean(per_class, axis=0), truth.sum(0) / 2
+    assert (per_class >= 1 - alpha - 0.015).all(), per_class
+    assert (per_class <= 1 - alpha + 1 / (n_cal + 1) + 0.015).all(), per_class
+    assert np.mean(marginal, axis=0)[3] < 1 - alpha - 0.05  # what the option is for
+    assert np.mean(both) < 1 - 2 * alpha <= np.mean(both_per_kind) + 0.015
+
+
+@pytest.mark.slow
+def test_class_conditional_sets_match_mapie_calibrated_on_each_class() -> None:
+    """MAPIE 1.x has no Mondrian / class-conditional classifier; a Mondrian set is split conformal run per group,
+    so MAPIE's LAC classifier conformalized on the images of class k alone gives our column k, image by image."""
+    mapie = pytest.importorskip("mapie.classification")
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    probs, truth = digits_probabilities()
+    labels, cal, held = truth.argmax(1), np.arange(0, 900), np.arange(900, len(probs))
+    estimator = type("Fixed", (_Fixed, ClassifierMixin, BaseEstimator), {})(probs)
+    ours = prediction_sets(probs[held], calibrate_per_class(probs[cal], truth[cal], 0.1, "lac"), "lac")
+    for k in range(10):
+        rows = cal[labels[cal] == k]
+        theirs = mapie.SplitConformalClassifier(estimator, confidence_level=0.9, conformity_score="lac", prefit=True)
+        with pytest.warns(UserWarning, match="less labels"):  # one class to conformalize on, as intended
+            theirs.conformalize(rows[:, None], labels[rows])
+        assert np.array_equal(theirs.predict_set(held[:, None])[1][:, k, 0], ours[:, k]), k
+
+
+def test_labels_drawn_from_votes_follow_the_votes() -> None:
+    votes = np.array([[3, 1, 0, 0], [0, 0, 0, 5], [0, 1, 0, 1]], dtype=float)
+    rng = np.random.default_rng(0)
+    drawn = np.mean([sample_labels(votes, rng) for _ in range(4000)], axis=0)
+    np.testing.assert_allclose(drawn, votes / votes.sum(1, keepdims=True), atol=0.03)
+    assert not drawn[votes == 0].any()  # never a class nobody voted for
+    assert vote_coverage(np.array([[1, 0, 1, 1], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=bool), votes) == \
+        pytest.approx((0.75 + 0 + 0) / 3)
+
+
+def test_calibrating_on_drawn_labels_covers_the_votes() -> None:
+    """Ambiguous images (votes spread over classes): 200 random halvings; sets calibrated on one label drawn
+    from each calibration image's votes (Stutz et al., m = 1) hold 1 - alpha of a new image's votes on average;
+    calibrated on the majority label they hold less."""
+    alpha, rng = 0.1, np.random.default_rng(11)
+    votes = rng.dirichlet(np.full(4, 0.4), size=3000)
+    probs = np.array([rng.dirichlet(1 + 6 * v) for v in votes])
+    drawn, majority = [], []
+    for _ in range(200):
+        order = rng.permutation(len(probs))
+        cal, test = order[:1500], order[1500:]
+        for labels, found in ((sample_labels(votes[cal], rng), drawn),
+                              (np.eye(4, dtype=bool)[votes[cal].argmax(1)], majority)):
+            found.append(vote_coverage(prediction_sets(probs[test], calibrate(probs[cal], labels, alpha)),
+                                       votes[test]))
+    assert 1 - alpha - 0.01 <= np.mean(drawn) <= 1 - alpha + 0.015
+    assert np.mean(majority) < 1 - alpha - 0.03

@@ -37,7 +37,7 @@ def test_conformal_scores_in_the_graph_match_conformal_py(method):
     np.testing.assert_allclose(got, NUMPY_SCORES[method](probs), rtol=0, atol=1e-12)
 
 
-def predictor(strategy: str, tta: int, method: str) -> Predictor:
+def predictor(strategy: str, tta: int, method: str, qhat: float | np.ndarray = 0.6) -> Predictor:
     """An untrained network with a strategy's decoding: the decoding, not the accuracy, is what is compared."""
     torch.manual_seed(0)
     s = STRATEGIES.get(strategy)(K, PAIRS)
@@ -45,13 +45,18 @@ def predictor(strategy: str, tta: int, method: str) -> Predictor:
                                 build_model("small-cnn", 1, 8, s.num_outputs, 8)).eval()
     meta = {"tta": tta, "threshold": 0.2, "in_channels": 1, "image_size": 8, "image_width": 8,
             "class_names": [f"c{i}" for i in range(K)], "pairs": PAIRS, "strategy": strategy, "model": "small-cnn"}
-    return Predictor(None, model, meta, s, Calibration(method, 0.1, True, 0.6, 100, K))
+    groups = "kind" if np.ndim(qhat) == 0 else "class"
+    return Predictor(None, model, meta, s, Calibration(method, 0.1, True, qhat, 100, K, groups))
+
+
+# One qhat, or one per class (class-conditional calibration; +inf: a class always in the set).
+PER_CLASS = np.array([0.3, 0.9, np.inf, 0.5, 0.7, 0.95])
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
-@pytest.mark.parametrize("tta, method", [(0, "lac"), (1, "aps"), (2, "raps")])
-def test_the_decoder_computes_what_predict_computes_for_every_strategy(strategy, tta, method):
-    p = predictor(strategy, tta, method)
+@pytest.mark.parametrize("tta, method, qhat", [(0, "lac", 0.6), (1, "aps", PER_CLASS), (2, "raps", 0.6)])
+def test_the_decoder_computes_what_predict_computes_for_every_strategy(strategy, tta, method, qhat):
+    p = predictor(strategy, tta, method, qhat)
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         probs, decision, conformal, ambiguity = Decoder(p).eval()(images)
@@ -74,10 +79,10 @@ def test_onnxruntime_answers_as_predict_json_on_image_files(trained, tmp_path):
     for row in rows:
         Image.fromarray(test.images[row, 0].numpy()).save(tmp_path / f"row{row:04d}.png")
     onnx_file = tmp_path / "model.onnx"
-    done = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(onnx_file), "--conformal", "aps"])
+    conformal = ["--conformal", "aps", "--conformal-groups", "class", "--alpha", "0.3"]  # one qhat per class
+    done = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(onnx_file), *conformal])
     assert done.exit_code == 0, done.output
-    predicted = CliRunner().invoke(app, ["predict", str(run_dir), str(tmp_path), "--format", "json",
-                                         "--conformal", "aps"])
+    predicted = CliRunner().invoke(app, ["predict", str(run_dir), str(tmp_path), "--format", "json", *conformal])
     assert predicted.exit_code == 0, predicted.output
     by_file = {image["path"].rsplit("/", 1)[-1]: image for image in json.loads(predicted.stdout)["images"]}
 
@@ -85,6 +90,7 @@ def test_onnxruntime_answers_as_predict_json_on_image_files(trained, tmp_path):
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     names = meta["class_names"]
     assert meta["strategy"] == "extra-class" and meta["conformal"]["method"] == "aps"
+    assert meta["conformal"]["qhat"] == json.loads(predicted.stdout)["conformal"]["qhat"]  # per class name
     assert meta["image_policy"]["size"] == [8, 8] and len(names) == 10
     images = np.stack([test.images[row].numpy() for row in rows])
     probs, decision, conformal, ambiguity = session.run(None, {"images": images})
