@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 
 API = ("Calibration", "Comparison", "ExperimentConfig", "PredictionReport", "Predictor", "RunConfig", "RunFailed",
        "RunResult", "SweepResult", "UserError", "calibrate_run", "compare_results", "comparison_json",
-       "conformal_summary", "experiment", "load_results", "load_run", "predict_images", "run", "run_sweep")
+       "conformal_summary", "experiment", "export_run", "load_results", "load_run", "predict_images", "run",
+       "run_sweep", "suggest_images")
 __all__ = ["__version__", *API]
 
 

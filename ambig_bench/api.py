@@ -29,18 +29,21 @@ from ambig_bench.config import ExperimentConfig, RunConfig
 from ambig_bench.errors import RunFailed, UserError
 from ambig_bench.executors import Executor, grid, open_executor, preflight, run_grid
 from ambig_bench.experiments import experiment
+from ambig_bench.export import Exported, export_onnx
 from ambig_bench.predict import PredictionReport, Predictor, predict_paths
 from ambig_bench.progress import showing
 from ambig_bench.rundir import list_runs, runs_folder
 from ambig_bench.runner import Reporter
 from ambig_bench.store import RunResult, Status
+from ambig_bench.suggest import Suggestions, suggest
 from ambig_bench.sweep import SweepResult, parse_vary, sweep_configs
 from ambig_bench.tracking import Tracked, Tracker, open_trackers, tracked
 
 __all__ = [
     "Calibration", "Comparison", "ExperimentConfig", "PredictionReport", "Predictor", "RunConfig", "RunFailed",
     "RunResult", "SweepResult", "UserError", "calibrate_run", "compare_results", "comparison_json",
-    "conformal_summary", "experiment", "load_results", "load_run", "predict_images", "run", "run_sweep",
+    "conformal_summary", "experiment", "export_run", "load_results", "load_run", "predict_images", "run",
+    "run_sweep", "suggest_images",
 ]
 
 
@@ -140,14 +143,27 @@ def load_results(results_dir: str | Path) -> list[RunResult]:
     return found
 
 
-def load_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True) -> Predictor:
+def load_run(run_dir: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True,
+             groups: str = "kind", truth: str = "sets") -> Predictor:
     """A finished run, ready to predict (`predict_arrays`, or `predict_images` for files), with conformal sets
-    calibrated on its validation predictions at miscoverage `alpha`."""
-    return Predictor.load(run_dir, alpha, method, per_kind)
+    calibrated on its validation predictions at miscoverage `alpha` (`groups`: one threshold, or one per class;
+    `truth`: the label sets, or labels drawn from the votes; docs/predict.md)."""
+    return Predictor.load(run_dir, alpha, method, per_kind, groups, truth)
 
 
 def predict_images(run_dir: str | Path, images: Sequence[str | Path], alpha: float = 0.1, method: str = "lac",
-                   per_kind: bool = True) -> PredictionReport:
+                   per_kind: bool = True, groups: str = "kind", truth: str = "sets") -> PredictionReport:
     """Predict image files and folders; unreadable files are reported per image (`.failed`), not raised."""
-    return predict_paths(run_dir, images, alpha, method, per_kind)
+    return predict_paths(run_dir, images, alpha, method, per_kind, groups=groups, truth=truth)
+
+
+def export_run(run_dir: str | Path, out: str | Path, alpha: float = 0.1, method: str = "lac", per_kind: bool = True,
+               groups: str = "kind", truth: str = "sets") -> Exported:
+    """Write a run as one ONNX graph (`ambig-bench export`), checked against `predict` before it is kept."""
+    return export_onnx(run_dir, out, alpha, method, per_kind, groups, truth)
+
+
+def suggest_images(source: str | Path, images: Sequence[str | Path], strategies: Sequence[str] = ()) -> Suggestions:
+    """Rank images by how in-between the runs of `source` find them (`ambig-bench suggest`)."""
+    return suggest(source, images, strategies)
 
