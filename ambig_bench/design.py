@@ -175,11 +175,14 @@ def interval(e: Evidence) -> str:
 
 
 def fallback(e: Evidence, reason: str) -> tuple[str, str]:
-    """Keep A and B apart and train with soft, or with the strategies the tests find better than soft."""
+    """Soft, or what the paired tests support over it: keep A and B apart and train with the strategies better
+    than soft, or add an extra class where extra-class is the only one."""
     a, b = e.pair
-    chosen = [s for s in e.supported if s != EXTRA]
-    said = (f"{' and '.join(chosen)} better than soft on in-between accuracy and not worse on clear-cut by the paired "
-            "tests" if chosen else "no strategy better than soft on in-between accuracy by the paired tests")
+    chosen = [s for s in e.supported if s != EXTRA] or [s for s in e.supported if s == EXTRA]
+    said = (f"{' and '.join(e.supported)} better than soft on in-between accuracy and not worse on clear-cut by the "
+            "paired tests" if e.supported else "no strategy better than soft on in-between accuracy by the tests")
+    if chosen == [EXTRA]:
+        return f"add an extra class {a}&{b}", f"{reason}; {said}"
     return f"keep {a} and {b} apart, train with {' or '.join(chosen) or SOFT}", f"{reason}; {said}"
 
 
@@ -202,9 +205,11 @@ def advise(e: Evidence, t: Thresholds = THRESHOLDS) -> tuple[str, str]:
         return f"keep {a} and {b} apart", (f"clear-cut {a} and {b} are separated (pairwise accuracy CI at or above "
                                            f"{t.separated:g}) and in-between images are rare ({share_text(e)}, at "
                                            f"most {t.rare:g})")
-    if rare or math.isnan(e.share):
-        return fallback(e, f"in-between share {share_text(e)}; clear-cut {a} and {b} not shown separated beyond "
-                           f"{t.separated:g}" if rare else "in-between share unknown")
+    if rare:
+        return fallback(e, f"in-between images are rare ({share_text(e)}) but clear-cut {a} and {b} are not shown "
+                           f"separated (CI lower end {low:.3f}, below {t.separated:g})")
+    if math.isnan(e.share):
+        return fallback(e, "in-between share unknown")
     frequent = f"in-between images are frequent ({share_text(e)}, more than {t.rare:g})"
     if e.extra is None:
         return fallback(e, f"{frequent}; run {EXTRA} beside {SOFT} to test an extra class")
@@ -261,8 +266,8 @@ def advice(comparison: Comparison, thresholds: Thresholds = THRESHOLDS) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def rules(thresholds: Thresholds = THRESHOLDS) -> list[str]:
-    """The rules in the order they are tried, then the thresholds with their reasons."""
+def rules() -> list[str]:
+    """The rules in the order they are tried."""
     return ["merge A and B when clear-cut A and B are confused near chance (pairwise accuracy CI at most `chance`), "
             "or human votes split more than `split` of the pair's images;",
             "undecided when the pairwise accuracy's CI reaches 0.5 yet is not near chance;",
@@ -270,9 +275,8 @@ def rules(thresholds: Thresholds = THRESHOLDS) -> list[str]:
             "rare (share at most `rare`);",
             f"add an extra class A&B when in-between images are frequent and {EXTRA} is not worse than {SOFT} on "
             "in-between and clear-cut accuracy by the paired tests (undecided where a test is);",
-            f"otherwise keep A and B apart and train with {SOFT}, or with the strategies the tests find better than "
-            f"{SOFT} on in-between accuracy and not worse on clear-cut.",
-            *thresholds.reasons()]
+            f"otherwise train with {SOFT}, or with what the paired tests find better than {SOFT} on in-between "
+            f"accuracy and not worse on clear-cut ({EXTRA} only where nothing else is)."]
 
 
 def design_blocks(comparison: Comparison, level: int = 2) -> list[Block]:
@@ -285,4 +289,5 @@ def design_blocks(comparison: Comparison, level: int = 2) -> list[Block]:
                       f"accuracy: how often the runs of {code(comparison.baseline)} rank a clear-cut test image's "
                       "class above the pair's other class (95% CI). The paired tests of extra-class against soft pool "
                       "every pair's in-between images. Rules, tried in order:"),
-            Bullets(rules()), tabulate(table, comparison.group_by)]
+            Bullets(rules()), Paragraph("Thresholds:"), Bullets(THRESHOLDS.reasons()),
+            tabulate(table, comparison.group_by)]
