@@ -202,9 +202,11 @@ def advise(e: Evidence, t: Thresholds = THRESHOLDS) -> tuple[str, str]:
                              f"more clear-cut test images of {a} and {b} would narrow it (`--folds`, more seeds)")
     rare = e.share <= t.rare if not math.isnan(e.share) else False
     if rare and low >= t.separated:
+        also = (f"; {' and '.join(e.supported)} better than {SOFT} on in-between accuracy, for those few images"
+                if e.supported else "")
         return f"keep {a} and {b} apart", (f"clear-cut {a} and {b} are separated (pairwise accuracy CI at or above "
                                            f"{t.separated:g}) and in-between images are rare ({share_text(e)}, at "
-                                           f"most {t.rare:g})")
+                                           f"most {t.rare:g}){also}")
     if rare:
         return fallback(e, f"in-between images are rare ({share_text(e)}) but clear-cut {a} and {b} are not shown "
                            f"separated (CI lower end {low:.3f}, below {t.separated:g})")

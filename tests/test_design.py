@@ -141,6 +141,18 @@ def test_pairs_results_prints_the_advice_and_refuses_data_options(tmp_path):
     assert refused.exit_code == 2 and len(said) == 1 and "drop --dataset" in said[0], refused.stderr
 
 
+def test_pairs_results_escapes_class_names_and_refuses_a_directory_without_runs(tmp_path):
+    fake_run(tmp_path / "r", "soft", 0, planted(100, 0, 2))
+    [data] = (tmp_path / "r" / "runs").glob("*/data.json")
+    data.write_text(data.read_text().replace('"cat"', '"c\\u001b[2Jat"'))
+    shown = CliRunner().invoke(app, ["pairs", "--results", str(tmp_path / "r")])
+    assert shown.exit_code == 0 and "\x1b" not in shown.stdout
+    assert r"| c\\x1b[2Jat:dog | keep c\\x1b[2Jat and dog apart |" in shown.stdout  # escaped, as markdown_table does
+    empty = CliRunner().invoke(app, ["pairs", "--results", str(tmp_path)])
+    said = [line for line in empty.stderr.splitlines() if line.strip()]
+    assert empty.exit_code == 2 and len(said) == 1 and "no finished runs found" in said[0], empty.stderr
+
+
 def test_end_to_end_on_the_digits_pairs(trained_results):
     """Real tiny digits runs (soft and hard, pairs 4:9 and 3:8): the pairwise accuracy is counted again from
     predictions.csv."""
