@@ -236,6 +236,17 @@ def run(**options: Any) -> None:
     summarise_runs(results, f"results in {exp.out}. Next: ambig-bench compare {exp.out}")
 
 
+def typed_flag(name: str) -> str:
+    """A grid or run option's flag as typed: --out for out_dir, --name-with-dashes for the rest."""
+    declared = GRID_OPTIONS[name][1].param_decls if name in GRID_OPTIONS else ()
+    return next(iter(declared), f"--{name.replace('_', '-')}")
+
+
+def option_default(name: str) -> Any:
+    """A grid option's default; None for a run option (with_run_options: None = not typed)."""
+    return GRID_OPTIONS[name][1].default if name in GRID_OPTIONS else None
+
+
 @app.command()
 @guarded
 @with_run_options
@@ -252,12 +263,11 @@ def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them 
 
     check_top(top)
     if results is not None:
-        defaults = {name: option.default for name, (_, option) in GRID_OPTIONS.items()}
-        check_alone([name for name, value in options.items() if value != defaults.get(name)])
+        check_alone([typed_flag(name) for name, value in options.items() if value != option_default(name)])
         with skipped_runs_said():
             table, baseline = advise(results)
         err.print(f"pair design from the runs of {shown(results)} (pairwise accuracy of {shown(baseline)}'s runs); "
-                  "rules and thresholds: `ambig-bench report` (section Pair design)", highlight=False, markup=False)
+                  "the rules and thresholds are in the report's section Pair design", highlight=False, markup=False)
         print(markdown_table(table.head(top)))
         return
     for grid_only in ("executor", "jobs", "ray_address", "track"):  # nothing is trained into --out here

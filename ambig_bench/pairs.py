@@ -66,9 +66,9 @@ def top_rows(found: Found, top: int) -> pd.DataFrame:
 
 
 def check_alone(typed: list[str]) -> None:
-    """--results reads data and pairs from the runs: a data or training option typed beside it would be ignored."""
+    """--results reads data and pairs from the runs: an option (its flag in `typed`) beside it would be ignored."""
     if typed:
-        raise UserError(f"--results reads the data and pairs from the runs; drop --{typed[0].replace('_', '-')} (or "
+        raise UserError(f"--results reads the data and pairs from the runs; drop {typed[0]} (or "
                         "drop --results to find the confusable pairs of the data options)")
 
 
