@@ -163,7 +163,7 @@ def supported(tests: dict[tuple[str, str], Versus]) -> list[str]:
 
 
 def share_text(e: Evidence) -> str:
-    return f"{e.share:.2f}" if not math.isnan(e.share) else "unknown"
+    return f"{e.share:.3f}" if not math.isnan(e.share) else "unknown"
 
 
 def interval(e: Evidence) -> str:

@@ -82,7 +82,7 @@ def test_separation_and_share_rules_on_one_run(tmp_path, right, wrong, between, 
     assert row["pairwise accuracy (soft)"].startswith(f"{right / (right + wrong):.3f} [{low:.3f}, {high:.3f}] "
                                                       f"(Wilson over {right + wrong} images)")
     share = between / (between + right + wrong) if source.get("between_source") == "human" else 0.05
-    assert row["in-between share"].startswith(f"{share:.2f} ")
+    assert row["in-between share"].startswith(f"{share:.3f} ")
 
 
 def paired_dir(out, extra: dict[str, list[float]], seeds: int, hard: list[float] | None = None) -> None:
@@ -105,7 +105,7 @@ def test_frequent_in_between_images_and_extra_class_not_worse_add_an_extra_class
     paired_dir(tmp_path, {"clear_acc": TINY, "between_set_acc": TINY}, seeds=7)
     row = one_pair(tmp_path)
     assert row.advice == "add an extra class cat&dog", row.why
-    assert "(not worse)" in row["extra-class − soft"] and "0.30 (--between-fraction" in row["in-between share"]
+    assert "(not worse)" in row["extra-class − soft"] and "0.300 (--between-fraction" in row["in-between share"]
 
 
 def test_tests_that_do_not_decide_say_undecided_with_the_data_needed(tmp_path):
