@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,8 @@ TESTED = {"in-between accuracy": "between_set_acc", "clear-cut accuracy": "clear
 VOTES_SOURCE = "human"  # the in-between source whose `A|B` labels are annotators' split votes
 
 
-def limit(value: float, reason: str) -> float:
+def limit(value: float, reason: str) -> Any:
+    """A threshold field: its value and the reason for it (Thresholds.reasons prints them)."""
     return field(default=value, metadata={"reason": reason})
 
 
