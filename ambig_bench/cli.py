@@ -191,23 +191,48 @@ def run(**options: Any) -> None:
     summarise_runs(results, f"Next: ambig-bench compare {exp.out}", tracked)
 
 
+def typed_flag(name: str) -> str:
+    """A grid or run option's flag as typed: --out for out_dir, --name-with-dashes for the rest."""
+    declared = GRID_OPTIONS[name][1].param_decls if name in GRID_OPTIONS else ()
+    return next(iter(declared), f"--{name.replace('_', '-')}")
+
+
+def option_default(name: str) -> Any:
+    """A grid option's default; None for a run option (with_run_options: None = not typed)."""
+    return GRID_OPTIONS[name][1].default if name in GRID_OPTIONS else None
+
+
 @app.command()
 @guarded
 @with_run_options
-def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them all)"), **options: Any) -> None:
+def pairs(top: int = typer.Option(10, help="Pairs printed (pairs.csv holds them all)"),
+          results: Path | None = typer.Option(None, "--results", help="A results directory: for each pair its runs "
+                                              "trained with, whether to keep A and B apart, merge them or add an "
+                                              "extra class, with the evidence (reads the runs, trains nothing)"),
+          **options: Any) -> None:
     """Find the confusable class pairs: from votes when the data have them, else from a reference network's
-    out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out."""
+    out-of-fold predictions. Prints the ranked table; writes pairs.csv into --out. With --results: the design
+    advice for the pairs a results directory's runs trained with."""
     from ambig_bench.document import markdown_table
-    from ambig_bench.pairs import check_top, find, shown
+    from ambig_bench.pairs import advise, check_alone, check_top, find, top_rows
 
     check_top(top)
+    if results is not None:
+        check_alone([typed_flag(name) for name, value in options.items() if value != option_default(name)])
+        with skipped_runs_said():
+            table, baseline = advise(results)
+        err.print(f"pair design from the runs of {shown(results)} (pairwise accuracy of {shown(baseline)}'s runs); "
+                  "the rules and thresholds are in the report's section Pair design", highlight=False, markup=False)
+        print(markdown_table(table.head(top)))
+        return
     for grid_only in GRID_ONLY:  # nothing is trained into --out here
         options.pop(grid_only)
     exp = experiment_from(options)
     found = find(exp.run, exp.out)
     evidence = "human votes" if found.evidence == "votes" else "a reference network's out-of-fold predictions"
-    err.print(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}", highlight=False)
-    print(markdown_table(shown(found, top)))
+    err.print(shown(f"from {evidence}; wrote {found.path}. --pairs auto picks {found.auto}"), highlight=False,
+              markup=False)
+    print(markdown_table(top_rows(found, top)))
 
 
 @contextmanager

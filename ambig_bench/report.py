@@ -38,6 +38,7 @@ from ambig_bench.claims import (
     where_label,
 )
 from ambig_bench.compare import CELLS, ONE_STRATEGY, flag, flag_blocks, glossary, margins_text, sections, tabulate
+from ambig_bench.design import design_blocks
 from ambig_bench.document import (
     Block,
     Bullets,
@@ -407,6 +408,7 @@ def build(comparison: Comparison) -> Report:
                   "a margin below which a difference does not matter; the rules are at the end."),
         Heading("Setup"), Table(setup_table(comparison.runs, comparison.group_by, meta)),
         *meaning_section(comparison, lead_table, judgements, images, paired_soft), *curve_blocks,
+        *design_blocks(comparison),
         Heading("Comparison"), Paragraph(CELLS), *sections(comparison, 3),
         Heading("Figures"), *images,
         Heading("Decision rules"), Bullets(verdict_rules() + claim_rules(comparison.margins)),
