@@ -136,8 +136,10 @@ def between_share(runs: dict[int, RunDir], a: int, b: int) -> tuple[float, str]:
 def against_soft(comparison: Comparison, where: dict) -> dict[tuple[str, str], Versus]:
     """Every other strategy against soft on each TESTED metric in one group, (strategy, metric) -> Versus: image by
     image where each image was tested once, else across seeds (the verdicts' choice). Empty without soft."""
-    part = select(comparison.done, where)
-    seeds = select(comparison.paired_against(SOFT), where)
+    paired = comparison.paired_against(SOFT)
+    if paired.empty:  # no soft runs, or soft alone: nothing to test (and no group columns to select on)
+        return {}
+    part, seeds = select(comparison.done, where), select(paired, where)
     if seeds.empty:
         return {}
     pools = {s: p for s, p in comparison.pools(where).items() if p}

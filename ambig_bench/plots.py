@@ -131,11 +131,15 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+MIN_FIGURE_WIDTH = 6.0  # inches: a title of a few words, wrapped, above a single panel
+
+
 def panels(n: int, ncols: int, width: float, height: float) -> tuple[Figure, list]:
-    """A figure of n axes, ncols per row, each panel width × height inches; spare grid cells hidden."""
+    """A figure of n axes, ncols per row, each panel width × height inches, and at least MIN_FIGURE_WIDTH wide (one
+    small panel leaves its wrapped title no room); spare grid cells hidden."""
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    fig = Figure(figsize=(max(width * ncols, MIN_FIGURE_WIDTH), height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)

@@ -287,7 +287,7 @@ def test_report_html_holds_the_tables_headings_and_figures(tmp_path):
     built = report(out)
     page = Page((out / "report.html").read_text())
     markdown = built.markdown.splitlines()
-    assert page.tags["table"] == sum(line.startswith("|---") for line in markdown) == 9
+    assert page.tags["table"] == sum(line.startswith("|---") for line in markdown) == 10
     for level in (1, 2, 3):
         assert page.tags.get(f"h{level}", 0) == sum(line.startswith("#" * level + " ") for line in markdown)
     # Self-contained: every figure inline as a PNG, nothing fetched from elsewhere.
