@@ -283,17 +283,29 @@ def balance_histograms(preds: dict[str, pd.DataFrame], title: str, styles: Style
     return fig
 
 
+LABEL_CHARS = 24  # a class name longer than this is cut in a figure's ticks (the tables hold it whole)
+
+
+def short(name: str) -> str:
+    """A class name for a tick label: escaped, and cut to LABEL_CHARS with an ellipsis, so a long name (drawn
+    upright under a matrix) never takes the figure's whole height."""
+    text = shown(name)
+    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+
+
 def pair_confusion(preds: dict[str, pd.DataFrame], pairs: list[tuple[int, int]], class_names: list[str],
                    title: str) -> Figure:
     """Per strategy and pair: true label (A, B, in-between A and B) against predicted set, rows sum to 1. The
     predicted sets read upright: a class name of any length never runs into the next."""
     per_row = max(1, 4 // len(pairs))  # strategies per row of panels, every pair of a strategy side by side
-    fig, axes = panels(len(preds) * len(pairs), per_row * len(pairs), 3.0, 2.5)
+    # The predicted sets read upright under each matrix: the longest, "{A,B}", sets how tall a panel must be.
+    longest = max(len(short(class_names[a])) + len(short(class_names[b])) + 3 for a, b in pairs)
+    fig, axes = panels(len(preds) * len(pairs), per_row * len(pairs), 3.0, 2.0 + longest * 0.6 * 7 / 72)
     panel = iter(axes)
     for name, frame in preds.items():
         sets = frame.pred_set.fillna("").astype(str).map(lambda s: frozenset(int(k) for k in s.split("|") if k))
         for a, b in pairs:
-            na, nb = shown(class_names[a]), shown(class_names[b])
+            na, nb = short(class_names[a]), short(class_names[b])
             truth = [(frame.label_a == a) & (frame.label_b < 0), (frame.label_a == b) & (frame.label_b < 0),
                      ((frame.label_a == a) & (frame.label_b == b)) | ((frame.label_a == b) & (frame.label_b == a))]
             predicted = [frozenset({a}), frozenset({b}), frozenset({a, b})]
