@@ -345,6 +345,14 @@ def report(
 
 
 # The conformal options that predict and export share beside --alpha, --conformal and --per-kind/--marginal.
+# The options `predict` and `export` share: a run, and how its conformal sets are calibrated.
+RUN_DIR = typer.Argument(..., help="A run directory: <results>/runs/<strategy>-seed<seed>-<key>")
+CONFORMAL_ALPHA = typer.Option(0.1, "--alpha", help="Conformal sets miss a true label for at most this share of images")
+CONFORMAL_SCORE = typer.Option("lac", "--conformal",
+                               help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)")
+CONFORMAL_PER_KIND = typer.Option(True, "--per-kind/--marginal",
+                                  help="Cover 1 - alpha of clear-cut and of in-between images each (default), or only "
+                                       "on average over the validation mix")
 CONFORMAL_GROUPS = typer.Option("kind", "--conformal-groups",
                                 help="kind: one threshold (with --per-kind, clear-cut and in-between images each "
                                      "covered) | class: one per class, each class's labels covered")
@@ -356,14 +364,12 @@ CONFORMAL_TRUTH = typer.Option("sets", "--conformal-truth",
 @app.command()
 @guarded
 def predict(
-    run_dir: Path = typer.Argument(..., help="A run directory: <results>/runs/<strategy>-seed<seed>-<key>"),
+    run_dir: Path = RUN_DIR,
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
-    alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
-    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
-    per_kind: bool = typer.Option(True, "--per-kind/--marginal",
-                                  help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
-                                       "or only on average over the validation mix"),
+    alpha: float = CONFORMAL_ALPHA,
+    conformal: str = CONFORMAL_SCORE,
+    per_kind: bool = CONFORMAL_PER_KIND,
     groups: str = CONFORMAL_GROUPS,
     truth: str = CONFORMAL_TRUTH,
 ) -> None:
@@ -392,14 +398,12 @@ def predict(
 @app.command()
 @guarded
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory: <results>/runs/<strategy>-seed<seed>-<key>"),
+    run_dir: Path = RUN_DIR,
     to: Path | None = typer.Option(None, "--out", "-o", help="The file to write (default: <run name>.onnx here)"),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (the only format)"),
-    alpha: float = typer.Option(0.1, help="Conformal sets miss a true label for at most this share of images"),
-    conformal: str = typer.Option("lac", help="Conformal score: lac (smallest sets) | aps | raps (APS, tail cut)"),
-    per_kind: bool = typer.Option(True, "--per-kind/--marginal",
-                                  help="Cover 1 - alpha of clear-cut and of in-between images each (default), "
-                                       "or only on average over the validation mix"),
+    alpha: float = CONFORMAL_ALPHA,
+    conformal: str = CONFORMAL_SCORE,
+    per_kind: bool = CONFORMAL_PER_KIND,
     groups: str = CONFORMAL_GROUPS,
     truth: str = CONFORMAL_TRUTH,
 ) -> None:

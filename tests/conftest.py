@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,13 @@ def tiny_config(**overrides) -> RunConfig:
 @pytest.fixture
 def tiny() -> RunConfig:
     return tiny_config()
+
+
+def short_tmpdir() -> dict[str, str]:
+    """The environment with TMPDIR=/tmp, for a subprocess that makes a Unix socket under TMPDIR (a DataLoader's
+    workers, chromium's singleton socket): a socket path longer than 107 bytes fails or hangs, so the suite would
+    depend on the length of the temporary directory's path."""
+    return {**os.environ, "TMPDIR": "/tmp" if os.access("/tmp", os.W_OK) else tempfile.gettempdir()}
 
 
 def shared_path(*parts: str) -> Path:

@@ -6,7 +6,6 @@ Only that it runs and reports is checked: speed targets are met in the benchmark
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import short_tmpdir
+
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def short_tmpdir() -> dict[str, str]:
-    """The environment with TMPDIR=/tmp: the benchmark's textbook DataLoader loop hands tensors between processes
-    over a Unix socket under TMPDIR, and a socket path longer than 107 bytes makes its workers hang."""
-    return {**os.environ, "TMPDIR": "/tmp"}
 
 
 def test_bench_smoke(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ambig_bench.report import report
+from tests.conftest import short_tmpdir
 from tests.test_report import MANY, plant_many
 
 BROWSER = next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))),
@@ -76,7 +77,8 @@ def open_in_browser(report_html: str, size: tuple[int, int], page: Path, screens
     page.write_text(FRAME.format(width=size[0], height=size[1], report=html.escape(report_html)))
     command = [BROWSER, "--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={size[0]},{size[1]}",
                "--virtual-time-budget=5000", f"--screenshot={screenshot}", "--dump-dom", page.as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    # chromium's singleton socket lives under TMPDIR: a long TMPDIR makes its path too long for a Unix socket.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=short_tmpdir())
     found = re.search(r'<pre id="measured"[^>]*>(.*?)</pre>', done.stdout, re.S)
     assert found, f"{BROWSER} exited {done.returncode} without the page's measurements: {done.stderr[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
