@@ -118,9 +118,9 @@ def example_images(predictor: Predictor, n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def check(path: Path, predictor: Predictor, ort) -> float:
-    """Run the graph with onnxruntime on random images and compare it with the PyTorch path; the largest
-    probability difference (RunFailed beyond PROB_TOLERANCE or where a set differs)."""
+def check(path: Path, predictor: Predictor, ort, out: Path) -> float:
+    """Run the graph at `path` (the file to be kept as `out`) with onnxruntime on random images and compare it with
+    the PyTorch path; the largest probability difference (RunFailed beyond PROB_TOLERANCE or where a set differs)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = example_images(predictor, CHECK_IMAGES, seed=1)
     got = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images.numpy()}), strict=True))
@@ -128,7 +128,7 @@ def check(path: Path, predictor: Predictor, ort) -> float:
     worst = float(np.abs(got["probs"] - want["probs"]).max())
     differs = [name for name in ("decision", "conformal") if not np.array_equal(got[name], want[name])]
     if worst > PROB_TOLERANCE or differs or np.abs(got["ambiguity"] - want["ambiguity"]).max() > PROB_TOLERANCE:
-        raise RunFailed(f"{path}: the exported graph disagrees with the run (largest probability difference "
+        raise RunFailed(f"{out}: the exported graph disagrees with the run (largest probability difference "
                         f"{worst:.2g}; sets that differ: {', '.join(differs) or 'none'}); the file was not kept")
     return worst
 
@@ -151,7 +151,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, alpha: float = 0.1, method
         graph = onnx.load(str(tmp))
         onnx.helper.set_model_props(graph, metadata(predictor))
         onnx.save(graph, str(tmp))
-        worst = check(tmp, predictor, ort)
+        worst = check(tmp, predictor, ort, out)
         write_atomic(out, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)
