@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 import zipfile
 from pathlib import Path
 
 from ambig_bench.errors import UserError
+from ambig_bench.io import open_regular
 
 MEMORY_ENV = "AMBIG_BENCH_MEMORY"
 MAX_CLASSES = 1000  # classes of a dataset: its labels, votes and predictions grow with it (10,000 ran for minutes)
@@ -98,14 +98,6 @@ def check_images(n: int, channels: int, side: int, what: str, fix: str = "") -> 
 
 # -- sizes read from file headers, before the arrays are loaded ------------------------------------------------
 
-def regular_file(path: Path) -> bool:
-    """A regular file (after links): what may be opened here without blocking (a FIFO) or reading forever."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
 def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Each array's shape in a .npz file, from the .npy headers inside the zip (no array is loaded); {} when the
     file is not a readable zip of .npy files (the loader reports that)."""
@@ -113,10 +105,8 @@ def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     shapes: dict[str, tuple[int, ...]] = {}
-    if not regular_file(path):
-        return shapes
-    try:
-        with zipfile.ZipFile(path) as archive:
+    try:  # open_regular: a FIFO or device is never opened (UserError, a ValueError: the loader reports it)
+        with open_regular(path, None, "npz file") as f, zipfile.ZipFile(f) as archive:
             for info in archive.infolist():
                 if info.filename.endswith(".npy"):
                     with archive.open(info) as f:
@@ -148,16 +138,14 @@ def check_classes(count: int, where: str) -> None:
 def csv_columns(path: Path, most: int) -> int:
     """Columns of a CSV's header line, counted in one pass and no further than `most` + 1 (a longer header need
     not be read to be refused); 0 when the file is not a readable regular file (the loader reports that)."""
-    if not regular_file(path):
-        return 0
     commas = 0
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, None, "labels CSV") as f:
             while commas < most and (block := f.read(1 << 16)):
                 line = block.split(b"\n", 1)[0]
                 commas += line.count(b",")
                 if len(line) < len(block):
                     break
-    except OSError:
+    except (OSError, UserError):
         return 0
     return min(commas + 1, most + 1)

@@ -196,8 +196,7 @@ def archive_images(path: Path) -> Iterator[tuple[str, str, bytes]]:
 
 def decode_files(root: Path, names: list[str], size: int | None) -> DecodedImages:
     inside = root.resolve()
-    check_total([header_of(root / n, str(root / n)) if budget.regular_file(root / n) else None for n in names],
-                size, str(root))
+    check_total([file_header(root / n) for n in names], size, str(root))
     return stack(names, [decode_one(read_file(root / n, inside), str(root / n), size) for n in names], str(root))
 
 
@@ -315,6 +314,16 @@ def header_of(source: Path | BinaryIO, where: str) -> tuple[int, int, int] | Non
         with Image.open(source) as image:
             return image.width, image.height, 1 if image.mode in GREY_MODES else 3
     except Exception:  # noqa: BLE001 - any fault of the file is reported by decode_one, with its name
+        return None
+
+
+def file_header(path: Path) -> tuple[int, int, int] | None:
+    """`header_of` an image file opened as every file is (`io.open_regular`: never a FIFO or device); None when it
+    cannot be opened or read (decoding then names the file and the fault)."""
+    try:
+        with open_regular(path, MAX_FILE_BYTES, "image file") as f:
+            return header_of(f, str(path))
+    except (UserError, OSError):
         return None
 
 
