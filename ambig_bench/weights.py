@@ -158,22 +158,33 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
 
 
 def timm_start(architecture: str) -> Start:
-    """timm's default pretrained weights, through timm's own download and cache (the Hugging Face hub cache);
-    without network, the cache alone (HF_HUB_OFFLINE), so nothing tries to download."""
+    """timm's default pretrained weights, from the Hugging Face hub cache when they are there (no network asked),
+    else through timm's own download, tried only where the Hub answers, so nothing starts a download that cannot
+    happen."""
     import timm  # optional extra; the model name already required it
     from huggingface_hub import constants
 
     offline = constants.HF_HUB_OFFLINE
+
+    def create(cache_only: bool) -> torch.nn.Module:
+        constants.HF_HUB_OFFLINE = offline or cache_only
+        try:
+            return timm.create_model(architecture, pretrained=True)
+        finally:
+            constants.HF_HUB_OFFLINE = offline
+
     try:
-        constants.HF_HUB_OFFLINE = offline or not reachable("https://huggingface.co")
-        net = timm.create_model(architecture, pretrained=True)
+        try:
+            net = create(cache_only=True)
+        except Exception:  # noqa: BLE001 - not cached: hub and timm say so with many kinds of error
+            if offline or not reachable("https://huggingface.co"):
+                raise
+            net = create(cache_only=False)
     except Exception as e:  # noqa: BLE001 - hub and timm raise many kinds offline; each becomes this one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--pretrained: timm:{architecture}'s weights are not cached and cannot be downloaded "
                         f"({first}); run once with network access, or put the model's files in the Hugging Face "
                         f"cache ($HF_HOME/hub, default ~/.cache/huggingface/hub)") from None
-    finally:
-        constants.HF_HUB_OFFLINE = offline
     cfg, state = net.pretrained_cfg, net.state_dict()
     return Start(state, torch.tensor(cfg["mean"]) * 255, torch.tensor(cfg["std"]) * 255,
                  {"weights": f"timm:{architecture} ({cfg.get('hf_hub_id') or cfg.get('url') or 'default'})",
