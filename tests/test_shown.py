@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from ambig_bench.cli import app
 from ambig_bench.io import write_csv
 from ambig_bench.shown import csv_cell, csv_frame, shown
+from tests.test_bad_input import png
 
 cli = CliRunner()
 ESC_CLASS = "cat\x1b]0;TITLE\x1b\\\x1b[2J\x1b[5A"  # retitle the terminal, clear it, move the cursor up
@@ -60,12 +60,6 @@ def test_written_csvs_read_back_as_the_text_with_the_prefix(tmp_path):
     assert list(back.name) == ["'=cmd|' /C calc'!A0", "ok", "'-2"]
     assert list(back.score) == [-1.5, 2.0, -3.0]  # numbers stay numbers
     assert csv_frame(frame).score.tolist() == [-1.5, 2.0, -3.0]
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def hostile_folder(root: Path) -> Path:
